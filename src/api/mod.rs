@@ -1,0 +1,144 @@
+//! The HTTP surface: one `#[OpenApi]` impl per resource, `stream` for SSE and long-poll,
+//! `ws` for the socket, `page` for the live page. Handlers parse, call one service function,
+//! and map the result to a typed response enum.
+
+pub mod categories;
+pub mod funkos;
+pub mod health;
+pub mod stream;
+
+use std::sync::Arc;
+
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    OpenApiService, Tags,
+    payload::{ParsePayload, Payload},
+    registry::{MetaSchemaRef, Registry},
+    types::Type,
+};
+use serde_json::Value;
+
+use crate::{error::ApiError, events::ChangeBus};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Arc<ChangeBus>,
+    pub settings: Arc<Settings>,
+}
+
+/// The settings handlers read on each request.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest JSON body, in bytes.
+    pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments.
+    pub keepalive: std::time::Duration,
+}
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Funkos: the store's products.
+    Funkos,
+    /// Categories Funkos belong to.
+    Categories,
+    /// The change stream: every committed write, in order, by cursor.
+    Stream,
+    /// Liveness and readiness.
+    Health,
+}
+
+/// The OpenAPI service with every operation.
+pub fn openapi_service() -> OpenApiService<
+    (
+        funkos::FunkosApi,
+        categories::CategoriesApi,
+        stream::StreamApi,
+        health::HealthApi,
+    ),
+    (),
+> {
+    OpenApiService::new(
+        (
+            funkos::FunkosApi,
+            categories::CategoriesApi,
+            stream::StreamApi,
+            health::HealthApi,
+        ),
+        "funko-live",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "A Funko store whose clients see every committed change live. Every write appends one \
+         event to an ordered, durable change stream, served as Server-Sent Events (`/events`), \
+         long-polling (`/events/poll`) and WebSocket (`/ws`) with one cursor. Reads answer a \
+         `Stream-Cursor` header: subscribe from it and miss nothing. Errors are \
+         `application/problem+json` (RFC 9457).",
+    )
+}
+
+/// The spec as served at `/openapi.json` and committed as `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    openapi_service().spec()
+}
+
+/// A JSON request body, read with the configured size limit and checked for syntax here;
+/// the resource's rules are checked by the domain, so every field error can be listed.
+/// The schema shown in the spec is `T`'s.
+pub struct JsonBody<T>(pub Value, std::marker::PhantomData<T>);
+
+impl<T: Type> Payload for JsonBody<T> {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        matches!(content_type.parse::<mime::Mime>(), Ok(mime)
+            if mime.type_() == "application"
+                && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json")))
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type> ParsePayload for JsonBody<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let limit = request
+            .data::<AppState>()
+            .map_or(1024 * 1024, |s| s.settings.max_body_bytes);
+        let declared = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit }.into());
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(limit)
+            .await
+            .map_err(|err| match err {
+                poem::error::ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge { limit },
+                other => ApiError::bad_request(format!("reading the body failed: {other}")),
+            })?;
+        Ok(Self(parse_json(&bytes)?, std::marker::PhantomData))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Type);
+
+/// Parses a JSON document, answering 400 with the position of a syntax error.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))
+}

@@ -1,0 +1,307 @@
+//! `/events` (Server-Sent Events) and `/events/poll` (long-polling): two thin adapters that
+//! turn a [`Subscription`]'s steps into frames.
+
+use std::{borrow::Cow, time::Duration};
+
+use futures_util::{StreamExt, stream::BoxStream};
+use poem::web::{Data, sse::Event};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Header, Query},
+    payload::{EventStream, Payload},
+    registry::{MetaSchemaRef, Registry},
+    types::{ToJSON, Type},
+};
+
+use super::{ApiTags, AppState};
+use crate::{
+    error::{ApiError, ApiResult, StreamErrors},
+    events::{
+        ChangeEventDoc, Filter, Reset, Start, StoredEvent, Subscription, parse_cursor,
+        subscription::Next,
+    },
+};
+
+/// What the browser waits before reconnecting, sent once at connect.
+const RETRY_MS: u64 = 2000;
+/// Events read per step of a subscription.
+const BATCH: usize = 256;
+pub const POLL_DEFAULT_TIMEOUT: u64 = 25;
+pub const POLL_MAX_TIMEOUT: u64 = 60;
+pub const POLL_DEFAULT_LIMIT: u64 = 100;
+pub const POLL_MAX_LIMIT: u64 = 1000;
+
+pub struct StreamApi;
+
+/// One SSE frame.
+pub enum SseFrame {
+    /// `retry:`, once at connect.
+    Retry,
+    /// `id: <cursor>` + `data: <event JSON>`.
+    Event(StoredEvent),
+    /// `event: reset` + `data: {"cursor","reason"}`, without an id.
+    Reset(Reset),
+    /// `id: <cursor>` alone: moves the browser's `lastEventId` past events the filter hid
+    /// (or to a reset's cursor) without firing `onmessage`.
+    Cursor(i64),
+}
+
+impl SseFrame {
+    fn into_event(self) -> Event {
+        match self {
+            Self::Retry => Event::retry(RETRY_MS),
+            Self::Event(event) => Event::message(&*event.json).id(event.id.to_string()),
+            Self::Reset(reset) => Event::message(reset.to_json_string()).event_type("reset"),
+            Self::Cursor(cursor) => Event::message("").id(cursor.to_string()),
+        }
+    }
+}
+
+/// The spec shows each SSE item as a [`ChangeEventDoc`].
+impl Type for SseFrame {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        ChangeEventDoc::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        ChangeEventDoc::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        ChangeEventDoc::register(registry);
+        Reset::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ToJSON for SseFrame {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::Event(event) => serde_json::from_str(&event.json).ok(),
+            Self::Reset(reset) => reset.to_json(),
+            Self::Retry | Self::Cursor(_) => None,
+        }
+    }
+}
+
+/// The answer of a long-poll.
+#[derive(Debug, Object, serde::Deserialize)]
+pub struct PollResult {
+    /// Matching events after `after`, oldest first (absent on a reset).
+    #[oai(skip_serializing_if_is_none)]
+    pub events: Option<Vec<ChangeEventDoc>>,
+    /// Present when the cursor could not be served: reload, then poll from `cursor`.
+    #[oai(skip_serializing_if_is_none)]
+    pub reset: Option<Reset>,
+    /// Send this as `after` next time.
+    pub cursor: String,
+}
+
+/// A JSON body rendered by hand (the events' JSON is already rendered once and shared);
+/// documented with `T`'s schema.
+pub struct RawJson<T>(String, std::marker::PhantomData<T>);
+
+impl<T: Type> Payload for RawJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type> poem::IntoResponse for RawJson<T> {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(<Self as Payload>::CONTENT_TYPE)
+            .body(self.0)
+    }
+}
+
+impl<T: Type> RawJson<T> {
+    fn poll(events: &[StoredEvent], cursor: i64) -> Self {
+        let mut body =
+            String::with_capacity(32 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+        body.push_str(r#"{"events":["#);
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&event.json);
+        }
+        body.push_str(r#"],"cursor":""#);
+        body.push_str(&cursor.to_string());
+        body.push_str(r#""}"#);
+        Self(body, std::marker::PhantomData)
+    }
+
+    fn reset(reset: &Reset) -> Self {
+        let body = serde_json::json!({ "reset": reset.to_json(), "cursor": reset.cursor });
+        Self(body.to_string(), std::marker::PhantomData)
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum PollResponse {
+    /// Events (at once when some exist, else as soon as one commits), none on timeout, or a
+    /// reset.
+    #[oai(status = 200)]
+    Ok(RawJson<PollResult>),
+}
+
+/// Parses an optional cursor parameter.
+fn cursor_param(name: &str, raw: Option<&str>) -> Result<Start, ApiError> {
+    match raw.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(Start::Now),
+        Some(raw) => parse_cursor(raw).map(Start::After).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name} must be a cursor (a decimal event id), not {raw:?}"
+            ))
+        }),
+    }
+}
+
+/// The frames of one SSE connection.
+fn sse_frames(
+    mut subscription: Subscription,
+    reset: Option<Reset>,
+) -> BoxStream<'static, SseFrame> {
+    async_stream::stream! {
+        yield SseFrame::Retry;
+        if let Some(reset) = reset {
+            let cursor = subscription.cursor();
+            yield SseFrame::Reset(reset);
+            yield SseFrame::Cursor(cursor);
+        }
+        loop {
+            match subscription.next(BATCH).await {
+                Ok(Next::Events { events, cursor }) => {
+                    if events.is_empty() {
+                        yield SseFrame::Cursor(cursor);
+                    }
+                    for event in events {
+                        yield SseFrame::Event(event);
+                    }
+                }
+                Ok(Next::Reset(reset)) => {
+                    let cursor = subscription.cursor();
+                    yield SseFrame::Reset(reset);
+                    yield SseFrame::Cursor(cursor);
+                }
+                // The client reconnects with Last-Event-ID and resumes from the log.
+                Ok(Next::CutOff { .. } | Next::Closed { .. }) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, cursor = subscription.cursor(), "SSE stream failed");
+                    break;
+                }
+            }
+        }
+    }
+    .boxed()
+}
+
+#[OpenApi(tag = "ApiTags::Stream")]
+impl StreamApi {
+    /// Change stream (Server-Sent Events)
+    ///
+    /// Every committed write as `id: <cursor>` + `data: <event JSON>`. Resume with the
+    /// `Last-Event-ID` header (browsers send it on reconnect) or `lastEventId`; without either,
+    /// live events only. A cursor this server cannot serve yields `event: reset` with the head
+    /// cursor: reload, then continue. `:` comments keep idle connections open.
+    #[oai(path = "/events", method = "get")]
+    async fn events(
+        &self,
+        state: Data<&AppState>,
+        #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
+        /// Cursor to resume after, for the first connect (the header wins when both are sent).
+        #[oai(name = "lastEventId")]
+        last_event_id_query: Query<Option<String>>,
+        /// Only this entity: FUNKOS or CATEGORIES.
+        entity: Query<Option<String>>,
+        /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
+        types: Query<Option<String>>,
+    ) -> ApiResult<EventStream<BoxStream<'static, SseFrame>>, StreamErrors> {
+        let (start, name) = match last_event_id.0.as_deref() {
+            Some(header) => (Some(header), "Last-Event-ID"),
+            None => (last_event_id_query.0.as_deref(), "lastEventId"),
+        };
+        let start = cursor_param(name, start)?;
+        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let (subscription, reset) = Subscription::open(state.bus.clone(), start, filter).await?;
+        Ok(EventStream::new(sse_frames(subscription, reset))
+            .keep_alive(state.settings.keepalive)
+            .to_event(SseFrame::into_event))
+    }
+
+    /// Change stream (long-polling)
+    ///
+    /// Answers at once when events after `after` exist; otherwise holds the request until one
+    /// commits or `timeout` seconds pass (then `events` is empty). Poll again with the
+    /// returned `cursor`. Stateless: any instance can answer any poll.
+    #[oai(path = "/events/poll", method = "get")]
+    async fn poll(
+        &self,
+        state: Data<&AppState>,
+        /// The cursor to read after; absent: wait for the next event from now.
+        after: Query<Option<String>>,
+        /// Seconds to hold the request, 0..=60 (default 25).
+        timeout: Query<Option<u64>>,
+        /// Most events in one answer, 1..=1000 (default 100).
+        limit: Query<Option<u64>>,
+        /// Only this entity: FUNKOS or CATEGORIES.
+        entity: Query<Option<String>>,
+        /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
+        types: Query<Option<String>>,
+    ) -> ApiResult<PollResponse, StreamErrors> {
+        let start = cursor_param("after", after.0.as_deref())?;
+        let timeout = timeout.0.unwrap_or(POLL_DEFAULT_TIMEOUT);
+        if timeout > POLL_MAX_TIMEOUT {
+            return Err(ApiError::bad_request(format!(
+                "timeout must be at most {POLL_MAX_TIMEOUT} seconds"
+            ))
+            .into());
+        }
+        let limit = limit.0.unwrap_or(POLL_DEFAULT_LIMIT);
+        if !(1..=POLL_MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {POLL_MAX_LIMIT}"
+            ))
+            .into());
+        }
+        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let (mut subscription, reset) =
+            Subscription::open(state.bus.clone(), start, filter).await?;
+        if let Some(reset) = reset {
+            return Ok(PollResponse::Ok(RawJson::reset(&reset)));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        loop {
+            let step = tokio::time::timeout_at(deadline, subscription.next(limit as usize)).await;
+            let answer = match step {
+                Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
+                Ok(Ok(Next::Events { events, .. })) if events.is_empty() => continue,
+                Ok(Ok(Next::Events { events, cursor })) => RawJson::poll(&events, cursor),
+                Ok(Ok(Next::Reset(reset))) => RawJson::reset(&reset),
+                Ok(Ok(Next::CutOff { cursor } | Next::Closed { cursor })) => {
+                    RawJson::poll(&[], cursor)
+                }
+                Ok(Err(err)) => return Err(err.into()),
+            };
+            return Ok(PollResponse::Ok(answer));
+        }
+    }
+}

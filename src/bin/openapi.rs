@@ -1,0 +1,5 @@
+//! Prints the OpenAPI document the server serves: `cargo run --bin openapi > openapi/openapi.json`.
+
+fn main() {
+    println!("{}", funko_live::api::openapi_json());
+}

@@ -1,0 +1,99 @@
+//! Runtime configuration: every setting is a flag and an environment variable (`--help` lists all).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// funko-live: a Funko store API whose clients see every committed change live.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "funko-live", version, about)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (the log says which).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// sqlx database URL: `sqlite://PATH?mode=rwc` or `postgres://...`.
+    /// Default: a SQLite file under the data directory, created if missing.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory for the default SQLite file and uploaded images.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Comma-separated bearer tokens that may write. Empty: writes allowed on loopback only.
+    #[arg(long, env = "API_TOKENS", value_delimiter = ',')]
+    pub api_tokens: Vec<String>,
+
+    /// Comma-separated origins allowed by CORS (none by default).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long events are kept, in seconds.
+    #[arg(long, env = "RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub retention_seconds: u64,
+
+    /// How many events are kept at most.
+    #[arg(long, env = "RETENTION_EVENTS", default_value_t = 1_000_000)]
+    pub retention_events: u64,
+
+    /// How often retention pruning runs, in seconds.
+    #[arg(long, env = "PRUNE_INTERVAL_SECONDS", default_value_t = 60)]
+    pub prune_interval_seconds: u64,
+
+    /// Seconds between keep-alive comments on idle SSE connections (and pings on idle sockets).
+    #[arg(long, env = "KEEPALIVE_SECONDS", default_value_t = 15)]
+    pub keepalive_seconds: u64,
+
+    /// How many events a live subscriber may fall behind before it is cut off
+    /// (it then resumes from the durable log by cursor).
+    #[arg(long, env = "SUBSCRIBER_QUEUE", default_value_t = 4096)]
+    pub subscriber_queue: usize,
+
+    /// Seconds given to in-flight requests and streams at shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The database URL in force: the explicit one, or the default SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("funko-live.db").display()
+            ),
+        }
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_seconds.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// Defaults as if no flag nor variable were given; tests start from this.
+    pub fn defaults() -> Self {
+        Self::parse_from(["funko-live"])
+    }
+}

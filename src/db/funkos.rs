@@ -1,0 +1,256 @@
+//! SQL for the `funkos` table.
+
+// The list query is assembled from fixed fragments and `$n` placeholders only; no client
+// text reaches the SQL string (it is all bound), hence `AssertSqlSafe`.
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::Placeholders;
+use crate::{
+    domain::{
+        funko::{FunkoDraft, cents_to_price},
+        name_key,
+        query::{FunkoListQuery, SortField},
+    },
+    model::Funko,
+};
+
+/// The columns of a [`Funko`], joined with its category's name.
+macro_rules! select {
+    () => {
+        "SELECT f.id, f.name, f.description, f.price_cents, f.stock, f.image, \
+     c.name AS category, f.created_at, f.updated_at, f.is_deleted, f.version \
+     FROM funkos f JOIN categories c ON c.id = f.category_id"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct FunkoRow {
+    id: i64,
+    name: String,
+    description: Option<String>,
+    price_cents: i64,
+    stock: i64,
+    image: String,
+    category: String,
+    created_at: String,
+    updated_at: String,
+    is_deleted: i64,
+    version: i64,
+}
+
+impl From<FunkoRow> for Funko {
+    fn from(row: FunkoRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            price: cents_to_price(row.price_cents),
+            stock: row.stock,
+            image: row.image,
+            category: row.category,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            is_deleted: row.is_deleted != 0,
+            version: row.version,
+        }
+    }
+}
+
+/// The Funko with this id, deleted or not.
+pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(concat!(select!(), " WHERE f.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(Funko::from))
+}
+
+/// One page of the list and the total number of matching rows.
+pub async fn list(
+    conn: &mut AnyConnection,
+    query: &FunkoListQuery,
+) -> Result<(Vec<Funko>, i64), sqlx::Error> {
+    let mut p = Placeholders::default();
+    let mut conditions = Vec::new();
+    if !query.include_deleted {
+        conditions.push("f.is_deleted = 0".to_owned());
+    }
+    let q_pattern = query.q.as_ref().map(|q| {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    if q_pattern.is_some() {
+        let n = p.next();
+        conditions.push(format!(
+            "(f.name_key LIKE {n} ESCAPE '\\' OR lower(COALESCE(f.description, '')) LIKE {n} ESCAPE '\\')"
+        ));
+    }
+    if query.category.is_some() {
+        conditions.push(format!("c.name_key = {}", p.next()));
+    }
+    if query.min_price_cents.is_some() {
+        conditions.push(format!("f.price_cents >= {}", p.next()));
+    }
+    if query.max_price_cents.is_some() {
+        conditions.push(format!("f.price_cents <= {}", p.next()));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let column = match query.sort {
+        SortField::Name => "f.name_key",
+        SortField::Price => "f.price_cents",
+        SortField::Stock => "f.stock",
+        SortField::CreatedAt => "f.created_at",
+        SortField::UpdatedAt => "f.updated_at",
+        SortField::Id => "f.id",
+    };
+    let direction = if query.descending { "DESC" } else { "ASC" };
+    let limit = p.next();
+    let offset = p.next();
+    let page_sql = format!(
+        "{}{filter} ORDER BY {column} {direction}, f.id {direction} LIMIT {limit} OFFSET {offset}",
+        select!()
+    );
+    let count_sql =
+        format!("SELECT COUNT(*) FROM funkos f JOIN categories c ON c.id = f.category_id{filter}");
+
+    // The same binds, in the same order, for both statements.
+    macro_rules! bind_filters {
+        ($query:expr) => {{
+            let mut q = $query;
+            if let Some(pattern) = &q_pattern {
+                q = q.bind(pattern.clone());
+            }
+            if let Some(category) = &query.category {
+                q = q.bind(name_key(category));
+            }
+            if let Some(min) = query.min_price_cents {
+                q = q.bind(min);
+            }
+            if let Some(max) = query.max_price_cents {
+                q = q.bind(max);
+            }
+            q
+        }};
+    }
+    let rows: Vec<FunkoRow> = bind_filters!(sqlx::query_as(AssertSqlSafe(page_sql)))
+        .bind(query.limit)
+        .bind(query.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+    let total: i64 = bind_filters!(sqlx::query_scalar(AssertSqlSafe(count_sql)))
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((rows.into_iter().map(Funko::from).collect(), total))
+}
+
+/// Is this name used by a live Funko other than `except`?
+pub async fn name_taken(
+    conn: &mut AnyConnection,
+    name: &str,
+    except: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM funkos WHERE name_key = $1 AND is_deleted = 0 AND id <> $2 LIMIT 1",
+    )
+    .bind(name_key(name))
+    .bind(except.unwrap_or(-1))
+    .fetch_optional(conn)
+    .await?;
+    Ok(id.is_some())
+}
+
+pub async fn insert(
+    conn: &mut AnyConnection,
+    draft: &FunkoDraft,
+    category_id: i64,
+    now: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO funkos (name, name_key, description, price_cents, stock, image, category_id, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+    )
+    .bind(&draft.name)
+    .bind(name_key(&draft.name))
+    .bind(draft.description.as_deref())
+    .bind(draft.price_cents)
+    .bind(draft.stock)
+    .bind(&draft.image)
+    .bind(category_id)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// Replaces every writable field and bumps the version.
+pub async fn update(
+    conn: &mut AnyConnection,
+    id: i64,
+    draft: &FunkoDraft,
+    category_id: i64,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE funkos SET name = $1, name_key = $2, description = $3, price_cents = $4, \
+         stock = $5, image = $6, category_id = $7, updated_at = $8, version = version + 1 \
+         WHERE id = $9",
+    )
+    .bind(&draft.name)
+    .bind(name_key(&draft.name))
+    .bind(draft.description.as_deref())
+    .bind(draft.price_cents)
+    .bind(draft.stock)
+    .bind(&draft.image)
+    .bind(category_id)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets the image only (uploads) and bumps the version.
+pub async fn set_image(
+    conn: &mut AnyConnection,
+    id: i64,
+    image: &str,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE funkos SET image = $1, updated_at = $2, version = version + 1 WHERE id = $3",
+    )
+    .bind(image)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn soft_delete(conn: &mut AnyConnection, id: i64, now: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE funkos SET is_deleted = 1, updated_at = $1, version = version + 1 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How many live Funkos use this category.
+pub async fn count_live_in_category(
+    conn: &mut AnyConnection,
+    category_id: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM funkos WHERE category_id = $1 AND is_deleted = 0")
+        .bind(category_id)
+        .fetch_one(conn)
+        .await
+}

@@ -1,0 +1,163 @@
+//! Storage through sqlx's `Any` driver: one set of SQL (with `$n` placeholders, integers for
+//! booleans, RFC 3339 text for timestamps) that runs on SQLite and on PostgreSQL.
+//! One file per table; nothing outside `db/` writes SQL.
+
+pub mod categories;
+pub mod events;
+pub mod funkos;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    pool::PoolConnection,
+};
+
+/// Which database engine is behind the pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The pools. On SQLite all writes go through a single connection, which serialises them
+/// (SQLite has one writer anyway) and makes event ids commit in order without retries; reads
+/// use their own pool and see WAL snapshots. On PostgreSQL both are the same pool.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub backend: Backend,
+    /// Reads; each list read runs in one transaction so its cursor matches its rows.
+    pub reader: AnyPool,
+    /// Writes; on SQLite exactly one connection.
+    pub writer: AnyPool,
+    /// The URL the pools were opened with (PostgreSQL's LISTEN needs it).
+    pub url: String,
+}
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Db {
+    /// Opens the pools, creating a SQLite file's directory when missing.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("unsupported database URL (use sqlite:// or postgres://): {url}");
+        };
+        let options = AnyConnectOptions::from_str(url).context("parsing the database URL")?;
+        match backend {
+            Backend::Sqlite => {
+                if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned))
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let pool = |max: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .min_connections(1)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                // WAL: readers never block the writer. NORMAL: a commit survives a
+                                // process crash (SIGKILL); only a power cut may lose the last ones.
+                                conn.execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_with(options.clone())
+                };
+                let writer = pool(1).await.context("opening the SQLite database")?;
+                let reader = pool(8).await.context("opening the SQLite database")?;
+                Ok(Self {
+                    backend,
+                    reader,
+                    writer,
+                    url: url.to_owned(),
+                })
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                Ok(Self {
+                    backend,
+                    reader: pool.clone(),
+                    writer: pool,
+                    url: url.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Applies the migrations of this backend, then seeds a new database.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        // Several instances may start at once: the migrator takes a lock, the seed too.
+        migrator.run(&self.writer).await.context("migrating")?;
+        events::init_stream(self).await.context("seeding")?;
+        Ok(())
+    }
+
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        self.writer.begin().await
+    }
+
+    pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+        self.reader.begin().await
+    }
+
+    /// Checks that the database answers (for `/health/ready`).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let mut conn: PoolConnection<sqlx::Any> = self.reader.acquire().await?;
+        conn.execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// The file path of a `sqlite:` URL, if it names a file.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+/// Is this error the violation of a unique index? (A race the pre-check lost: answer 409.)
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Builds `$n` placeholders in order (sqlx's `QueryBuilder` for `Any` writes `?`, which
+/// PostgreSQL does not take).
+#[derive(Default)]
+pub(crate) struct Placeholders(usize);
+
+impl Placeholders {
+    pub fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("${}", self.0)
+    }
+}

@@ -1,0 +1,213 @@
+//! Validated domain types. No I/O: everything here turns client JSON into values that
+//! satisfy the rules of DESIGN §2, or into a list of field errors.
+
+pub mod category;
+pub mod funko;
+pub mod query;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// One rule a field broke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON name of the field (`price`, `category`, ...).
+    pub field: String,
+    pub message: String,
+}
+
+/// Every rule the input broke, reported together so a client fixes them in one go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub fn single(field: &str, message: impl Into<String>) -> Self {
+        let mut errors = Self::default();
+        errors.add(field, message);
+        errors
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when no error was recorded.
+    pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, Self> {
+        if self.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// Reads the fields of one JSON object, recording a field error for each wrong type and
+/// for each field that is neither known nor one of the resource's read-only fields.
+pub(crate) struct ObjectReader<'a> {
+    object: &'a Map<String, Value>,
+    pub errors: FieldErrors,
+}
+
+impl<'a> ObjectReader<'a> {
+    /// Checks that `value` is an object whose keys are all in `writable` or `read_only`
+    /// (read-only fields are accepted and ignored, so a client may send back what it read).
+    pub fn new(
+        value: &'a Value,
+        writable: &[&str],
+        read_only: &[&str],
+    ) -> Result<Self, FieldErrors> {
+        let Some(object) = value.as_object() else {
+            return Err(FieldErrors::single("", "the body must be a JSON object"));
+        };
+        let mut errors = FieldErrors::default();
+        for key in object.keys() {
+            if !writable.contains(&key.as_str()) && !read_only.contains(&key.as_str()) {
+                errors.add(key, "unknown field");
+            }
+        }
+        Ok(Self { object, errors })
+    }
+
+    fn present(&self, field: &str) -> Option<&'a Value> {
+        self.object.get(field).filter(|v| !v.is_null())
+    }
+
+    /// A required string, trimmed.
+    pub fn required_str(&mut self, field: &str) -> Option<String> {
+        match self.present(field) {
+            None => {
+                self.errors.add(field, "is required");
+                None
+            }
+            Some(value) => self.str_value(field, value),
+        }
+    }
+
+    /// An optional string (absent or null is `None`), not trimmed.
+    pub fn optional_str(&mut self, field: &str) -> Option<Option<String>> {
+        match self.present(field) {
+            None => Some(None),
+            Some(value) => self.str_value(field, value).map(Some),
+        }
+    }
+
+    fn str_value(&mut self, field: &str, value: &Value) -> Option<String> {
+        match value.as_str() {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                self.errors.add(field, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// A required JSON number.
+    pub fn required_f64(&mut self, field: &str) -> Option<f64> {
+        match self.present(field) {
+            None => {
+                self.errors.add(field, "is required");
+                None
+            }
+            Some(value) => match value.as_f64() {
+                Some(n) if value.is_number() => Some(n),
+                _ => {
+                    self.errors.add(field, "must be a number");
+                    None
+                }
+            },
+        }
+    }
+
+    /// A required JSON integer (`3`, not `3.0` nor `"3"`).
+    pub fn required_i64(&mut self, field: &str) -> Option<i64> {
+        match self.present(field) {
+            None => {
+                self.errors.add(field, "is required");
+                None
+            }
+            Some(value) => match value.as_i64() {
+                Some(n) => Some(n),
+                None if value.is_u64() => {
+                    self.errors.add(field, "is out of range");
+                    None
+                }
+                None => {
+                    self.errors.add(field, "must be an integer");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// The key under which a name is unique: case-insensitive, Unicode-aware.
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// Applies an RFC 7396 JSON merge patch to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            let target = target.as_object_mut().expect("made an object above");
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7396_examples() {
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
+            (json!({"a":[1]}), json!({"a":[2]}), json!({"a":[2]})),
+            (json!(["a"]), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
+        ];
+        for (mut target, patch, expected) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, expected);
+        }
+    }
+
+    #[test]
+    fn name_key_is_case_insensitive_beyond_ascii() {
+        assert_eq!(name_key("GROOT"), name_key("groot"));
+        assert_eq!(name_key("ÉLAN"), name_key("élan"));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_read_only_ignored() {
+        let value = json!({"name":"x","id":3,"bogus":1});
+        let reader = ObjectReader::new(&value, &["name"], &["id"]).unwrap();
+        assert_eq!(reader.errors, FieldErrors::single("bogus", "unknown field"));
+    }
+}

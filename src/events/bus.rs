@@ -1,0 +1,180 @@
+//! [`ChangeBus`]: the process's view of the log's recent tail, and the wake-up of every
+//! subscriber when it grows.
+//!
+//! Writers never push events here. After a commit they call [`ChangeBus::wake`]; one tailer
+//! task reads the log after the newest id it holds and appends what it finds. Because ids
+//! become visible in increasing order (see `db::events::append`), "read after my head" never
+//! skips an event, and every instance that tails the same database (PostgreSQL) holds the same
+//! sequence with the same cursors. The database is the truth; this is a cache of its end.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::StoredEvent;
+use crate::db::{self, Db};
+
+/// How many events the tailer reads from the log per query.
+const TAIL_BATCH: i64 = 1000;
+
+/// The recent end of the log: exactly the events with ids in `floor+1..=head`, in order.
+#[derive(Debug)]
+struct Tail {
+    events: VecDeque<StoredEvent>,
+    floor: i64,
+    head: i64,
+}
+
+/// What [`ChangeBus::read`] found after a cursor.
+pub enum TailRead {
+    /// The events after the cursor that the tail holds (none: the cursor is at the head).
+    Events(Vec<StoredEvent>),
+    /// The cursor is older than the tail: those events are only in the database.
+    Behind,
+}
+
+pub struct ChangeBus {
+    db: Db,
+    /// The tail; held only for copying `Arc`s in or out, never across an `.await`.
+    tail: RwLock<Tail>,
+    /// How many events the tail keeps. A live subscriber that falls further behind than this
+    /// is cut off (it resumes from the database by cursor), so this bounds every subscriber's
+    /// queue without a queue per subscriber.
+    capacity: usize,
+    /// The head cursor. Each subscriber holds a receiver and sleeps on `changed()`.
+    head: watch::Sender<i64>,
+    /// Wakes the tailer: after a local commit, on a PostgreSQL notification, or at shutdown.
+    wake: Notify,
+    /// Cancelled at shutdown: streams end so their clients reconnect elsewhere.
+    closing: CancellationToken,
+}
+
+impl ChangeBus {
+    /// A bus whose tail starts at the log's current head.
+    pub async fn new(db: Db, capacity: usize) -> anyhow::Result<Arc<Self>> {
+        let mut conn = db.reader.acquire().await?;
+        let (_, head) = db::events::bounds(&mut conn).await?;
+        drop(conn);
+        Ok(Arc::new(Self {
+            db,
+            tail: RwLock::new(Tail {
+                events: VecDeque::with_capacity(capacity.min(65_536)),
+                floor: head,
+                head,
+            }),
+            capacity: capacity.max(1),
+            head: watch::Sender::new(head),
+            wake: Notify::new(),
+            closing: CancellationToken::new(),
+        }))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The newest cursor this process has seen.
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    pub fn subscribe_head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// Asks the tailer to look for new events (call after every commit that appended one).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Ends every stream and stops the tailer.
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.wake.notify_one();
+    }
+
+    /// The events after `cursor` that the tail holds, at most `max`.
+    pub fn read(&self, cursor: i64, max: usize) -> TailRead {
+        let tail = self.tail.read().expect("tail lock poisoned");
+        if cursor < tail.floor {
+            return TailRead::Behind;
+        }
+        let start = tail.events.partition_point(|e| e.id <= cursor);
+        TailRead::Events(tail.events.range(start..).take(max).cloned().collect())
+    }
+
+    /// Reads new events from the log into the tail until it is at the log's head.
+    /// Returns how many were added.
+    pub async fn catch_up(&self) -> Result<usize, sqlx::Error> {
+        let mut added = 0;
+        loop {
+            let after = self.tail.read().expect("tail lock poisoned").head;
+            let mut conn = self.db.reader.acquire().await?;
+            let batch = db::events::read_after(&mut conn, after, TAIL_BATCH).await?;
+            drop(conn);
+            let Some(last) = batch.last().map(|e| e.id) else {
+                return Ok(added);
+            };
+            let full = batch.len() as i64 == TAIL_BATCH;
+            added += batch.len();
+            {
+                let mut tail = self.tail.write().expect("tail lock poisoned");
+                // Only this task appends, so `head` is still `after`.
+                debug_assert_eq!(tail.head, after);
+                tail.events.extend(batch);
+                while tail.events.len() > self.capacity {
+                    let dropped = tail.events.pop_front().expect("longer than capacity");
+                    tail.floor = dropped.id;
+                }
+                tail.head = last;
+            }
+            // Published after the tail holds the events: a woken subscriber finds them.
+            self.head.send_replace(last);
+            if !full {
+                return Ok(added);
+            }
+        }
+    }
+
+    /// The tailer: runs until [`close`](Self::close). `poll_every` bounds how late an event
+    /// committed elsewhere may be seen if its wake-up is lost (PostgreSQL); `None` when this
+    /// process is the only writer (SQLite).
+    pub async fn run_tailer(self: Arc<Self>, poll_every: Option<Duration>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.closing.is_cancelled() {
+                return;
+            }
+            match self.catch_up().await {
+                Ok(_) => backoff = Duration::from_millis(50),
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading new events failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.closing.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            match poll_every {
+                Some(every) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(every) => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+}

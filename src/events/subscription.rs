@@ -1,0 +1,248 @@
+//! [`Subscription`]: one subscriber's position in the stream. It replays matching events
+//! after its cursor from the database, switches to the bus's in-memory tail once it is within
+//! it, and then waits for live events. Every transport drives one of these.
+//!
+//! No gap, no duplicate at the switch: the cursor is the only state. Each step reads "events
+//! with id > cursor" from wherever they are (tail if it reaches back that far, else the
+//! database) and moves the cursor to the last id read, matching or not.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{
+    Entity, EventKind, Reset, ResetReason, StoredEvent,
+    bus::{ChangeBus, TailRead},
+};
+use crate::{db, error::ApiError};
+
+/// Which events a subscriber wants. The cursor advances past the others all the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub entity: Option<Entity>,
+    /// Empty: all types.
+    pub types: Vec<EventKind>,
+}
+
+impl Filter {
+    /// Parses the `entity` and `types` parameters shared by every transport.
+    pub fn parse<'a>(
+        entity: Option<&str>,
+        types: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ApiError> {
+        let entity = match entity.map(str::trim).filter(|e| !e.is_empty()) {
+            None => None,
+            Some(raw) => Some(Entity::parse(raw).ok_or_else(|| {
+                ApiError::bad_request(format!("entity must be FUNKOS or CATEGORIES, not {raw:?}"))
+            })?),
+        };
+        let mut kinds = Vec::new();
+        for raw in types
+            .into_iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let kind = EventKind::parse(raw).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "types must be a comma-separated list of CREATE, UPDATE, DELETE, not {raw:?}"
+                ))
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        Ok(Self {
+            entity,
+            types: kinds,
+        })
+    }
+
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        self.entity.is_none_or(|e| e == event.entity)
+            && (self.types.is_empty() || self.types.contains(&event.kind))
+    }
+}
+
+/// Where a subscription begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Live events only, from the current head.
+    Now,
+    /// Every event after this cursor, then live.
+    After(i64),
+}
+
+/// What a subscriber gets next.
+#[derive(Debug)]
+pub enum Next {
+    /// The matching events after the previous cursor (possibly none, when every event read
+    /// was filtered out) and the cursor after them.
+    Events {
+        events: Vec<StoredEvent>,
+        cursor: i64,
+    },
+    /// Events after the cursor were pruned while replaying: reload, continue from the reset.
+    Reset(Reset),
+    /// The subscriber fell more than the queue bound behind the live stream. It must
+    /// reconnect and resume from `cursor` (the last one it was given).
+    CutOff { cursor: i64 },
+    /// The server is shutting down; resume from `cursor` elsewhere.
+    Closed { cursor: i64 },
+}
+
+pub struct Subscription {
+    bus: Arc<ChangeBus>,
+    cursor: i64,
+    filter: Filter,
+    head: watch::Receiver<i64>,
+    /// Set once the subscriber has been served from the tail: from then on, falling behind
+    /// the tail means it is too slow, not that it is replaying.
+    live: bool,
+}
+
+impl Subscription {
+    /// Opens a subscription. A cursor this database cannot serve (pruned, or never issued)
+    /// yields a [`Reset`] and a subscription from the head.
+    pub async fn open(
+        bus: Arc<ChangeBus>,
+        start: Start,
+        filter: Filter,
+    ) -> Result<(Self, Option<Reset>), ApiError> {
+        let head = bus.subscribe_head();
+        let (cursor, reset) = match start {
+            Start::Now => (bus.head(), None),
+            Start::After(cursor) => {
+                let mut conn = bus.db().reader.acquire().await?;
+                let (floor, db_head) = db::events::bounds(&mut conn).await?;
+                let reason = if cursor < floor {
+                    Some(ResetReason::Expired)
+                } else if cursor > db_head {
+                    Some(ResetReason::Unknown)
+                } else {
+                    None
+                };
+                match reason {
+                    None => (cursor, None),
+                    Some(reason) => (
+                        db_head,
+                        Some(Reset {
+                            cursor: db_head.to_string(),
+                            reason,
+                        }),
+                    ),
+                }
+            }
+        };
+        let subscription = Self {
+            bus,
+            cursor,
+            filter,
+            head,
+            live: false,
+        };
+        Ok((subscription, reset))
+    }
+
+    /// The cursor after everything handed out so far.
+    pub fn cursor(&self) -> i64 {
+        self.cursor
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// Events available now, without waiting: `None` when the cursor is at the head.
+    pub async fn poll_now(&mut self, max: usize) -> Result<Option<Next>, ApiError> {
+        if self.bus.closing().is_cancelled() {
+            return Ok(Some(Next::Closed {
+                cursor: self.cursor,
+            }));
+        }
+        // Marked seen before reading, so a head published after this read wakes `next`.
+        self.head.borrow_and_update();
+        let batch = match self.bus.read(self.cursor, max) {
+            TailRead::Events(events) => {
+                self.live = true;
+                if events.is_empty() {
+                    return Ok(None);
+                }
+                events
+            }
+            TailRead::Behind if self.live => {
+                tracing::warn!(
+                    cursor = self.cursor,
+                    "subscriber fell behind the live stream; cutting it off"
+                );
+                return Ok(Some(Next::CutOff {
+                    cursor: self.cursor,
+                }));
+            }
+            TailRead::Behind => {
+                let mut conn = self.bus.db().reader.begin().await?;
+                let (floor, head) = db::events::bounds(&mut conn).await?;
+                if self.cursor < floor {
+                    self.cursor = head;
+                    return Ok(Some(Next::Reset(Reset {
+                        cursor: head.to_string(),
+                        reason: ResetReason::Expired,
+                    })));
+                }
+                let events = db::events::read_after(&mut conn, self.cursor, max as i64).await?;
+                conn.commit().await?;
+                if events.is_empty() {
+                    return Ok(None);
+                }
+                events
+            }
+        };
+        self.cursor = batch.last().expect("not empty").id;
+        let events = batch
+            .into_iter()
+            .filter(|e| self.filter.matches(e))
+            .collect();
+        Ok(Some(Next::Events {
+            events,
+            cursor: self.cursor,
+        }))
+    }
+
+    /// The next step of the stream, waiting for a commit when there is nothing new.
+    pub async fn next(&mut self, max: usize) -> Result<Next, ApiError> {
+        loop {
+            if let Some(next) = self.poll_now(max).await? {
+                return Ok(next);
+            }
+            tokio::select! {
+                changed = self.head.changed() => {
+                    if changed.is_err() {
+                        return Ok(Next::Closed { cursor: self.cursor });
+                    }
+                }
+                () = self.bus.closing().cancelled() => {
+                    return Ok(Next::Closed { cursor: self.cursor });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_parsing_and_matching() {
+        let filter = Filter::parse(Some("funkos"), ["CREATE,delete", "CREATE"]).unwrap();
+        assert_eq!(filter.entity, Some(Entity::Funkos));
+        assert_eq!(filter.types, [EventKind::Create, EventKind::Delete]);
+        let event = |entity, kind| StoredEvent::new(1, entity, kind, "{}", "t");
+        assert!(filter.matches(&event(Entity::Funkos, EventKind::Create)));
+        assert!(!filter.matches(&event(Entity::Funkos, EventKind::Update)));
+        assert!(!filter.matches(&event(Entity::Categories, EventKind::Create)));
+        assert!(Filter::default().matches(&event(Entity::Categories, EventKind::Update)));
+        assert!(Filter::parse(Some("users"), []).is_err());
+        assert!(Filter::parse(None, ["UPSERT"]).is_err());
+    }
+}

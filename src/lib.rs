@@ -1,0 +1,30 @@
+//! funko-live: a Funko store API whose clients see every committed change the moment it
+//! commits.
+//!
+//! A tour, from the outside in:
+//! - [`config`]: flags and environment variables.
+//! - [`startup`]: opens the database, starts the stream's tasks, builds the routes, serves
+//!   until told to stop.
+//! - [`api`]: the HTTP surface, one `#[OpenApi]` impl per resource plus the stream adapters
+//!   (SSE and long-poll); handlers stay thin.
+//! - [`service`]: each read and write of the store, shared by every transport. A write
+//!   changes its row and appends its event in one transaction, commits, then wakes the bus.
+//! - [`events`]: the change stream's engine: the event type, [`events::ChangeBus`] (the log's
+//!   in-memory tail and the wake-up), and [`events::Subscription`] (replay, then live).
+//! - [`db`]: every SQL statement, one file per table, on SQLite or PostgreSQL.
+//! - [`domain`]: validated input types and their rules; no I/O.
+//! - [`model`]: the resources as clients see them.
+//! - [`error`]: what a request can fail with, rendered as `application/problem+json`.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod model;
+pub mod service;
+pub mod startup;
+
+pub use config::Config;
+pub use startup::App;

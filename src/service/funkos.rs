@@ -1,0 +1,184 @@
+//! Funko reads and writes.
+
+use serde_json::Value;
+
+use super::{IfMatch, Read, Written, commit_with_event, on_unique};
+use crate::{
+    db::{self, Tx},
+    domain::{FieldErrors, funko::FunkoDraft, merge_patch, query::FunkoListQuery},
+    error::ApiError,
+    events::{ChangeBus, Entity, EventKind},
+    model::{Funko, FunkoPage, PageMeta, now_rfc3339},
+};
+
+const ENTITY: &str = "funko";
+
+/// One Funko; a deleted one only when asked for.
+pub async fn get(bus: &ChangeBus, id: i64, include_deleted: bool) -> Result<Read<Funko>, ApiError> {
+    let mut tx = bus.db().begin_read().await?;
+    let funko = db::funkos::get(&mut tx, id)
+        .await?
+        .filter(|f| include_deleted || !f.is_deleted)
+        .ok_or_else(|| ApiError::not_found(ENTITY, id))?;
+    let (_, cursor) = db::events::bounds(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Read {
+        resource: funko,
+        cursor,
+    })
+}
+
+pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<FunkoPage>, ApiError> {
+    let mut tx = bus.db().begin_read().await?;
+    let (data, total) = db::funkos::list(&mut tx, query).await?;
+    let (_, cursor) = db::events::bounds(&mut tx).await?;
+    tx.commit().await?;
+    let meta = PageMeta {
+        page: query.page,
+        limit: query.limit,
+        total,
+        total_pages: (total + query.limit - 1) / query.limit,
+    };
+    Ok(Read {
+        resource: FunkoPage { data, meta },
+        cursor,
+    })
+}
+
+pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Funko>, ApiError> {
+    let draft = FunkoDraft::parse(body).map_err(ApiError::Validation)?;
+    let mut tx = bus.db().begin_write().await?;
+    let category_id = check_draft(&mut tx, &draft, None).await?;
+    let id = db::funkos::insert(&mut tx, &draft, category_id, &now_rfc3339())
+        .await
+        .map_err(on_unique(|| name_conflict(&draft.name)))?;
+    let funko = fetch(&mut tx, id).await?;
+    commit_with_event(tx, bus, Entity::Funkos, EventKind::Create, funko).await
+}
+
+/// How an update reads its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// PUT: the body is the whole Funko.
+    Replace,
+    /// PATCH: the body is an RFC 7396 merge patch of the Funko's writable fields.
+    Merge,
+}
+
+pub async fn update(
+    bus: &ChangeBus,
+    id: i64,
+    body: &Value,
+    mode: UpdateMode,
+    if_match: Option<&IfMatch>,
+) -> Result<Written<Funko>, ApiError> {
+    if mode == UpdateMode::Merge && !body.is_object() {
+        return Err(ApiError::Validation(FieldErrors::single(
+            "",
+            "a merge patch must be a JSON object",
+        )));
+    }
+    // Body rules that need no row are checked before taking the writer.
+    if mode == UpdateMode::Replace {
+        FunkoDraft::parse(body).map_err(ApiError::Validation)?;
+    }
+    let mut tx = bus.db().begin_write().await?;
+    let current = fetch_live(&mut tx, id).await?;
+    IfMatch::check(if_match, current.version)?;
+    let draft = match mode {
+        UpdateMode::Replace => FunkoDraft::parse(body),
+        UpdateMode::Merge => {
+            let mut merged = writable_json(&current);
+            merge_patch(&mut merged, body);
+            FunkoDraft::parse(&merged)
+        }
+    }
+    .map_err(ApiError::Validation)?;
+    let category_id = check_draft(&mut tx, &draft, Some(id)).await?;
+    db::funkos::update(&mut tx, id, &draft, category_id, &now_rfc3339())
+        .await
+        .map_err(on_unique(|| name_conflict(&draft.name)))?;
+    let funko = fetch(&mut tx, id).await?;
+    commit_with_event(tx, bus, Entity::Funkos, EventKind::Update, funko).await
+}
+
+pub async fn delete(
+    bus: &ChangeBus,
+    id: i64,
+    if_match: Option<&IfMatch>,
+) -> Result<Written<Funko>, ApiError> {
+    let mut tx = bus.db().begin_write().await?;
+    let current = fetch_live(&mut tx, id).await?;
+    IfMatch::check(if_match, current.version)?;
+    db::funkos::soft_delete(&mut tx, id, &now_rfc3339()).await?;
+    let funko = fetch(&mut tx, id).await?;
+    commit_with_event(tx, bus, Entity::Funkos, EventKind::Delete, funko).await
+}
+
+/// Sets the image of a live Funko (uploads); returns the Funko and the image it replaced.
+pub async fn set_image(
+    bus: &ChangeBus,
+    id: i64,
+    image: &str,
+) -> Result<(Written<Funko>, String), ApiError> {
+    let mut tx = bus.db().begin_write().await?;
+    let current = fetch_live(&mut tx, id).await?;
+    db::funkos::set_image(&mut tx, id, image, &now_rfc3339()).await?;
+    let funko = fetch(&mut tx, id).await?;
+    let written = commit_with_event(tx, bus, Entity::Funkos, EventKind::Update, funko).await?;
+    Ok((written, current.image))
+}
+
+/// Checks a live Funko exists (for uploads, before reading a body).
+pub async fn exists_live(bus: &ChangeBus, id: i64) -> Result<(), ApiError> {
+    get(bus, id, false).await.map(|_| ())
+}
+
+/// The rules that need the database: a live category by that name, and a free name.
+/// Returns the category's id.
+async fn check_draft(tx: &mut Tx, draft: &FunkoDraft, this: Option<i64>) -> Result<i64, ApiError> {
+    let category = db::categories::find_live_by_name(tx, &draft.category).await?;
+    let mut errors = FieldErrors::default();
+    if category.is_none() {
+        errors.add(
+            "category",
+            format!("no category named {:?} exists", draft.category),
+        );
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    if db::funkos::name_taken(tx, &draft.name, this).await? {
+        return Err(ApiError::Conflict(name_conflict(&draft.name)));
+    }
+    Ok(category.expect("checked above").id)
+}
+
+fn name_conflict(name: &str) -> String {
+    format!("a Funko named {name:?} already exists")
+}
+
+async fn fetch(tx: &mut Tx, id: i64) -> Result<Funko, ApiError> {
+    db::funkos::get(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("funko {id} vanished inside its write")))
+}
+
+async fn fetch_live(tx: &mut Tx, id: i64) -> Result<Funko, ApiError> {
+    db::funkos::get(tx, id)
+        .await?
+        .filter(|f| !f.is_deleted)
+        .ok_or_else(|| ApiError::not_found(ENTITY, id))
+}
+
+/// The writable fields of a Funko as JSON: what a merge patch applies to.
+fn writable_json(funko: &Funko) -> Value {
+    serde_json::json!({
+        "name": funko.name,
+        "description": funko.description,
+        "price": funko.price,
+        "stock": funko.stock,
+        "image": funko.image,
+        "category": funko.category,
+    })
+}

@@ -1,0 +1,336 @@
+//! The test harness: `spawn_app` starts the real server on `127.0.0.1:0` with its own
+//! database, and `TestApp` has a method per endpoint plus real SSE and WebSocket clients.
+
+use std::{net::SocketAddr, time::Duration};
+
+use funko_live::{App, Config};
+use futures_util::StreamExt;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use crate::backends::Backend;
+
+/// How long a test waits for anything the server should do promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub database_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a server on its own fresh database.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a server after `tune` adjusts its configuration.
+pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = backend.fresh_database(dir.path()).await;
+    let mut config = Config::defaults();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.database_url = Some(database_url.clone());
+    config.keepalive_seconds = 15;
+    tune(&mut config);
+    spawn_on(backend, config, database_url, dir).await
+}
+
+/// Starts a server on an existing database (restarts, second instances).
+pub async fn spawn_on(
+    backend: Backend,
+    config: Config,
+    database_url: String,
+    dir: tempfile::TempDir,
+) -> TestApp {
+    let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = App::build(config).await.expect("app starts");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(listener, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap(),
+        backend,
+        database_url,
+        shutdown: Some(tx),
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        self.request(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Response {
+        self.request(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path, None).await
+    }
+
+    /// Creates a Funko and returns its JSON; panics unless 201.
+    pub async fn create_funko(&self, name: &str) -> Value {
+        let response = self
+            .post(
+                "/funkos",
+                json!({"name": name, "price": 9.99, "stock": 5, "category": "DISNEY"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "creating {name}");
+        response.json().await.unwrap()
+    }
+
+    /// The head cursor, from a read's `Stream-Cursor`.
+    pub async fn head(&self) -> String {
+        let response = self.get("/funkos?limit=1").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        stream_cursor(&response)
+    }
+
+    /// Every event after `cursor`, read by long-poll pages without waiting.
+    pub async fn events_after(&self, cursor: &str) -> Vec<Value> {
+        let mut cursor = cursor.to_owned();
+        let mut all = Vec::new();
+        loop {
+            let page: Value = self
+                .get(&format!("/events/poll?after={cursor}&timeout=0&limit=1000"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let events = page["events"].as_array().expect("events").clone();
+            cursor = page["cursor"].as_str().unwrap().to_owned();
+            if events.is_empty() {
+                return all;
+            }
+            all.extend(events);
+        }
+    }
+
+    /// Opens an SSE stream at `path` (with optional `Last-Event-ID`).
+    pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = self.client.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("SSE request");
+        assert_eq!(response.status(), StatusCode::OK, "SSE {path}");
+        SseClient::new(response)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("server stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn stream_cursor(response: &Response) -> String {
+    response
+        .headers()
+        .get("stream-cursor")
+        .expect("Stream-Cursor header")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Asserts a problem body with this status and returns it.
+pub async fn assert_problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "problem content type"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// The fields named in a problem's `errors`.
+pub fn problem_fields(problem: &Value) -> Vec<String> {
+    let mut fields: Vec<String> = problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+/// One parsed SSE frame.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    /// A `:` comment line (keep-alive).
+    pub comment: bool,
+}
+
+impl SseFrame {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("data")).expect("JSON data")
+    }
+
+    /// A change event: `id:` and `data:`, no event name.
+    pub fn is_event(&self) -> bool {
+        self.id.is_some() && self.data.is_some() && self.event.is_none()
+    }
+}
+
+/// A minimal SSE reader over a real HTTP response.
+pub struct SseClient {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl SseClient {
+    fn new(response: Response) -> Self {
+        let headers = response.headers().clone();
+        Self {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            headers,
+        }
+    }
+
+    /// The next frame, or `None` when the server ended the stream. Panics after [`WAIT`].
+    pub async fn next_frame(&mut self) -> Option<SseFrame> {
+        self.next_frame_within(WAIT)
+            .await
+            .expect("an SSE frame in time")
+    }
+
+    /// `Err(())` on timeout.
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Result<Option<SseFrame>, ()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut frame = SseFrame::default();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        frame.comment = true;
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "id" => frame.id = Some(value),
+                        "event" => frame.event = Some(value),
+                        "retry" => frame.retry = value.parse().ok(),
+                        "data" => {
+                            frame.data = Some(match frame.data.take() {
+                                Some(prev) => format!("{prev}\n{value}"),
+                                None => value,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(Some(frame));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Err(()),
+                Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+            }
+        }
+    }
+
+    /// The next change event, skipping `retry:`, comments and cursor-only frames.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let frame = self.next_frame().await.expect("stream still open");
+            if frame.is_event() {
+                let event = frame.json();
+                assert_eq!(
+                    event["id"].as_str(),
+                    frame.id.as_deref(),
+                    "id: matches data.id"
+                );
+                return event;
+            }
+        }
+    }
+
+    /// The next `n` change events.
+    pub async fn take_events(&mut self, n: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next_event().await);
+        }
+        events
+    }
+}
+
+/// The cursors of a list of events, as numbers.
+pub fn cursors(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
