@@ -8,7 +8,6 @@ use poem::{
     endpoint::make_sync,
     listener::TcpAcceptor,
     middleware::{Cors, Tracing},
-    web::Html,
 };
 use tokio::task::JoinHandle;
 
@@ -123,7 +122,9 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
                     .body(spec.clone())
             }),
         )
-        .at("/docs/", make_sync(|_| Html("")))
+        .at("/ws", api::ws::handler)
+        .at("/", api::page::index)
+        .at("/page/:file", api::page::asset)
         .data(state)
         .with_if(cors_enabled, cors)
         .with(Tracing)

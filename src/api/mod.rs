@@ -5,7 +5,9 @@
 pub mod categories;
 pub mod funkos;
 pub mod health;
+pub mod page;
 pub mod stream;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -289,17 +289,20 @@ impl StreamApi {
             return Ok(PollResponse::Ok(RawJson::reset(&reset)));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let limit = limit as usize;
         loop {
-            let step = tokio::time::timeout_at(deadline, subscription.next(limit as usize)).await;
-            let answer = match step {
-                Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
-                Ok(Ok(Next::Events { events, .. })) if events.is_empty() => continue,
-                Ok(Ok(Next::Events { events, cursor })) => RawJson::poll(&events, cursor),
-                Ok(Ok(Next::Reset(reset))) => RawJson::reset(&reset),
-                Ok(Ok(Next::CutOff { cursor } | Next::Closed { cursor })) => {
+            // Look first, wait after: `timeout=0` still answers what is already there.
+            let answer = match subscription.poll_now(limit).await? {
+                Some(Next::Events { events, .. }) if events.is_empty() => continue,
+                Some(Next::Events { events, cursor }) => RawJson::poll(&events, cursor),
+                Some(Next::Reset(reset)) => RawJson::reset(&reset),
+                Some(Next::CutOff { cursor } | Next::Closed { cursor }) => {
                     RawJson::poll(&[], cursor)
                 }
-                Ok(Err(err)) => return Err(err.into()),
+                None => match tokio::time::timeout_at(deadline, subscription.wait()).await {
+                    Ok(()) => continue,
+                    Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
+                },
             };
             return Ok(PollResponse::Ok(answer));
         }

@@ -110,29 +110,26 @@ impl Subscription {
         filter: Filter,
     ) -> Result<(Self, Option<Reset>), ApiError> {
         let head = bus.subscribe_head();
-        let (cursor, reset) = match start {
-            Start::Now => (bus.head(), None),
-            Start::After(cursor) => {
-                let mut conn = bus.db().reader.acquire().await?;
-                let (floor, db_head) = db::events::bounds(&mut conn).await?;
-                let reason = if cursor < floor {
-                    Some(ResetReason::Expired)
-                } else if cursor > db_head {
-                    Some(ResetReason::Unknown)
-                } else {
-                    None
-                };
-                match reason {
-                    None => (cursor, None),
-                    Some(reason) => (
-                        db_head,
-                        Some(Reset {
-                            cursor: db_head.to_string(),
-                            reason,
-                        }),
-                    ),
-                }
-            }
+        // Both cases read the database's bounds: "now" is the newest committed event, which
+        // this process's tail may not hold yet.
+        let mut conn = bus.db().reader.acquire().await?;
+        let (floor, db_head) = db::events::bounds(&mut conn).await?;
+        drop(conn);
+        let reason = match start {
+            Start::Now => None,
+            Start::After(cursor) if cursor < floor => Some(ResetReason::Expired),
+            Start::After(cursor) if cursor > db_head => Some(ResetReason::Unknown),
+            Start::After(_) => None,
+        };
+        let (cursor, reset) = match (start, reason) {
+            (Start::After(cursor), None) => (cursor, None),
+            (_, reason) => (
+                db_head,
+                reason.map(|reason| Reset {
+                    cursor: db_head.to_string(),
+                    reason,
+                }),
+            ),
         };
         let subscription = Self {
             bus,
@@ -214,16 +211,21 @@ impl Subscription {
             if let Some(next) = self.poll_now(max).await? {
                 return Ok(next);
             }
-            tokio::select! {
-                changed = self.head.changed() => {
-                    if changed.is_err() {
-                        return Ok(Next::Closed { cursor: self.cursor });
-                    }
-                }
-                () = self.bus.closing().cancelled() => {
-                    return Ok(Next::Closed { cursor: self.cursor });
+            self.wait().await;
+        }
+    }
+
+    /// Waits until the head moves past what [`poll_now`](Self::poll_now) last saw, or the
+    /// server starts shutting down (the next `poll_now` then says `Closed`).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            changed = self.head.changed() => {
+                if changed.is_err() {
+                    // The bus is gone: only possible at shutdown.
+                    self.bus.closing().cancelled().await;
                 }
             }
+            () = self.bus.closing().cancelled() => {}
         }
     }
 }

@@ -142,6 +142,109 @@ impl TestApp {
         }
     }
 
+    /// Every event after `after` up to and including `upto` (a write's `Stream-Cursor`),
+    /// long-polling until the stream reaches `upto`; panics after [`WAIT`].
+    pub async fn events_through(&self, after: &str, upto: &str) -> Vec<Value> {
+        let upto: i64 = upto.parse().expect("numeric cursor");
+        let mut cursor = after.to_owned();
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while cursor.parse::<i64>().expect("numeric cursor") < upto {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream did not reach {upto} in time (at {cursor})"
+            );
+            let page: Value = self
+                .get(&format!("/events/poll?after={cursor}&timeout=5&limit=1000"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert!(page.get("reset").is_none(), "unexpected reset: {page}");
+            all.extend(page["events"].as_array().expect("events").iter().cloned());
+            cursor = page["cursor"].as_str().unwrap().to_owned();
+        }
+        all
+    }
+
+    /// A request with a raw body and an optional `Content-Type` (none: the header is absent).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// A request with an `If-Match` header.
+    pub async fn if_match(
+        &self,
+        method: Method,
+        path: &str,
+        if_match: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("if-match", if_match);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// What a client can observe of the store: the head cursor and every Funko and category,
+    /// deleted ones included. Equal snapshots around a request mean it changed nothing.
+    pub async fn snapshot(&self) -> Value {
+        let head = self.head().await;
+        let mut funkos = Vec::new();
+        for page in 1.. {
+            let response = self
+                .get(&format!(
+                    "/funkos?includeDeleted=true&limit=100&page={page}"
+                ))
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            let data = body["data"].as_array().unwrap().clone();
+            if data.is_empty() {
+                break;
+            }
+            funkos.extend(data);
+        }
+        let response = self.get("/categories?includeDeleted=true").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let categories: Value = response.json().await.unwrap();
+        json!({"head": head, "funkos": funkos, "categories": categories})
+    }
+
+    /// Sends `request`, asserts a problem with `status`, and asserts that the store is as it
+    /// was before: same rows, same head, no event. Returns the problem body.
+    pub async fn assert_rejected(
+        &self,
+        request: impl std::future::Future<Output = Response>,
+        status: u16,
+    ) -> Value {
+        let before = self.snapshot().await;
+        let problem = assert_problem(request.await, status).await;
+        let after = self.snapshot().await;
+        assert_eq!(
+            after, before,
+            "a rejected request ({problem}) changed the store"
+        );
+        let head = before["head"].as_str().unwrap();
+        let events = self.events_after(head).await;
+        assert!(events.is_empty(), "a rejected request appended {events:?}");
+        problem
+    }
+
     /// Opens an SSE stream at `path` (with optional `Last-Event-ID`).
     pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> SseClient {
         let mut request = self.client.get(self.url(path));
