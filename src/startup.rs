@@ -123,8 +123,6 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
             }),
         )
         .at("/ws", api::ws::handler)
-        .at("/", api::page::index)
-        .at("/page/:file", api::page::asset)
         .data(state)
         .with_if(cors_enabled, cors)
         .with(Tracing)

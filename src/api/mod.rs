@@ -57,6 +57,7 @@ pub fn openapi_service() -> OpenApiService<
         categories::CategoriesApi,
         stream::StreamApi,
         health::HealthApi,
+        page::PageApi,
     ),
     (),
 > {
@@ -66,6 +67,7 @@ pub fn openapi_service() -> OpenApiService<
             categories::CategoriesApi,
             stream::StreamApi,
             health::HealthApi,
+            page::PageApi,
         ),
         "funko-live",
         env!("CARGO_PKG_VERSION"),

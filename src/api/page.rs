@@ -1,29 +1,44 @@
-//! The live page at `/`: static HTML, CSS and JS built into the binary (no build step).
+//! The live page at `/`: static HTML, CSS and JS built into the binary (no build step),
+//! served as one document. A hidden operation serves it, so the API (mounted at the root)
+//! keeps the whole path space and the page stays out of the spec.
 
-use poem::{
-    IntoResponse, Response, handler,
-    http::StatusCode,
-    web::{Html, Path},
-};
+use std::sync::LazyLock;
+
+use poem_openapi::{OpenApi, payload::Html};
 
 const INDEX: &str = include_str!("../../static/index.html");
 const SCRIPT: &str = include_str!("../../static/app.js");
 const STYLE: &str = include_str!("../../static/app.css");
 
-#[handler]
-pub fn index() -> Html<&'static str> {
-    Html(INDEX)
+/// The page with its stylesheet and script inlined.
+static PAGE: LazyLock<String> = LazyLock::new(|| {
+    INDEX
+        .replace(
+            r#"<link rel="stylesheet" href="app.css">"#,
+            &format!("<style>\n{STYLE}</style>"),
+        )
+        .replace(
+            r#"<script src="app.js"></script>"#,
+            &format!("<script>\n{SCRIPT}</script>"),
+        )
+});
+
+pub struct PageApi;
+
+#[OpenApi]
+impl PageApi {
+    #[oai(path = "/", method = "get", hidden)]
+    async fn index(&self) -> Html<&'static str> {
+        Html(PAGE.as_str())
+    }
 }
 
-#[handler]
-pub fn asset(Path(file): Path<String>) -> Response {
-    let (body, content_type) = match file.as_str() {
-        "app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
-        "app.css" => (STYLE, "text/css; charset=utf-8"),
-        _ => return StatusCode::NOT_FOUND.into_response(),
-    };
-    Response::builder()
-        .content_type(content_type)
-        .header("Cache-Control", "no-cache")
-        .body(body)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn page_inlines_its_assets() {
+        assert!(super::PAGE.contains("function switchTo"));
+        assert!(super::PAGE.contains("--accent"));
+        assert!(!super::PAGE.contains("app.js"));
+    }
 }

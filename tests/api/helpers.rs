@@ -19,9 +19,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub backend: Backend,
     pub database_url: String,
+    pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Starts a server on its own fresh database.
@@ -51,7 +52,7 @@ pub async fn spawn_on(
 ) -> TestApp {
     let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
     let address = listener.local_addr().unwrap();
-    let app = App::build(config).await.expect("app starts");
+    let app = App::build(config.clone()).await.expect("app starts");
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(listener, async {
         let _ = rx.await;
@@ -64,9 +65,10 @@ pub async fn spawn_on(
             .unwrap(),
         backend,
         database_url,
+        config,
         shutdown: Some(tx),
         server: Some(server),
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 
@@ -254,6 +256,16 @@ impl TestApp {
         let response = request.send().await.expect("SSE request");
         assert_eq!(response.status(), StatusCode::OK, "SSE {path}");
         SseClient::new(response)
+    }
+
+    /// Stops the server gracefully and starts a new one on the same address and database.
+    pub async fn restart(mut self) -> TestApp {
+        let dir = self.dir.take().expect("data dir");
+        let (backend, url, mut config) =
+            (self.backend, self.database_url.clone(), self.config.clone());
+        config.bind = self.address;
+        self.stop().await;
+        spawn_on(backend, config, url, dir).await
     }
 
     /// Stops the server gracefully and waits for it.

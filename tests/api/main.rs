@@ -5,6 +5,9 @@ mod backends;
 mod helpers;
 mod postgres;
 
+mod clients;
+mod js;
+
 mod categories;
 mod events_log;
 mod funkos;

@@ -1,0 +1,92 @@
+//! Clients nobody here wrote: the live page in headless Chromium, and the `eventsource`
+//! npm package (a WHATWG EventSource that reconnects with `Last-Event-ID` on its own).
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{
+    helpers::{Backend, WAIT, cursors, spawn_app},
+    js::{chromium, js_dir, node_ready, run_node},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_page_follows_changes_on_every_transport_in_chromium() {
+    if !node_ready() || chromium().is_none() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("funko-live"));
+    let output = run_node("browser.mjs", &[app.url("")], Duration::from_secs(180)).await;
+    for label in ["sse", "poll", "ws", "fallback"] {
+        assert!(
+            output.contains(&format!("ok {label}:")),
+            "the page followed changes on {label}:\n{output}"
+        );
+    }
+}
+
+/// The `eventsource` package reads the stream, then, when the server restarts, reconnects
+/// by itself with `Last-Event-ID` and gets exactly the events it missed.
+async fn eventsource_package_reads_and_resumes_across_a_restart(backend: Backend) {
+    if !node_ready() {
+        return;
+    }
+    let app = spawn_app(backend).await;
+    let start = app.head().await;
+    let mut child = tokio::process::Command::new("node")
+        .arg(js_dir().join("sse_client.mjs"))
+        .arg(app.url(&format!("/events?lastEventId={start}")))
+        .arg("6")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || -> Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the client prints in time")
+            .unwrap()
+            .expect("the client is still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next_line().await["open"], true);
+
+    for i in 0..3 {
+        app.create_funko(&format!("Before restart {i}")).await;
+    }
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let line = next_line().await;
+        if let Some(event) = line.get("event") {
+            assert_eq!(line["lastEventId"], event["id"]);
+            received.push(event.clone());
+        }
+    }
+
+    // Restart: the stream ends; writes land while the client is away.
+    let app = app.restart().await;
+    for i in 0..3 {
+        app.create_funko(&format!("While away {i}")).await;
+    }
+    while received.len() < 6 {
+        let line = next_line().await;
+        if let Some(event) = line.get("event") {
+            received.push(event.clone());
+        }
+        assert!(
+            line.get("reset").is_none(),
+            "no reset on a resumable cursor"
+        );
+    }
+    assert!(child.wait().await.unwrap().success());
+    let log = app.events_after(&start).await;
+    assert_eq!(cursors(&received), cursors(&log));
+    assert_eq!(received, log);
+}
+
+crate::backend_tests!(eventsource_package_reads_and_resumes_across_a_restart);
