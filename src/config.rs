@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "API_TOKENS", value_delimiter = ',')]
     pub api_tokens: Vec<String>,
 
+    /// Allow writes without tokens on a non-loopback address (anyone who can reach the
+    /// server can then change the store).
+    #[arg(long, env = "ALLOW_OPEN_WRITES")]
+    pub allow_open_writes: bool,
+
     /// Comma-separated origins allowed by CORS (none by default).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -62,6 +67,23 @@ pub struct Config {
     /// (it then resumes from the durable log by cursor).
     #[arg(long, env = "SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
+
+    /// Most open streams (SSE, WebSocket, Socket.IO, held long-polls) in the whole server.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 19_000)]
+    pub max_streams: usize,
+
+    /// Most open streams from one client IP.
+    #[arg(long, env = "MAX_STREAMS_PER_IP", default_value_t = 1_000)]
+    pub max_streams_per_ip: usize,
+
+    /// Most long-polls held at once.
+    #[arg(long, env = "MAX_POLLERS", default_value_t = 10_000)]
+    pub max_pollers: usize,
+
+    /// Seconds a connection may stay silent (no byte either way) before it is closed.
+    /// Streams stay busy with keep-alives; it must exceed the longest long-poll (60 s).
+    #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub idle_timeout_seconds: u64,
 
     /// Seconds given to in-flight requests and streams at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]

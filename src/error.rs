@@ -137,6 +137,14 @@ impl poem::error::ResponseError for ApiError {
                 poem::http::HeaderValue::from_static("Bearer realm=\"funko-live\""),
             );
         }
+        if matches!(self, Self::PayloadTooLarge { .. }) {
+            // The rest of the body is left unread, so the server drops the connection after
+            // this answer; saying so keeps a client from reusing it for its next request.
+            response.headers_mut().insert(
+                poem::http::header::CONNECTION,
+                poem::http::HeaderValue::from_static("close"),
+            );
+        }
         if matches!(self, Self::Unavailable(_)) {
             response.headers_mut().insert(
                 poem::http::header::RETRY_AFTER,
@@ -197,6 +205,18 @@ impl ProblemBody {
 /// Renders any error that reached the edge (poem's own parse, routing and method errors
 /// included) as a problem body.
 pub fn render_any_error(err: poem::Error) -> poem::Response {
+    // Keep the operation id (the route label of the request metrics) on the response.
+    let operation = err
+        .data::<poem_openapi::OperationId>()
+        .map(|id| poem_openapi::OperationId(id.0));
+    let mut response = render_error(err);
+    if let Some(operation) = operation {
+        response.set_data(operation);
+    }
+    response
+}
+
+fn render_error(err: poem::Error) -> poem::Response {
     if let Some(api) = err.downcast_ref::<ApiError>() {
         return poem::error::ResponseError::as_response(api);
     }
@@ -310,6 +330,8 @@ statuses! {
     CreateErrors = [400, 401, 403, 409, 413, 415, 422];
     /// Updates by id: as creates, plus unknown ids and stale versions.
     UpdateErrors = [400, 401, 403, 404, 409, 412, 413, 415, 422];
+    /// Image uploads: as updates, without conflicts or preconditions.
+    UploadErrors = [400, 401, 403, 404, 413, 415, 422];
     /// Deletes by id.
     DeleteErrors = [400, 401, 403, 404, 409, 412];
     /// Stream reads: bad cursor or filter, or at the connection limit.

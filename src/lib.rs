@@ -15,16 +15,22 @@
 //! - [`domain`]: validated input types and their rules; no I/O.
 //! - [`model`]: the resources as clients see them.
 //! - [`error`]: what a request can fail with, rendered as `application/problem+json`.
+//! - [`auth`]: who may write; [`limits`]: how much a client may hold open;
+//!   [`metrics`]: what `/metrics` counts; [`storage`]: uploaded images on disk.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod startup;
+pub mod storage;
 
 pub use config::Config;
 pub use startup::App;

@@ -4,22 +4,22 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use poem::{
-    EndpointExt, Route, Server,
-    endpoint::make_sync,
-    listener::TcpAcceptor,
-    middleware::{Cors, Tracing},
+    EndpointExt, Route, Server, endpoint::make_sync, listener::TcpAcceptor, middleware::Cors,
 };
 use tokio::task::JoinHandle;
 
 use crate::{
-    api::{self, AppState, Settings},
+    api::{self, AppState, Settings, observe::Observe},
+    auth::WritePolicy,
     config::Config,
     db::{Backend, Db},
     error::render_any_error,
     events::{
-        ChangeBus,
+        ChangeBus, listener,
         retention::{self, Retention},
     },
+    limits::{StreamLimits, StreamSlots},
+    storage::ImageStore,
 };
 
 /// A running store: its state and the background tasks it owns.
@@ -30,16 +30,24 @@ pub struct App {
 }
 
 impl App {
-    /// Opens and migrates the database and starts the tailer and the pruner.
+    /// Opens and migrates the database and starts the tailer, the pruner and, on
+    /// PostgreSQL, the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let policy = write_policy(&config)?;
         let db = Db::connect(&config.database_url()).await?;
         db.migrate().await?;
         let bus = ChangeBus::new(db.clone(), config.subscriber_queue).await?;
+        // SQLite: this process is the only writer, and every write wakes the tailer itself.
+        // PostgreSQL: other instances write too; the listener wakes the tailer on their
+        // commits (LISTEN/NOTIFY) and after each reconnect. The poll is only the safety net
+        // for a wake-up lost while the listener's connection still looks alive (a silent
+        // network failure), so it is lengthened from 1 s to 5 s: at most one cheap indexed
+        // query per instance every 5 s, and that bounds how late such an event can be.
         let poll_every = match db.backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(Duration::from_secs(1)),
+            Backend::Postgres => Some(Duration::from_secs(5)),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(bus.clone().run_tailer(poll_every)),
             tokio::spawn(retention::run(
                 bus.clone(),
@@ -50,14 +58,27 @@ impl App {
                 },
             )),
         ];
+        if db.backend == Backend::Postgres {
+            // Stops when the bus closes (shutdown), like the tailer and the pruner.
+            tasks.push(tokio::spawn(listener::run(bus.clone())));
+        }
         let settings = Settings {
             max_body_bytes: config.max_body_bytes,
             keepalive: config.keepalive(),
         };
+        let slots = StreamSlots::new(StreamLimits {
+            max_streams: config.max_streams,
+            max_streams_per_ip: config.max_streams_per_ip,
+            max_pollers: config.max_pollers,
+        });
         Ok(Self {
             state: AppState {
                 bus,
                 settings: Arc::new(settings),
+                policy: Arc::new(policy),
+                slots,
+                images: ImageStore::new(&config.data_dir),
+                sockets: tokio_util::task::TaskTracker::new(),
             },
             config,
             tasks,
@@ -79,6 +100,9 @@ impl App {
         let grace = self.config.shutdown_grace();
         let closing = bus.clone();
         Server::new_with_acceptor(acceptor)
+            .idle_timeout(Duration::from_secs(
+                self.config.idle_timeout_seconds.max(61),
+            ))
             .run_with_graceful_shutdown(
                 routes,
                 async move {
@@ -91,6 +115,13 @@ impl App {
             .await
             .context("serving")?;
         bus.close();
+        // Upgraded sockets outlive poem's connection tracking: give them the grace period to
+        // send their close frames.
+        let sockets = self.state.sockets.clone();
+        sockets.close();
+        if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+            tracing::warn!("sockets still open after the grace period");
+        }
         for task in self.tasks {
             task.abort();
             let _ = task.await;
@@ -123,8 +154,35 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
             }),
         )
         .at("/ws", api::ws::handler)
+        .nest("/socket.io", api::socketio::endpoint())
+        .at("/metrics", api::health::metrics)
         .data(state)
         .with_if(cors_enabled, cors)
-        .with(Tracing)
         .catch_all_error(|err| async move { render_any_error(err) })
+        .with(Observe)
+}
+
+/// Who may write, and a refusal to start an open write API on a reachable address.
+fn write_policy(config: &Config) -> anyhow::Result<WritePolicy> {
+    let policy = WritePolicy::new(&config.api_tokens);
+    let loopback = config.bind.ip().is_loopback();
+    if policy.requires_token() {
+        tracing::info!("writes need one of the configured bearer tokens");
+    } else if loopback {
+        tracing::info!(
+            "no API tokens: writes are open, allowed because the server listens on loopback only"
+        );
+    } else if config.allow_open_writes {
+        tracing::warn!(
+            "no API tokens and --allow-open-writes: anyone who reaches {} can write",
+            config.bind
+        );
+    } else {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: set --api-tokens (API_TOKENS), \
+             bind a loopback address, or pass --allow-open-writes",
+            config.bind
+        );
+    }
+    Ok(policy)
 }

@@ -190,7 +190,6 @@ function startWs() {
       const frame = JSON.parse(message.data);
       if (!frame.op) apply(frame);
       else if (frame.op === "reset") onReset(frame);
-      else if (frame.op === "ping") socket.send(JSON.stringify({ op: "pong" }));
     };
     socket.onclose = () => {
       if (closed) return;

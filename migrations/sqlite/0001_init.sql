@@ -16,6 +16,8 @@ CREATE TABLE funkos (
     name         TEXT    NOT NULL,
     name_key     TEXT    NOT NULL,
     description  TEXT,
+    -- lower-cased description (Unicode-aware, computed by the server) for `q` search
+    description_key  TEXT,
     price_cents  INTEGER NOT NULL CHECK (price_cents BETWEEN 0 AND 100000000),
     stock        INTEGER NOT NULL CHECK (stock BETWEEN 0 AND 1000000),
     image        TEXT    NOT NULL,

@@ -8,6 +8,7 @@ use poem_openapi::{
 };
 
 use super::{ApiTags, AppState, JsonBody};
+use crate::auth::WriteAuth;
 use crate::{
     error::{ApiResult, CreateErrors, DeleteErrors, ListErrors, ReadErrors, UpdateErrors},
     model::{Category, CategoryInput},
@@ -78,7 +79,7 @@ pub enum DeleteResponse {
 #[OpenApi(tag = "ApiTags::Categories")]
 impl CategoriesApi {
     /// List categories
-    #[oai(path = "/categories", method = "get")]
+    #[oai(path = "/categories", method = "get", operation_id = "listCategories")]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -92,7 +93,7 @@ impl CategoriesApi {
     }
 
     /// Get a category
-    #[oai(path = "/categories/:id", method = "get")]
+    #[oai(path = "/categories/:id", method = "get", operation_id = "getCategory")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -107,12 +108,14 @@ impl CategoriesApi {
     }
 
     /// Create a category
-    #[oai(path = "/categories", method = "post")]
+    #[oai(path = "/categories", method = "post", operation_id = "createCategory")]
     async fn create(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         body: JsonBody<CategoryInput>,
     ) -> ApiResult<CreateResponse, CreateErrors> {
+        state.policy.check(auth.token())?;
         let written = categories::create(&state.bus, &body.0).await?;
         let location = format!("/categories/{}", written.resource.id);
         Ok(CreateResponse::Created(
@@ -123,13 +126,19 @@ impl CategoriesApi {
     }
 
     /// Rename a category
-    #[oai(path = "/categories/:id", method = "put")]
+    #[oai(
+        path = "/categories/:id",
+        method = "put",
+        operation_id = "renameCategory"
+    )]
     async fn update(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         id: Path<i64>,
         body: JsonBody<CategoryInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
+        state.policy.check(auth.token())?;
         let written = categories::update(&state.bus, id.0, &body.0).await?;
         Ok(UpdateResponse::Ok(
             Json(written.resource),
@@ -140,12 +149,18 @@ impl CategoriesApi {
     /// Delete a category
     ///
     /// Refused with 409 while live Funkos use it.
-    #[oai(path = "/categories/:id", method = "delete")]
+    #[oai(
+        path = "/categories/:id",
+        method = "delete",
+        operation_id = "deleteCategory"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         id: Path<i64>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
+        state.policy.check(auth.token())?;
         let written = categories::delete(&state.bus, id.0).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }

@@ -8,6 +8,7 @@ use poem_openapi::{
 };
 
 use super::{ApiTags, AppState, JsonBody};
+use crate::auth::WriteAuth;
 use crate::{
     domain::query::{FunkoListQuery, RawListQuery},
     error::{
@@ -98,8 +99,11 @@ impl FunkosApi {
     /// List Funkos
     ///
     /// Paged, sorted and filtered. Deleted Funkos are hidden unless `includeDeleted=true`.
-    #[oai(path = "/funkos", method = "get")]
-    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/funkos", method = "get", operation_id = "listFunkos")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per documented parameter"
+    )]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -139,7 +143,7 @@ impl FunkosApi {
     }
 
     /// Get a Funko
-    #[oai(path = "/funkos/:id", method = "get")]
+    #[oai(path = "/funkos/:id", method = "get", operation_id = "getFunko")]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -158,12 +162,14 @@ impl FunkosApi {
     }
 
     /// Create a Funko
-    #[oai(path = "/funkos", method = "post")]
+    #[oai(path = "/funkos", method = "post", operation_id = "createFunko")]
     async fn create(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<CreateResponse, CreateErrors> {
+        state.policy.check(auth.token())?;
         let written = funkos::create(&state.bus, &body.0).await?;
         let funko = written.resource;
         let (location, tag) = (format!("/funkos/{}", funko.id), etag(funko.version));
@@ -178,14 +184,16 @@ impl FunkosApi {
     /// Replace a Funko
     ///
     /// The body is the whole Funko. With `If-Match`, a stale version answers 412.
-    #[oai(path = "/funkos/:id", method = "put")]
+    #[oai(path = "/funkos/:id", method = "put", operation_id = "replaceFunko")]
     async fn replace(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
+        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::update(
             &state.bus,
@@ -202,14 +210,16 @@ impl FunkosApi {
     ///
     /// A JSON merge patch (RFC 7396): send the fields to change; `null` clears
     /// `description` and restores the placeholder `image`.
-    #[oai(path = "/funkos/:id", method = "patch")]
+    #[oai(path = "/funkos/:id", method = "patch", operation_id = "patchFunko")]
     async fn patch(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
         body: JsonBody<FunkoPatch>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
+        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::update(
             &state.bus,
@@ -225,13 +235,15 @@ impl FunkosApi {
     /// Delete a Funko
     ///
     /// A soft delete: the Funko disappears from reads but stays in the database.
-    #[oai(path = "/funkos/:id", method = "delete")]
+    #[oai(path = "/funkos/:id", method = "delete", operation_id = "deleteFunko")]
     async fn delete(
         &self,
         state: Data<&AppState>,
+        auth: WriteAuth,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
+        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::delete(&state.bus, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))

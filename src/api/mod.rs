@@ -5,7 +5,10 @@
 pub mod categories;
 pub mod funkos;
 pub mod health;
+pub mod images;
+pub mod observe;
 pub mod page;
+pub mod socketio;
 pub mod stream;
 pub mod ws;
 
@@ -20,13 +23,23 @@ use poem_openapi::{
 };
 use serde_json::Value;
 
-use crate::{error::ApiError, events::ChangeBus};
+use crate::{
+    auth::WritePolicy, error::ApiError, events::ChangeBus, limits::StreamSlots, storage::ImageStore,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub bus: Arc<ChangeBus>,
     pub settings: Arc<Settings>,
+    /// Who may write.
+    pub policy: Arc<WritePolicy>,
+    /// Places for open streams.
+    pub slots: StreamSlots,
+    /// Uploaded images.
+    pub images: ImageStore,
+    /// Upgraded sockets' tasks (poem does not track them), awaited at shutdown.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 /// The settings handlers read on each request.
@@ -57,6 +70,7 @@ pub fn openapi_service() -> OpenApiService<
         categories::CategoriesApi,
         stream::StreamApi,
         health::HealthApi,
+        images::ImagesApi,
         page::PageApi,
     ),
     (),
@@ -67,6 +81,7 @@ pub fn openapi_service() -> OpenApiService<
             categories::CategoriesApi,
             stream::StreamApi,
             health::HealthApi,
+            images::ImagesApi,
             page::PageApi,
         ),
         "funko-live",

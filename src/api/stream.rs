@@ -21,6 +21,10 @@ use crate::{
         subscription::Next,
     },
 };
+use crate::{
+    limits::{StreamSlot, client_ip},
+    metrics::METRICS,
+};
 
 /// What the browser waits before reconnecting, sent once at connect.
 const RETRY_MS: u64 = 2000;
@@ -179,8 +183,11 @@ fn cursor_param(name: &str, raw: Option<&str>) -> Result<Start, ApiError> {
 fn sse_frames(
     mut subscription: Subscription,
     reset: Option<Reset>,
+    slot: StreamSlot,
 ) -> BoxStream<'static, SseFrame> {
     async_stream::stream! {
+        // Holds this connection's place until the stream ends.
+        let _slot = slot;
         yield SseFrame::Retry;
         if let Some(reset) = reset {
             let cursor = subscription.cursor();
@@ -193,6 +200,7 @@ fn sse_frames(
                     if events.is_empty() {
                         yield SseFrame::Cursor(cursor);
                     }
+                    METRICS.delivered("sse", events.len());
                     for event in events {
                         yield SseFrame::Event(event);
                     }
@@ -222,10 +230,15 @@ impl StreamApi {
     /// `Last-Event-ID` header (browsers send it on reconnect) or `lastEventId`; without either,
     /// live events only. A cursor this server cannot serve yields `event: reset` with the head
     /// cursor: reload, then continue. `:` comments keep idle connections open.
-    #[oai(path = "/events", method = "get")]
+    #[oai(path = "/events", method = "get", operation_id = "events")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per documented parameter"
+    )]
     async fn events(
         &self,
         state: Data<&AppState>,
+        request: &poem::Request,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
         /// Cursor to resume after, for the first connect (the header wins when both are sent).
         #[oai(name = "lastEventId")]
@@ -241,8 +254,9 @@ impl StreamApi {
         };
         let start = cursor_param(name, start)?;
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let slot = state.slots.acquire("sse", client_ip(request))?;
         let (subscription, reset) = Subscription::open(state.bus.clone(), start, filter).await?;
-        Ok(EventStream::new(sse_frames(subscription, reset))
+        Ok(EventStream::new(sse_frames(subscription, reset, slot))
             .keep_alive(state.settings.keepalive)
             .to_event(SseFrame::into_event))
     }
@@ -252,10 +266,15 @@ impl StreamApi {
     /// Answers at once when events after `after` exist; otherwise holds the request until one
     /// commits or `timeout` seconds pass (then `events` is empty). Poll again with the
     /// returned `cursor`. Stateless: any instance can answer any poll.
-    #[oai(path = "/events/poll", method = "get")]
+    #[oai(path = "/events/poll", method = "get", operation_id = "poll")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per documented parameter"
+    )]
     async fn poll(
         &self,
         state: Data<&AppState>,
+        request: &poem::Request,
         /// The cursor to read after; absent: wait for the next event from now.
         after: Query<Option<String>>,
         /// Seconds to hold the request, 0..=60 (default 25).
@@ -283,6 +302,7 @@ impl StreamApi {
             .into());
         }
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let _slot = state.slots.acquire("poll", client_ip(request))?;
         let (mut subscription, reset) =
             Subscription::open(state.bus.clone(), start, filter).await?;
         if let Some(reset) = reset {
@@ -294,7 +314,10 @@ impl StreamApi {
             // Look first, wait after: `timeout=0` still answers what is already there.
             let answer = match subscription.poll_now(limit).await? {
                 Some(Next::Events { events, .. }) if events.is_empty() => continue,
-                Some(Next::Events { events, cursor }) => RawJson::poll(&events, cursor),
+                Some(Next::Events { events, cursor }) => {
+                    METRICS.delivered("poll", events.len());
+                    RawJson::poll(&events, cursor)
+                }
                 Some(Next::Reset(reset)) => RawJson::reset(&reset),
                 Some(Next::CutOff { cursor } | Next::Closed { cursor }) => {
                     RawJson::poll(&[], cursor)

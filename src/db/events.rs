@@ -12,17 +12,39 @@ use crate::{
     model::now_rfc3339,
 };
 
-/// Key of the PostgreSQL advisory lock that serialises appends (any constant unique to us).
-const APPEND_LOCK: i64 = 0x66_75_6e_6b_6f; // "funko"
+/// The PostgreSQL channel every append notifies, with the new event's id as payload.
+/// Instances `LISTEN` on it to wake their tailer (`events::listener`).
+pub const NOTIFY_CHANNEL: &str = "funko_events";
 
-/// Appends one event inside the caller's transaction and returns it with its cursor.
+/// Appends one event inside the caller's write transaction and returns it with its cursor.
 ///
-/// On PostgreSQL a sequence value is taken at insert but becomes visible at commit, so two
-/// concurrent writers could commit ids out of order and a reader that saw 11 could later
-/// miss 10. The transaction-level advisory lock taken here is held until commit: appends are
-/// serialised, ids are handed out and become visible in the same order. It is taken last in
-/// the write, so only the append and the commit are serial, not the whole write. SQLite has a
-/// single writer connection, which gives the same order for free.
+/// # Commit order is cursor order
+/// A reader asks for "events after my cursor" and must never skip one. On SQLite that is
+/// free: one writer connection, so ids are assigned and committed one write at a time. On
+/// PostgreSQL a sequence value is taken at insert but becomes visible at commit: if two
+/// writers ran side by side, the one holding id 11 could commit before the one holding 10,
+/// a reader would see 11, move its cursor there, and never see 10.
+///
+/// Two ways out:
+/// - serialise appends: the transaction that takes an id holds a lock until it commits, so
+///   ids are handed out and become visible in the same order, and "after my cursor" is
+///   always complete. Cost: appends (and their commits) from every instance run one at a
+///   time.
+/// - a visibility horizon: let writers run in parallel and have readers stop before the
+///   oldest id still in flight (from `pg_snapshot_xmin` and a transaction id stored per
+///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
+///   and a slow transaction holds back every subscriber on every instance.
+///
+/// We serialise: `tx` comes from [`Db::begin_write`], which took the transaction-level
+/// advisory lock (`db::WRITE_LOCK`) first and holds it until commit or rollback. PostgreSQL makes
+/// a committed transaction visible before it releases its locks, so when the next writer
+/// gets the lock and its id, every smaller id is already visible. The lock covers the whole
+/// write, not only the append, because the write's checks (free name, `If-Match`, unused
+/// category) must also still hold at commit, as they do on SQLite's single writer.
+///
+/// On PostgreSQL the same statement queues a `NOTIFY` (`pg_notify`), which PostgreSQL
+/// delivers only if and when the transaction commits, after the commit is visible; the
+/// payload is the new id. It is only a wake-up: listeners read the table.
 pub async fn append(
     tx: &mut Tx,
     backend: Backend,
@@ -30,22 +52,27 @@ pub async fn append(
     kind: EventKind,
     data: &str,
 ) -> Result<StoredEvent, sqlx::Error> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut **tx)
-            .await?;
-    }
     let created_at = now_rfc3339();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO events (entity, type, data, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(entity.as_str())
-    .bind(kind.as_str())
-    .bind(data)
-    .bind(&created_at)
-    .fetch_one(&mut **tx)
-    .await?;
+    let sql = match backend {
+        Backend::Sqlite => {
+            "INSERT INTO events (entity, type, data, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id"
+        }
+        Backend::Postgres => {
+            "WITH e AS (INSERT INTO events (entity, type, data, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id) \
+             SELECT id, pg_notify($5, id::text) FROM e"
+        }
+    };
+    let mut query = sqlx::query_scalar(sql)
+        .bind(entity.as_str())
+        .bind(kind.as_str())
+        .bind(data)
+        .bind(&created_at);
+    if backend == Backend::Postgres {
+        query = query.bind(NOTIFY_CHANNEL);
+    }
+    let id: i64 = query.fetch_one(&mut **tx).await?;
     Ok(StoredEvent::new(id, entity, kind, data, &created_at))
 }
 
@@ -101,14 +128,8 @@ pub async fn bounds(conn: &mut AnyConnection) -> Result<(i64, i64), sqlx::Error>
 /// A new log starts at a random id rather than 1, so a cursor from another database is
 /// almost surely outside this one's range and answered with a reset, not silently misread.
 pub async fn init_stream(db: &Db) -> Result<(), sqlx::Error> {
+    // Instances starting together: the write lock lets one seed; the others then see the floor.
     let mut tx = db.begin_write().await?;
-    if db.backend == Backend::Postgres {
-        // Instances starting together: one seeds, the others then see the floor.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
-            .await?;
-    }
     let existing: Option<i64> =
         sqlx::query_scalar("SELECT value FROM stream_meta WHERE key = 'floor'")
             .fetch_optional(&mut *tx)
@@ -116,7 +137,9 @@ pub async fn init_stream(db: &Db) -> Result<(), sqlx::Error> {
     if existing.is_some() {
         return tx.commit().await;
     }
-    let base = (RandomState::new().hash_one(std::process::id()) % (1 << 31)) as i64 * (1 << 20);
+    // Never 0: PostgreSQL's sequences start at 1.
+    let base =
+        (1 + RandomState::new().hash_one(std::process::id()) % ((1 << 31) - 1)) as i64 * (1 << 20);
     match db.backend {
         Backend::Sqlite => {
             sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', $1)")

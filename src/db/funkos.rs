@@ -85,7 +85,7 @@ pub async fn list(
     if q_pattern.is_some() {
         let n = p.next();
         conditions.push(format!(
-            "(f.name_key LIKE {n} ESCAPE '\\' OR lower(COALESCE(f.description, '')) LIKE {n} ESCAPE '\\')"
+            "(f.name_key LIKE {n} ESCAPE '\\' OR f.description_key LIKE {n} ESCAPE '\\')"
         ));
     }
     if query.category.is_some() {
@@ -174,7 +174,8 @@ pub async fn insert(
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO funkos (name, name_key, description, price_cents, stock, image, category_id, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+         created_at, updated_at, description_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING id",
     )
     .bind(&draft.name)
     .bind(name_key(&draft.name))
@@ -184,6 +185,7 @@ pub async fn insert(
     .bind(&draft.image)
     .bind(category_id)
     .bind(now)
+    .bind(draft.description.as_deref().map(name_key))
     .fetch_one(conn)
     .await
 }
@@ -198,8 +200,8 @@ pub async fn update(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE funkos SET name = $1, name_key = $2, description = $3, price_cents = $4, \
-         stock = $5, image = $6, category_id = $7, updated_at = $8, version = version + 1 \
-         WHERE id = $9",
+         stock = $5, image = $6, category_id = $7, updated_at = $8, version = version + 1, \
+         description_key = $10 WHERE id = $9",
     )
     .bind(&draft.name)
     .bind(name_key(&draft.name))
@@ -210,6 +212,7 @@ pub async fn update(
     .bind(category_id)
     .bind(now)
     .bind(id)
+    .bind(draft.description.as_deref().map(name_key))
     .execute(conn)
     .await?;
     Ok(())

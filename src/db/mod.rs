@@ -22,21 +22,37 @@ pub enum Backend {
     Postgres,
 }
 
-/// The pools. On SQLite all writes go through a single connection, which serialises them
-/// (SQLite has one writer anyway) and makes event ids commit in order without retries; reads
-/// use their own pool and see WAL snapshots. On PostgreSQL both are the same pool.
+/// The pools. Writes are serialised on both engines, so a write sees every write committed
+/// before it and event ids commit in order (see [`events::append`]):
+/// - SQLite: all writes go through a single connection (SQLite has one writer anyway);
+/// - PostgreSQL: every write transaction first takes [`WRITE_LOCK`], a transaction-level
+///   advisory lock shared by every instance on the database, held until commit or rollback.
+///
+/// Reads use their own pool and run in snapshots (SQLite's WAL; PostgreSQL's `REPEATABLE
+/// READ`), so a read never waits for a write and its rows match the cursor it reports.
 #[derive(Clone, Debug)]
 pub struct Db {
     pub backend: Backend,
-    /// Reads; each list read runs in one transaction so its cursor matches its rows.
+    /// Reads; each read of rows and cursor runs in one snapshot ([`Db::begin_read`]).
     pub reader: AnyPool,
-    /// Writes; on SQLite exactly one connection.
+    /// Writes: on SQLite exactly one connection; on PostgreSQL a few, which queue on
+    /// [`WRITE_LOCK`] without taking connections from readers.
     pub writer: AnyPool,
     /// The URL the pools were opened with (PostgreSQL's LISTEN needs it).
     pub url: String,
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Begins a PostgreSQL write transaction and takes the advisory lock that serialises writes
+/// across instances, in one round trip. The key is any constant unique to this application:
+/// 440056834927 is 0x66756e6b6f, "funko".
+const WRITE_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(440056834927)";
+
+/// PostgreSQL connections per instance: readers (reads, stream replay, the tailer) and
+/// writers (which mostly wait on [`WRITE_LOCK`] under load, so a few are enough).
+const PG_READERS: u32 = 12;
+const PG_WRITERS: u32 = 4;
 
 impl Db {
     /// Opens the pools, creating a SQLite file's directory when missing.
@@ -87,16 +103,32 @@ impl Db {
                 })
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(16)
+                let reader = AnyPoolOptions::new()
+                    .max_connections(PG_READERS)
                     .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options.clone())
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let writer = AnyPoolOptions::new()
+                    .max_connections(PG_WRITERS)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // A write never waits on its client inside its transaction; one
+                            // that goes idle there (a stalled or partitioned instance) would
+                            // hold every instance's write lock, so PostgreSQL ends it.
+                            conn.execute("SET idle_in_transaction_session_timeout = '30s'")
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
                 Ok(Self {
                     backend,
-                    reader: pool.clone(),
-                    writer: pool,
+                    reader,
+                    writer,
                     url: url.to_owned(),
                 })
             }
@@ -115,12 +147,29 @@ impl Db {
         Ok(())
     }
 
+    /// Begins a write transaction. It runs alone: on SQLite it has the only writer
+    /// connection; on PostgreSQL it holds [`WRITE_LOCK`] until it commits or rolls back, so
+    /// its checks (a free name, a current version, an unused category) still hold at commit,
+    /// as on SQLite, and its event's id commits after every smaller one.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
-        self.writer.begin().await
+        match self.backend {
+            Backend::Sqlite => self.writer.begin().await,
+            Backend::Postgres => self.writer.begin_with(WRITE_LOCK).await,
+        }
     }
 
+    /// Begins a read-only transaction whose statements all see one snapshot (SQLite's
+    /// deferred transaction does this; PostgreSQL's default, `READ COMMITTED`, would give
+    /// each statement a newer one, and a list's cursor could then run ahead of its rows).
     pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
-        self.reader.begin().await
+        match self.backend {
+            Backend::Sqlite => self.reader.begin().await,
+            Backend::Postgres => {
+                self.reader
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+            }
+        }
     }
 
     /// Checks that the database answers (for `/health/ready`).

@@ -1,8 +1,10 @@
-//! The change stream's engine: the event type, the in-memory tail of the log ([`bus`]), and
-//! subscriptions ([`subscription`]) that replay from the database and then follow live
-//! events. SSE, long-poll and WebSocket are thin adapters over [`subscription::Subscription`].
+//! The change stream's engine: the event type, the in-memory tail of the log ([`bus`]), its
+//! wake-up by other instances on PostgreSQL ([`listener`]), and subscriptions
+//! ([`subscription`]) that replay from the database and then follow live events. SSE,
+//! long-poll and WebSocket are thin adapters over [`subscription::Subscription`].
 
 pub mod bus;
+pub mod listener;
 pub mod retention;
 pub mod subscription;
 
@@ -136,6 +138,15 @@ pub enum ResetReason {
     Expired,
     /// The cursor was never issued here (ahead of the head, or from another database).
     Unknown,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// A reset: reload (for example `GET /funkos`) and continue from `cursor`.

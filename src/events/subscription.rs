@@ -14,7 +14,11 @@ use super::{
     Entity, EventKind, Reset, ResetReason, StoredEvent,
     bus::{ChangeBus, TailRead},
 };
-use crate::{db, error::ApiError};
+use crate::{
+    db,
+    error::ApiError,
+    metrics::{METRICS, ReasonLabel},
+};
 
 /// Which events a subscriber wants. The cursor advances past the others all the same.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,6 +103,9 @@ pub struct Subscription {
     /// Set once the subscriber has been served from the tail: from then on, falling behind
     /// the tail means it is too slow, not that it is replaying.
     live: bool,
+    /// The newest cursor known to be committed in the database (from `open`, raised by every
+    /// read of the log). Up to it, events are read from the log when the tail lags.
+    committed: i64,
 }
 
 impl Subscription {
@@ -121,6 +128,16 @@ impl Subscription {
             Start::After(cursor) if cursor > db_head => Some(ResetReason::Unknown),
             Start::After(_) => None,
         };
+        if let Some(reason) = reason {
+            METRICS
+                .resets
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc();
+        } else if matches!(start, Start::After(_)) {
+            METRICS.replays.inc();
+        }
         let (cursor, reset) = match (start, reason) {
             (Start::After(cursor), None) => (cursor, None),
             (_, reason) => (
@@ -137,6 +154,7 @@ impl Subscription {
             filter,
             head,
             live: false,
+            committed: db_head,
         };
         Ok((subscription, reset))
     }
@@ -159,27 +177,41 @@ impl Subscription {
         }
         // Marked seen before reading, so a head published after this read wakes `next`.
         self.head.borrow_and_update();
-        let batch = match self.bus.read(self.cursor, max) {
-            TailRead::Events(events) => {
+        let from_tail = match self.bus.read(self.cursor, max) {
+            TailRead::Events(events) if !events.is_empty() => {
                 self.live = true;
-                if events.is_empty() {
-                    return Ok(None);
-                }
-                events
+                Some(events)
             }
+            TailRead::Events(_) if self.cursor >= self.committed => {
+                self.live = true;
+                return Ok(None);
+            }
+            // Committed (this subscription saw it in the database) but not yet in this
+            // process's tail: read it from the log rather than wait for the tailer.
+            TailRead::Events(_) => None,
             TailRead::Behind if self.live => {
                 tracing::warn!(
                     cursor = self.cursor,
                     "subscriber fell behind the live stream; cutting it off"
                 );
+                METRICS.slow_cut_off.inc();
                 return Ok(Some(Next::CutOff {
                     cursor: self.cursor,
                 }));
             }
-            TailRead::Behind => {
-                let mut conn = self.bus.db().reader.begin().await?;
+            TailRead::Behind => None,
+        };
+        let batch = match from_tail {
+            Some(events) => events,
+            None => {
+                let mut conn = self.bus.db().begin_read().await?;
                 let (floor, head) = db::events::bounds(&mut conn).await?;
+                self.committed = self.committed.max(head);
                 if self.cursor < floor {
+                    METRICS
+                        .resets
+                        .get_or_create(&ReasonLabel { reason: "expired" })
+                        .inc();
                     self.cursor = head;
                     return Ok(Some(Next::Reset(Reset {
                         cursor: head.to_string(),

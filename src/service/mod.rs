@@ -40,6 +40,7 @@ async fn commit_with_event<T: ToJSON>(
         db::events::append(&mut tx, bus.db().backend, entity, kind, &data).await?;
     tx.commit().await?;
     bus.wake();
+    crate::metrics::METRICS.events_appended.inc();
     Ok(Written {
         resource,
         cursor: event.id,

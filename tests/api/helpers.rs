@@ -363,7 +363,8 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    fn new(response: Response) -> Self {
+    /// Reads the SSE stream of a response (for servers that are not a [`TestApp`]).
+    pub fn new(response: Response) -> Self {
         let headers = response.headers().clone();
         Self {
             stream: response.bytes_stream().boxed(),
@@ -448,4 +449,152 @@ pub fn cursors(events: &[Value]) -> Vec<i64> {
         .iter()
         .map(|e| e["id"].as_str().unwrap().parse().unwrap())
         .collect()
+}
+
+/// A WebSocket client over a real socket (tokio-tungstenite).
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+impl TestApp {
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.address, path)
+    }
+
+    /// Opens a WebSocket at `path`; panics unless the upgrade succeeds.
+    pub async fn ws(&self, path: &str) -> WsClient {
+        let (stream, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.ws_url(path)))
+                .await
+                .expect("the upgrade in time")
+                .unwrap_or_else(|err| panic!("WebSocket {path}: {err}"));
+        WsClient { stream }
+    }
+
+    /// Opens a WebSocket at `path` and reads its `welcome`; returns it with the client.
+    pub async fn ws_welcomed(&self, path: &str) -> (WsClient, Value) {
+        let mut ws = self.ws(path).await;
+        let welcome = ws.next_json().await;
+        assert_eq!(welcome["op"], "welcome", "the first frame is the welcome");
+        (ws, welcome)
+    }
+}
+
+/// Reads frames with a timeout, so a test never waits forever and never sleeps.
+pub struct WsClient {
+    pub stream: WsStream,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, message: WsMessage) {
+        use futures_util::SinkExt;
+        tokio::time::timeout(WAIT, self.stream.send(message))
+            .await
+            .expect("sent in time")
+            .expect("sent");
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send(WsMessage::text(frame.to_string())).await;
+    }
+
+    /// The next message of any kind (pings included); `None` when the connection ended.
+    /// Panics after [`WAIT`].
+    pub async fn next_message(&mut self) -> Option<WsMessage> {
+        self.next_message_within(WAIT)
+            .await
+            .expect("a WebSocket message in time")
+    }
+
+    /// `Err(())` on timeout. A transport error counts as the end.
+    pub async fn next_message_within(&mut self, wait: Duration) -> Result<Option<WsMessage>, ()> {
+        match tokio::time::timeout(wait, self.stream.next()).await {
+            Err(_) => Err(()),
+            Ok(None | Some(Err(_))) => Ok(None),
+            Ok(Some(Ok(message))) => Ok(Some(message)),
+        }
+    }
+
+    /// The next text frame as JSON, skipping pings and pongs; panics on a close.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Some(WsMessage::Text(text)) => {
+                    return serde_json::from_str(&text).expect("a JSON text frame");
+                }
+                Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next text frame's raw text, skipping pings and pongs.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            match self.next_message().await {
+                Some(WsMessage::Text(text)) => return text.to_string(),
+                Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next change event (a frame without `op`); panics on any other frame.
+    pub async fn next_event(&mut self) -> Value {
+        let frame = self.next_json().await;
+        assert!(frame.get("op").is_none(), "expected an event, got {frame}");
+        frame
+    }
+
+    pub async fn take_events(&mut self, n: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next_event().await);
+        }
+        events
+    }
+
+    /// The next frame with this `op`, failing on any frame before it that is not an event
+    /// (events are skipped and returned alongside).
+    pub async fn next_op(&mut self, op: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let frame = self.next_json().await;
+            match frame.get("op") {
+                None => skipped.push(frame),
+                Some(found) if found == op => return (frame, skipped),
+                Some(_) => panic!("expected {op}, got {frame}"),
+            }
+        }
+    }
+
+    /// Sends `ping` and waits for its `pong`: proof the socket still answers.
+    pub async fn ping(&mut self) {
+        self.send_json(json!({"op": "ping", "requestId": "are-you-there"}))
+            .await;
+        let (pong, events) = self.next_op("pong").await;
+        assert_eq!(pong["requestId"], "are-you-there");
+        assert!(
+            events.is_empty(),
+            "no event expected before the pong: {events:?}"
+        );
+    }
+
+    /// Reads until the server's close frame; returns its code and reason. Events and other
+    /// frames before it are returned too.
+    pub async fn closed(&mut self) -> (u16, String, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next_message().await {
+                Some(WsMessage::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.to_string(), before);
+                }
+                Some(WsMessage::Close(None)) => return (1005, String::new(), before),
+                Some(WsMessage::Text(text)) => before.push(serde_json::from_str(&text).unwrap()),
+                Some(_) => {}
+                None => panic!("the connection ended without a close frame"),
+            }
+        }
+    }
 }

@@ -21,7 +21,7 @@ pub fn node_ready() -> bool {
         if !version.is_ok_and(|o| o.status.success()) {
             return Err("node is not installed (apt-get install nodejs npm)".to_owned());
         }
-        if js_dir().join("node_modules/.package-lock.json").exists() {
+        if dependencies_installed() {
             return Ok(());
         }
         let status = Command::new("npm")
@@ -41,6 +41,25 @@ pub fn node_ready() -> bool {
             false
         }
     }
+}
+
+/// Whether every dependency of `tests/js/package.json` is in `node_modules` (a checkout
+/// whose packages predate a new dependency gets `npm ci` again).
+fn dependencies_installed() -> bool {
+    let manifest = std::fs::read_to_string(js_dir().join("package.json")).expect("package.json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&manifest).expect("package.json is JSON");
+    manifest["dependencies"]
+        .as_object()
+        .expect("dependencies")
+        .keys()
+        .all(|name| {
+            js_dir()
+                .join("node_modules")
+                .join(name)
+                .join("package.json")
+                .exists()
+        })
 }
 
 /// The Chromium binary, when installed.

@@ -8,8 +8,15 @@ mod postgres;
 mod clients;
 mod js;
 
+mod asyncapi;
 mod categories;
+mod cluster;
+mod crash;
 mod events_log;
 mod funkos;
+mod images;
 mod openapi;
+mod security;
+mod socketio;
 mod stream;
+mod ws;

@@ -1,0 +1,327 @@
+//! `bench`: the load generator and harness of issue 7. `cargo run --release -p bench -- all`
+//! builds funko-live, installs the Node peer, runs every scenario against both (servers on
+//! core 0, generator processes on core 1, median of 3 runs) and writes `bench/results/` and
+//! `BENCHMARKS.md`.
+
+mod clock;
+mod hist;
+mod http;
+mod report;
+mod scenarios;
+mod servers;
+mod worker;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    report::{Machine, Notes, Thresholds},
+    scenarios::{Ctx, Plan, Scenario},
+    servers::{Kind, Launch},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmark funko-live against a Node.js peer (issue 7)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// The funko-live binary to run (default: build target/release/funko-live, or
+    /// target/debug/funko-live for `smoke`).
+    #[arg(long, env = "FUNKO_BENCH_SERVER_BIN", global = true)]
+    server_bin: Option<PathBuf>,
+    /// The Node peer's directory (default: bench/peers/node).
+    #[arg(long, global = true)]
+    node_dir: Option<PathBuf>,
+    /// Measure funko-live only.
+    #[arg(long, global = true)]
+    no_peer: bool,
+    /// Do not pin the servers and generators to cores with taskset.
+    #[arg(long, global = true)]
+    no_pin: bool,
+    /// Do not run `npm ci` (node_modules must already be there).
+    #[arg(long, global = true)]
+    skip_npm: bool,
+    /// Runs per figure (the median is reported).
+    #[arg(long, global = true)]
+    runs: Option<usize>,
+    /// Where results go (default: bench/results; smoke: target/bench-smoke).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// SSE fan-out sizes, comma-separated.
+    #[arg(long, global = true, value_delimiter = ',')]
+    fanout_ns: Option<Vec<usize>>,
+    /// Steps of the idle-connection ramp, comma-separated.
+    #[arg(long, global = true, value_delimiter = ',')]
+    conn_steps: Option<Vec<usize>>,
+    /// Events to replay.
+    #[arg(long, global = true)]
+    replay_k: Option<u64>,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    /// Every scenario, both servers; writes bench/results/ and BENCHMARKS.md.
+    All,
+    /// A few subscribers and events on both servers: checks the harness works (seconds).
+    Smoke,
+    /// GET by id, GET list, POST, PATCH: requests/s and latency.
+    Crud,
+    /// N subscribers on SSE (several N), long-poll and WebSocket; deliveries/s.
+    Fanout,
+    /// Idle SSE connections ramped up: server RSS per connection.
+    Connections,
+    /// One subscriber resuming K events back: events/s.
+    Replay,
+    /// Subscribers that stop reading while writes go on: server RSS and readers' latency.
+    Slow,
+    /// Internal: a generator process (reads its task on stdin).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.cmd == Cmd::Worker {
+        return worker::main();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has no parent")?
+        .to_path_buf();
+    let smoke = cli.cmd == Cmd::Smoke;
+    let started = std::time::Instant::now();
+    let load_start = report::loadavg();
+
+    let pin = !cli.no_pin && have("taskset") && Machine::probe().nproc >= 2;
+    if !cli.no_pin && !pin {
+        eprintln!("warning: not pinning (taskset missing or fewer than 2 cores)");
+    }
+    if pin {
+        // The harness itself stays off the server's core too.
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(1);
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+
+    let server_bin = match &cli.server_bin {
+        Some(p) => p.clone(),
+        None => build_server(&root, !smoke)?,
+    };
+    if !server_bin.exists() {
+        bail!("no server binary at {}", server_bin.display());
+    }
+    let node_dir = cli
+        .node_dir
+        .clone()
+        .unwrap_or_else(|| root.join("bench/peers/node"));
+    let mut kinds = vec![Kind::Ours];
+    if !cli.no_peer {
+        if !have("node") {
+            bail!("node is not installed: install Node.js or pass --no-peer");
+        }
+        if !cli.skip_npm {
+            eprintln!("== npm ci in {}", node_dir.display());
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&node_dir)
+                .status()
+                .context("running npm ci")?;
+            if !status.success() {
+                bail!("npm ci failed in {}", node_dir.display());
+            }
+        }
+        kinds.push(Kind::Node);
+    }
+
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    if let Some(r) = cli.runs {
+        plan.runs = r.max(1);
+    }
+    if let Some(ns) = &cli.fanout_ns {
+        plan.fanout_ns = ns.clone();
+    }
+    if let Some(steps) = &cli.conn_steps {
+        plan.conn_steps = steps.clone();
+    }
+    if let Some(k) = cli.replay_k {
+        plan.replay_k = k;
+    }
+    let scenarios = match cli.cmd {
+        Cmd::All | Cmd::Smoke => vec![
+            Scenario::Crud,
+            Scenario::Fanout,
+            Scenario::Connections,
+            Scenario::Replay,
+            Scenario::Slow,
+        ],
+        Cmd::Crud => vec![Scenario::Crud],
+        Cmd::Fanout => vec![Scenario::Fanout],
+        Cmd::Connections => vec![Scenario::Connections],
+        Cmd::Replay => vec![Scenario::Replay],
+        Cmd::Slow => vec![Scenario::Slow],
+        Cmd::Worker => unreachable!(),
+    };
+    let out = cli.out.clone().unwrap_or_else(|| {
+        if smoke {
+            root.join("target/bench-smoke")
+        } else {
+            root.join("bench/results")
+        }
+    });
+    std::fs::create_dir_all(&out)?;
+
+    let launch = Launch {
+        server_bin,
+        node_dir,
+        pin,
+    };
+    let plan_text = describe(&plan);
+    eprintln!("plan: {plan_text}");
+    eprintln!("load average at start: {load_start}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut ctx = Ctx::new(launch, plan.clone(), kinds)?;
+    let outcome: anyhow::Result<()> = rt.block_on(async {
+        for s in &scenarios {
+            ctx.run(*s).await?;
+        }
+        Ok(())
+    });
+
+    let suffix = match cli.cmd {
+        Cmd::All | Cmd::Smoke => String::new(),
+        _ => format!("-{}", scenarios[0].name()),
+    };
+    ctx.results
+        .write_csv(&out.join(format!("results{suffix}.csv")))?;
+    if !ctx.results.curves.is_empty() {
+        ctx.results
+            .write_curves(&out.join(format!("curves{suffix}.csv")))?;
+    }
+    if scenarios.contains(&Scenario::Fanout) {
+        report::fanout_chart(&ctx.results, &out.join("fanout.png"))?;
+    }
+    eprintln!("wrote {}", out.display());
+    let thresholds = Thresholds {
+        fanout_big: plan.fanout_ns.iter().copied().max().unwrap_or(0),
+        fanout_small: if plan.fanout_ns.contains(&1000) {
+            1000
+        } else {
+            plan.fanout_ns.first().copied().unwrap_or(0)
+        },
+        conn_max: plan.conn_steps.last().copied().unwrap_or(0),
+        replay_k: plan.replay_k as usize,
+    };
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    if cli.cmd == Cmd::All {
+        let notes = Notes {
+            load: (load_start.clone(), report::loadavg()),
+            runs: plan.runs,
+            pinned: pin,
+            plan: plan_text,
+            minutes,
+            extra: ctx
+                .failures
+                .iter()
+                .map(|f| format!("problem seen during the run: {f}"))
+                .collect(),
+        };
+        let md = report::markdown(&ctx.results, &thresholds, &Machine::probe(), &notes);
+        std::fs::write(root.join("BENCHMARKS.md"), md)?;
+        eprintln!("wrote {}", root.join("BENCHMARKS.md").display());
+    }
+    for row in report::targets(&ctx.results, &thresholds) {
+        if row.met.is_some() && !smoke {
+            eprintln!(
+                "{:<58} ours {:<40} peer {:<40} {:<18} {}",
+                row.scenario,
+                row.ours,
+                row.peer,
+                row.ratio,
+                if row.met == Some(true) {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            );
+        }
+    }
+    eprintln!("took {minutes:.1} min");
+    outcome?;
+    if smoke && !ctx.failures.is_empty() {
+        bail!("smoke run failed:\n{}", ctx.failures.join("\n"));
+    }
+    if smoke {
+        eprintln!("smoke: ok");
+    }
+    Ok(())
+}
+
+fn describe(p: &Plan) -> String {
+    format!(
+        "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
+         long-poll N = {}; WebSocket N = {}; throughput N = {} for {} s with {} POST connections; \
+         idle connections in steps {:?}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
+         ({} s alone, then {} s)",
+        p.crud_connections,
+        p.crud_warmup_s,
+        p.crud_duration_s,
+        p.fanout_ns,
+        p.fanout_events,
+        p.fanout_rate,
+        p.poll_n,
+        p.ws_n,
+        p.throughput_n,
+        p.throughput_s,
+        p.throughput_concurrency,
+        p.conn_steps,
+        p.replay_k,
+        p.slow_m,
+        p.slow_readers,
+        p.slow_rate,
+        p.slow_baseline_s,
+        p.slow_s
+    )
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Builds funko-live and returns the binary's path.
+fn build_server(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--bin", "funko-live", "-p", "funko-live"])
+        .current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!(
+        "== building funko-live ({})",
+        if release { "release" } else { "debug" }
+    );
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of funko-live failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("funko-live"))
+}

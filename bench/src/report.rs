@@ -1,0 +1,709 @@
+//! Figures: every run's value per (scenario, server, transport, N, metric), their medians,
+//! the CSV files, the chart, and BENCHMARKS.md.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub scenario: String,
+    pub server: String,
+    pub transport: String,
+    pub n: usize,
+    pub metric: String,
+    pub unit: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Curve {
+    pub chart: String,
+    pub server: String,
+    pub run: usize,
+    pub x: f64,
+    pub y: f64,
+}
+
+impl Curve {
+    pub fn new(chart: &str, server: &str, run: usize, x: f64, y: f64) -> Self {
+        Self {
+            chart: chart.into(),
+            server: server.into(),
+            run,
+            x,
+            y,
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Results {
+    pub rows: Vec<(Key, Vec<f64>)>,
+    pub curves: Vec<Curve>,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+impl Results {
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        scenario: &str,
+        server: &str,
+        transport: &str,
+        n: usize,
+        metric: &str,
+        unit: &str,
+        value: f64,
+    ) {
+        let key = Key {
+            scenario: scenario.into(),
+            server: server.into(),
+            transport: transport.into(),
+            n,
+            metric: metric.into(),
+            unit: unit.into(),
+        };
+        match self.rows.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, values)) => values.push(value),
+            None => self.rows.push((key, vec![value])),
+        }
+    }
+
+    pub fn curve(&mut self, curve: Curve) {
+        self.curves.push(curve);
+    }
+
+    /// The median of a figure, if measured.
+    pub fn get(
+        &self,
+        scenario: &str,
+        server: &str,
+        transport: &str,
+        n: Option<usize>,
+        metric: &str,
+    ) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|(k, _)| {
+                k.scenario == scenario
+                    && k.server == server
+                    && k.transport == transport
+                    && n.is_none_or(|n| k.n == n)
+                    && k.metric == metric
+            })
+            .map(|(_, v)| median(v))
+    }
+
+    pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
+        let runs = self.rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        let mut out = String::from("scenario,server,transport,n,metric,unit");
+        for r in 1..=runs {
+            let _ = write!(out, ",run{r}");
+        }
+        out.push_str(",median\n");
+        for (k, v) in &self.rows {
+            let _ = write!(
+                out,
+                "{},{},{},{},{},{}",
+                k.scenario, k.server, k.transport, k.n, k.metric, k.unit
+            );
+            for r in 0..runs {
+                match v.get(r) {
+                    Some(x) => {
+                        let _ = write!(out, ",{}", fmt_num(*x));
+                    }
+                    None => out.push(','),
+                }
+            }
+            let _ = writeln!(out, ",{}", fmt_num(median(v)));
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn write_curves(&self, path: &Path) -> anyhow::Result<()> {
+        let mut out = String::from("chart,server,run,x,y\n");
+        for c in &self.curves {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{}",
+                c.chart,
+                c.server,
+                c.run,
+                fmt_num(c.x),
+                fmt_num(c.y)
+            );
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        String::new()
+    } else if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+const OURS: &str = "funko-live";
+const PEER: &str = "node-peer";
+
+/// fanout.png: SSE publish-to-deliver p99 (solid) and p50 (thin) vs N, ours vs the peer.
+pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
+    register_font();
+    let series = |server: &str, metric: &str| -> Vec<(f64, f64)> {
+        let mut pts: Vec<(f64, f64)> = results
+            .rows
+            .iter()
+            .filter(|(k, _)| {
+                k.scenario == "fanout"
+                    && k.transport == "sse"
+                    && k.server == server
+                    && k.metric == metric
+            })
+            .map(|(k, v)| (k.n as f64, median(v).max(0.01)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
+    };
+    let lines = [
+        (OURS, "p99", RGBColor(200, 60, 30), 3),
+        (PEER, "p99", RGBColor(40, 90, 200), 3),
+        (OURS, "p50", RGBColor(200, 60, 30), 1),
+        (PEER, "p50", RGBColor(40, 90, 200), 1),
+    ];
+    let data: Vec<_> = lines
+        .iter()
+        .map(|(s, m, c, w)| (*s, *m, *c, *w, series(s, m)))
+        .collect();
+    let all: Vec<(f64, f64)> = data.iter().flat_map(|d| d.4.clone()).collect();
+    if all.is_empty() {
+        return Ok(false);
+    }
+    let (xmin, xmax) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (ymin, ymax) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "SSE fan-out: publish-to-deliver latency vs subscribers (median of runs)",
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            ((xmin * 0.7)..(xmax * 1.4)).log_scale(),
+            ((ymin * 0.5).max(0.01)..(ymax * 2.0)).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("subscribers (N)")
+        .y_desc("latency, ms (log)")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (server, metric, color, width, pts) in data {
+        if pts.is_empty() {
+            continue;
+        }
+        let style = color.stroke_width(width);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), style))?
+            .label(format!("{server} {metric}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+            });
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+/// One line of the issue's target table.
+pub struct TargetRow {
+    pub scenario: &'static str,
+    pub target: &'static str,
+    pub ours: String,
+    pub peer: String,
+    pub ratio: String,
+    pub met: Option<bool>,
+}
+
+fn num(x: Option<f64>, unit: &str) -> String {
+    match x {
+        Some(v) if v.is_finite() => {
+            if v >= 100.0 {
+                format!("{v:.0} {unit}")
+            } else if v >= 10.0 {
+                format!("{v:.1} {unit}")
+            } else {
+                format!("{v:.2} {unit}")
+            }
+        }
+        _ => "n/a".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.1}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+pub struct Thresholds {
+    pub fanout_big: usize,
+    pub fanout_small: usize,
+    pub conn_max: usize,
+    pub replay_k: usize,
+}
+
+pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
+    let g = |s: &str, server: &str, tr: &str, n: Option<usize>, m: &str| r.get(s, server, tr, n, m);
+    let mut rows = Vec::new();
+
+    let (o, p) = (
+        g("crud", OURS, "get_by_id", None, "requests_per_s"),
+        g("crud", PEER, "get_by_id", None, "requests_per_s"),
+    );
+    rows.push(TargetRow {
+        scenario: "GET /funkos/{id}",
+        target: "≥ 5x the peer's req/s",
+        ours: num(o, "req/s"),
+        peer: num(p, "req/s"),
+        ratio: ratio(o, p),
+        met: o.zip(p).map(|(o, p)| o >= 5.0 * p),
+    });
+
+    let (o, p) = (
+        g("crud", OURS, "post", None, "requests_per_s"),
+        g("crud", PEER, "post", None, "requests_per_s"),
+    );
+    rows.push(TargetRow {
+        scenario: "POST /funkos (durable, SQLite)",
+        target: "≥ 2x the peer's (in-memory) req/s",
+        ours: num(o, "req/s"),
+        peer: num(p, "req/s"),
+        ratio: ratio(o, p),
+        met: o.zip(p).map(|(o, p)| o >= 2.0 * p),
+    });
+
+    let n = t.fanout_big;
+    let (o, p) = (
+        g("fanout", OURS, "sse", Some(n), "p99"),
+        g("fanout", PEER, "sse", Some(n), "p99"),
+    );
+    let lost = g("fanout", OURS, "sse", Some(n), "lost").unwrap_or(0.0);
+    rows.push(TargetRow {
+        scenario: if n == 10_000 {
+            "SSE fan-out to 10,000 subscribers"
+        } else {
+            "SSE fan-out, largest N"
+        },
+        target: "p99 ≤ 50 ms and ≤ 1/4 of the peer's p99",
+        ours: format!("p99 {}", num(o, "ms")),
+        peer: format!("p99 {}", num(p, "ms")),
+        ratio: format!("{} lower", ratio(p, o)),
+        met: o
+            .zip(p)
+            .map(|(o, p)| o <= 50.0 && o * 4.0 <= p && lost == 0.0),
+    });
+
+    let n = t.fanout_small;
+    let (o, p) = (
+        g("fanout", OURS, "sse", Some(n), "p99"),
+        g("fanout", PEER, "sse", Some(n), "p99"),
+    );
+    rows.push(TargetRow {
+        scenario: "SSE fan-out to 1,000 subscribers",
+        target: "p99 ≤ 10 ms",
+        ours: format!("p99 {}", num(o, "ms")),
+        peer: format!("p99 {}", num(p, "ms")),
+        ratio: format!("{} lower", ratio(p, o)),
+        met: o.map(|o| o <= 10.0),
+    });
+
+    let (o, p) = (
+        g("throughput", OURS, "sse", None, "deliveries_per_s"),
+        g("throughput", PEER, "sse", None, "deliveries_per_s"),
+    );
+    rows.push(TargetRow {
+        scenario: "deliveries/s, 1,000 subscribers, writes as fast as they go",
+        target: "≥ 200,000/s on the server's one core",
+        ours: num(o, "/s"),
+        peer: num(p, "/s"),
+        ratio: ratio(o, p),
+        met: o.map(|o| o >= 200_000.0),
+    });
+
+    let (oh, ph) = (
+        g("connections", OURS, "sse", None, "held"),
+        g("connections", PEER, "sse", None, "held"),
+    );
+    let (ok, pk) = (
+        g("connections", OURS, "sse", None, "rss_per_connection"),
+        g("connections", PEER, "sse", None, "rss_per_connection"),
+    );
+    rows.push(TargetRow {
+        scenario: "idle SSE connections",
+        target: "19,000 held by one process; ≤ 16 KiB RSS each",
+        ours: format!("{} held, {}", num(oh, ""), num(ok, "KiB/conn")),
+        peer: format!("{} held, {}", num(ph, ""), num(pk, "KiB/conn")),
+        ratio: format!("{} less memory", ratio(pk, ok)),
+        met: oh.zip(ok).map(|(h, k)| h >= t.conn_max as f64 && k <= 16.0),
+    });
+
+    let (o, p) = (
+        g("fanout", OURS, "poll", None, "p99"),
+        g("fanout", PEER, "poll", None, "p99"),
+    );
+    let (oc, pc) = (
+        g("fanout", OURS, "poll", None, "idle_cpu"),
+        g("fanout", PEER, "poll", None, "idle_cpu"),
+    );
+    rows.push(TargetRow {
+        scenario: "long-poll, 1,000 pollers",
+        target: "p99 write-to-answer ≤ 50 ms; no CPU while idle (< 0.5 % of a core)",
+        ours: format!("p99 {}, idle {}", num(o, "ms"), num(oc, "% CPU")),
+        peer: format!("p99 {}, idle {}", num(p, "ms"), num(pc, "% CPU")),
+        ratio: format!("{} lower", ratio(p, o)),
+        met: o.zip(oc).map(|(o, c)| o <= 50.0 && c < 0.5),
+    });
+
+    let (o, p) = (
+        g("replay", OURS, "sse", None, "events_per_s"),
+        g("replay", PEER, "sse", None, "events_per_s"),
+    );
+    rows.push(TargetRow {
+        scenario: if t.replay_k == 100_000 {
+            "replay of 100,000 events"
+        } else {
+            "replay"
+        },
+        target: "≥ 200,000 events/s to one subscriber",
+        ours: num(o, "events/s"),
+        peer: num(p, "events/s"),
+        ratio: ratio(o, p),
+        met: o.map(|o| o >= 200_000.0),
+    });
+
+    let (oa, ob) = (
+        g("slow", OURS, "sse", None, "readers_p99_alone"),
+        g("slow", OURS, "sse", None, "readers_p99_with_slow"),
+    );
+    let (pa, pb) = (
+        g("slow", PEER, "sse", None, "readers_p99_alone"),
+        g("slow", PEER, "sse", None, "readers_p99_with_slow"),
+    );
+    let (og, pg) = (
+        g("slow", OURS, "sse", None, "rss_growth_2nd_half"),
+        g("slow", PEER, "sse", None, "rss_growth_2nd_half"),
+    );
+    let (om, pm) = (
+        g("slow", OURS, "sse", None, "rss_max"),
+        g("slow", PEER, "sse", None, "rss_max"),
+    );
+    rows.push(TargetRow {
+        scenario: "1,000 non-reading subscribers, 1,000 writes/s for 30 s",
+        target: "RSS bounded (grows < 8 MiB in the 2nd half); readers' p99 unchanged (≤ 1.5x alone + 2 ms)",
+        ours: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(om, "MiB"), num(og, "MiB"), num(oa, "ms"), num(ob, "ms")),
+        peer: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(pm, "MiB"), num(pg, "MiB"), num(pa, "ms"), num(pb, "ms")),
+        ratio: format!("{} less peak RSS", ratio(pm, om)),
+        met: match (og, oa, ob) {
+            (Some(g), Some(a), Some(b)) => Some(g < 8.0 && b <= 1.5 * a + 2.0),
+            _ => None,
+        },
+    });
+    rows
+}
+
+pub struct Machine {
+    pub nproc: usize,
+    pub model: String,
+    pub mem: String,
+    pub kernel: String,
+    pub rustc: String,
+    pub node: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let nproc = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| format!("{:.1} GiB", kb / 1048576.0))
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_else(|| "n/a".into())
+        };
+        Self {
+            nproc,
+            model,
+            mem,
+            kernel,
+            rustc: run("rustc", &["--version"]),
+            node: run("node", &["--version"]),
+            date: run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        }
+    }
+}
+
+/// Medians of a curve per x, per server.
+fn curve_medians(r: &Results, chart: &str, server: &str, bucket: f64) -> Vec<(f64, f64)> {
+    let mut by_x: Vec<(f64, Vec<f64>)> = Vec::new();
+    for c in r
+        .curves
+        .iter()
+        .filter(|c| c.chart == chart && c.server == server)
+    {
+        let x = (c.x / bucket).round() * bucket;
+        match by_x.iter_mut().find(|(bx, _)| *bx == x) {
+            Some((_, v)) => v.push(c.y),
+            None => by_x.push((x, vec![c.y])),
+        }
+    }
+    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_x.into_iter().map(|(x, v)| (x, median(&v))).collect()
+}
+
+pub struct Notes {
+    /// /proc/loadavg at the start and at the end of the run.
+    pub load: (String, String),
+    pub runs: usize,
+    pub pinned: bool,
+    pub plan: String,
+    pub minutes: f64,
+    pub extra: Vec<String>,
+}
+
+pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "funko-live against a minimal Node.js peer (`bench/peers/node`: express + socket.io + ws, SSE and \
+         long-poll over an in-memory Funko list), driven by the same Rust load generator (`bench/`) in the \
+         same run. This page is written by the harness; do not edit it by hand.\n"
+    );
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(s, "- CPU: {} × {}", m.nproc, m.model);
+    let _ = writeln!(s, "- Memory: {}", m.mem);
+    let _ = writeln!(
+        s,
+        "- Kernel: Linux {}; {}; Node.js {}",
+        m.kernel, m.rustc, m.node
+    );
+    let _ = writeln!(
+        s,
+        "- Measured: {} (the whole run took {:.1} min)",
+        m.date, notes.minutes
+    );
+    let _ = writeln!(
+        s,
+        "- Load average (1, 5, 15 min) at the start: {}; at the end: {}. Anything else running on the \
+         machine competes with the pinned processes for their cores.",
+        notes.load.0, notes.load.1
+    );
+    let _ = writeln!(
+        s,
+        "- Layout: {}; every figure is the median of {} runs; servers on 127.0.0.1, all traffic on loopback.\n",
+        if notes.pinned {
+            "each server alone on core 0 (`taskset -c 0`), every generator process on core 1 (`taskset -c 1`)"
+        } else {
+            "NOT pinned (taskset missing or --no-pin)"
+        },
+        notes.runs
+    );
+    let _ = writeln!(s, "## Commands\n");
+    let _ = writeln!(s, "```sh");
+    let _ = writeln!(
+        s,
+        "cargo run --release -p bench -- all          # everything below: ~{:.0} min on this machine",
+        notes.minutes.ceil()
+    );
+    let _ = writeln!(
+        s,
+        "cargo run --release -p bench -- crud         # or fanout, connections, replay, slow"
+    );
+    let _ = writeln!(
+        s,
+        "cargo run -p bench -- smoke                  # a few subscribers and events, both servers, seconds"
+    );
+    let _ = writeln!(s, "```\n");
+    let _ = writeln!(
+        s,
+        "The harness builds `target/release/funko-live` (or takes `--server-bin PATH` / `FUNKO_BENCH_SERVER_BIN`), \
+         runs `npm ci` in `bench/peers/node`, starts each server as its own process with a fresh temp data dir \
+         for every scenario and run, and writes `bench/results/results.csv` (every run and the median), \
+         `bench/results/curves.csv` (RSS curves), `bench/results/fanout.png` and this page. Plan: {}.\n",
+        notes.plan
+    );
+    let _ = writeln!(s, "## Targets (issue 7)\n");
+    let _ = writeln!(
+        s,
+        "| scenario | target | funko-live | node peer | ratio | met? |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for row in targets(r, t) {
+        let met = match row.met {
+            Some(true) => "**met**",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.scenario, row.target, row.ours, row.peer, row.ratio, met
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n![SSE fan-out latency vs N](bench/results/fanout.png)\n"
+    );
+    if !notes.extra.is_empty() {
+        let _ = writeln!(s, "## Notes\n");
+        for e in &notes.extra {
+            let _ = writeln!(s, "- {e}");
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "## All figures (medians)\n");
+    let _ = writeln!(
+        s,
+        "| scenario | transport | N | metric | funko-live | node peer |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let mut seen: Vec<(String, String, usize, String)> = Vec::new();
+    for (k, _) in &r.rows {
+        let id = (
+            k.scenario.clone(),
+            k.transport.clone(),
+            k.n,
+            k.metric.clone(),
+        );
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        let o = r.get(&k.scenario, OURS, &k.transport, Some(k.n), &k.metric);
+        let p = r.get(&k.scenario, PEER, &k.transport, Some(k.n), &k.metric);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            k.scenario,
+            k.transport,
+            k.n,
+            k.metric,
+            num(o, &k.unit),
+            num(p, &k.unit)
+        );
+    }
+    let _ = writeln!(s, "\n## Server RSS curves (medians of runs)\n");
+    for (chart, title, xname, bucket) in [
+        (
+            "connections",
+            "Idle SSE connections",
+            "connections held",
+            1.0,
+        ),
+        (
+            "slow",
+            "1,000 non-reading subscribers while 1,000 writes/s go on",
+            "seconds",
+            5.0,
+        ),
+    ] {
+        let o = curve_medians(r, chart, OURS, bucket);
+        let p = curve_medians(r, chart, PEER, bucket);
+        if o.is_empty() && p.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "{title}:\n");
+        let _ = writeln!(s, "| {xname} | funko-live RSS | node peer RSS |");
+        let _ = writeln!(s, "|---|---|---|");
+        let mut xs: Vec<f64> = o.iter().chain(&p).map(|c| c.0).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        xs.dedup();
+        for x in xs {
+            let f = |v: &[(f64, f64)]| {
+                v.iter()
+                    .find(|c| c.0 == x)
+                    .map(|c| format!("{:.1} MiB", c.1 / 1048576.0))
+                    .unwrap_or_default()
+            };
+            let _ = writeln!(s, "| {x:.0} | {} | {} |", f(&o), f(&p));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

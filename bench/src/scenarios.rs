@@ -1,0 +1,1125 @@
+//! The scenarios, driven from the harness process: start a fresh server, spawn generator
+//! worker processes (pinned to core 1), collect their reports, record figures per run.
+
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout},
+};
+
+use crate::{
+    http::Conn,
+    report::{Curve, Results},
+    servers::{Kind, Launch, Server},
+    worker::{
+        CrudOp, CrudReport, CrudTask, PublishReport, PublishTask, Ready, SubscribeReport,
+        SubscribeTask, Task, Transport,
+    },
+};
+
+/// One process holds at most this many generator connections (the limit is 20,000 files).
+const PER_WORKER: usize = 9_000;
+/// Subscribers per client address: funko-live caps streams per client IP (1,000 by default),
+/// as a real crowd comes from many addresses.
+const PER_SRC: usize = 500;
+
+/// How big each scenario is.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub runs: usize,
+    pub crud_connections: usize,
+    pub crud_warmup_s: f64,
+    pub crud_duration_s: f64,
+    pub crud_seed: u64,
+    pub fanout_ns: Vec<usize>,
+    pub fanout_events: u64,
+    pub fanout_rate: f64,
+    pub poll_n: usize,
+    pub ws_n: usize,
+    pub throughput_n: usize,
+    pub throughput_s: f64,
+    pub throughput_concurrency: usize,
+    pub conn_steps: Vec<usize>,
+    pub replay_k: u64,
+    pub slow_m: usize,
+    pub slow_readers: usize,
+    pub slow_rate: f64,
+    pub slow_baseline_s: f64,
+    pub slow_s: f64,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Self {
+            runs: 3,
+            crud_connections: 32,
+            crud_warmup_s: 1.0,
+            crud_duration_s: 3.0,
+            crud_seed: 200,
+            fanout_ns: vec![100, 1_000, 5_000, 10_000],
+            fanout_events: 40,
+            fanout_rate: 10.0,
+            poll_n: 1_000,
+            ws_n: 1_000,
+            throughput_n: 1_000,
+            throughput_s: 5.0,
+            throughput_concurrency: 8,
+            conn_steps: vec![1_000, 5_000, 10_000, 19_000],
+            replay_k: 100_000,
+            slow_m: 1_000,
+            slow_readers: 100,
+            slow_rate: 1_000.0,
+            slow_baseline_s: 5.0,
+            slow_s: 30.0,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            runs: 1,
+            crud_connections: 4,
+            crud_warmup_s: 0.2,
+            crud_duration_s: 0.5,
+            crud_seed: 20,
+            fanout_ns: vec![5],
+            fanout_events: 5,
+            fanout_rate: 20.0,
+            poll_n: 5,
+            ws_n: 5,
+            throughput_n: 5,
+            throughput_s: 1.0,
+            throughput_concurrency: 2,
+            conn_steps: vec![20, 50],
+            replay_k: 300,
+            slow_m: 5,
+            slow_readers: 5,
+            slow_rate: 50.0,
+            slow_baseline_s: 1.0,
+            slow_s: 2.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Crud,
+    Fanout,
+    Connections,
+    Replay,
+    Slow,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Crud => "crud",
+            Self::Fanout => "fanout",
+            Self::Connections => "connections",
+            Self::Replay => "replay",
+            Self::Slow => "slow",
+        }
+    }
+}
+
+pub struct Ctx {
+    pub launch: Launch,
+    pub plan: Plan,
+    pub self_exe: PathBuf,
+    pub kinds: Vec<Kind>,
+    pub results: Results,
+    /// Problems a smoke run fails on.
+    pub failures: Vec<String>,
+    src: Cell<u32>,
+    tag: Cell<u64>,
+    run_id: String,
+}
+
+/// A generator worker process.
+pub struct WorkerProc {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl WorkerProc {
+    async fn line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .with_context(|| format!("no {prefix} from a worker within {timeout:?}"))??
+                .with_context(|| format!("a worker exited before {prefix}"))?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+    }
+
+    pub async fn ready(&mut self, timeout: Duration) -> anyhow::Result<Ready> {
+        Ok(serde_json::from_str(&self.line("READY", timeout).await?)?)
+    }
+
+    pub async fn stop(&mut self) {
+        let _ = self.stdin.write_all(b"stop\n").await;
+        let _ = self.stdin.flush().await;
+    }
+
+    /// Waits for the result; past `timeout` tells the worker to stop and waits 15 s more.
+    pub async fn result<T: DeserializeOwned>(&mut self, timeout: Duration) -> anyhow::Result<T> {
+        let text = match self.line("RESULT", timeout).await {
+            Ok(text) => text,
+            Err(_) => {
+                self.stop().await;
+                self.line("RESULT", Duration::from_secs(15)).await?
+            }
+        };
+        let value = serde_json::from_str(&text)?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        Ok(value)
+    }
+}
+
+impl Ctx {
+    pub fn new(launch: Launch, plan: Plan, kinds: Vec<Kind>) -> anyhow::Result<Self> {
+        Ok(Self {
+            launch,
+            plan,
+            self_exe: std::env::current_exe()?,
+            kinds,
+            results: Results::default(),
+            failures: Vec::new(),
+            src: Cell::new(0),
+            tag: Cell::new(0),
+            run_id: format!("{:x}", crate::clock::now_ns() % 0xffff_ffff),
+        })
+    }
+
+    /// A fresh loopback source address (127.1.0.1 onwards, never reused in one harness run),
+    /// so no connection runs short of ephemeral ports or meets an earlier TIME_WAIT socket.
+    fn next_src(&self) -> IpAddr {
+        let n = self.src.get() % 60_000;
+        self.src.set(n + 1);
+        IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (1 + n % 250) as u8))
+    }
+
+    fn next_tag(&self, what: &str) -> String {
+        self.tag.set(self.tag.get() + 1);
+        format!("{what}-{}-{}", self.run_id, self.tag.get())
+    }
+
+    pub async fn spawn(&self, task: &Task) -> anyhow::Result<WorkerProc> {
+        let mut cmd = self.launch.command(1, &self.self_exe);
+        cmd.arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning a worker")?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let mut line = serde_json::to_string(task)?;
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(WorkerProc {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    fn fail(&mut self, what: String) {
+        eprintln!("  !! {what}");
+        self.failures.push(what);
+    }
+
+    pub async fn run(&mut self, scenario: Scenario) -> anyhow::Result<()> {
+        eprintln!(
+            "== {} (load average {})",
+            scenario.name(),
+            crate::report::loadavg()
+        );
+        if scenario == Scenario::Replay {
+            for kind in self.kinds.clone() {
+                self.replay(kind).await?;
+            }
+            return Ok(());
+        }
+        for run in 1..=self.plan.runs {
+            for kind in self.kinds.clone() {
+                eprintln!(
+                    "-- {} run {run}/{} on {}",
+                    scenario.name(),
+                    self.plan.runs,
+                    kind.name()
+                );
+                match scenario {
+                    Scenario::Crud => self.crud(kind).await?,
+                    Scenario::Fanout => self.fanout(kind).await?,
+                    Scenario::Connections => self.connections(kind, run).await?,
+                    Scenario::Slow => self.slow(kind, run).await?,
+                    Scenario::Replay => unreachable!(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        scenario: &str,
+        kind: Kind,
+        transport: &str,
+        n: usize,
+        metric: &str,
+        unit: &str,
+        value: f64,
+    ) {
+        self.results
+            .add(scenario, kind.name(), transport, n, metric, unit, value);
+    }
+
+    // ---------------------------------------------------------------- crud
+
+    async fn crud(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let server = Server::start(&self.launch, kind).await?;
+        let seeded = self
+            .publish(&server, self.plan.crud_seed, 0.0, 8, 0.0, "seed")
+            .await?;
+        if seeded.ok != self.plan.crud_seed {
+            bail!(
+                "seeding {} Funkos on {} failed: {:?}",
+                self.plan.crud_seed,
+                kind.name(),
+                seeded.first_error
+            );
+        }
+        let ids: Vec<i64> = (1..=self.plan.crud_seed as i64).collect();
+        for op in [CrudOp::GetById, CrudOp::List, CrudOp::Post, CrudOp::Patch] {
+            let task = Task::Crud(CrudTask {
+                addr: server.addr,
+                src: self.next_src(),
+                op,
+                connections: self.plan.crud_connections,
+                warmup_s: self.plan.crud_warmup_s,
+                duration_s: self.plan.crud_duration_s,
+                ids: ids.clone(),
+                tag: self.next_tag("crud"),
+            });
+            let mut w = self.spawn(&task).await?;
+            let budget = self.plan.crud_warmup_s + self.plan.crud_duration_s + 60.0;
+            let r: CrudReport = w.result(Duration::from_secs_f64(budget)).await?;
+            let rps = r.requests as f64 / r.elapsed_s;
+            eprintln!(
+                "   {:<10} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
+                op.name(),
+                rps,
+                r.latency.quantile_ms(0.5),
+                r.latency.quantile_ms(0.99),
+                r.errors,
+                r.first_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+            if r.errors > 0 || r.requests == 0 {
+                self.fail(format!(
+                    "crud {} on {}: {} errors, {} requests: {:?}",
+                    op.name(),
+                    kind.name(),
+                    r.errors,
+                    r.requests,
+                    r.first_error
+                ));
+            }
+            self.record(
+                "crud",
+                kind,
+                op.name(),
+                self.plan.crud_connections,
+                "requests_per_s",
+                "req/s",
+                rps,
+            );
+            self.record(
+                "crud",
+                kind,
+                op.name(),
+                self.plan.crud_connections,
+                "p50",
+                "ms",
+                r.latency.quantile_ms(0.5),
+            );
+            self.record(
+                "crud",
+                kind,
+                op.name(),
+                self.plan.crud_connections,
+                "p99",
+                "ms",
+                r.latency.quantile_ms(0.99),
+            );
+            self.record(
+                "crud",
+                kind,
+                op.name(),
+                self.plan.crud_connections,
+                "errors",
+                "count",
+                r.errors as f64,
+            );
+        }
+        server.stop().await;
+        Ok(())
+    }
+
+    /// POSTs `count` Funkos (publish-to-deliver stamps in their descriptions).
+    async fn publish(
+        &self,
+        server: &Server,
+        count: u64,
+        rate: f64,
+        concurrency: usize,
+        duration_s: f64,
+        what: &str,
+    ) -> anyhow::Result<PublishReport> {
+        let expected = if rate > 0.0 {
+            count as f64 / rate
+        } else {
+            count as f64 / 500.0
+        };
+        let budget = if duration_s > 0.0 {
+            duration_s
+        } else {
+            expected
+        } + 120.0;
+        let task = Task::Publish(PublishTask {
+            addr: server.addr,
+            src: self.next_src(),
+            count,
+            rate,
+            concurrency,
+            duration_s,
+            deadline_s: budget,
+            tag: self.next_tag(what),
+        });
+        let mut w = self.spawn(&task).await?;
+        w.result(Duration::from_secs_f64(budget + 10.0)).await
+    }
+
+    // ---------------------------------------------------------------- subscribers
+
+    /// Opens `n` subscribers over as many workers as needed and waits until all are connected.
+    async fn subscribers(
+        &self,
+        server: &Server,
+        transport: Transport,
+        n: usize,
+        expect: u64,
+        read: bool,
+        after: Option<String>,
+        deadline_s: f64,
+    ) -> anyhow::Result<(Vec<WorkerProc>, Ready)> {
+        let mut workers = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let count = left.min(PER_WORKER);
+            left -= count;
+            let task = Task::Subscribe(SubscribeTask {
+                transport,
+                addr: server.addr,
+                count,
+                srcs: (0..count.div_ceil(PER_SRC))
+                    .map(|_| self.next_src())
+                    .collect(),
+                per_src: PER_SRC,
+                expect,
+                read,
+                after: after.clone(),
+                deadline_s,
+                connect_concurrency: 128,
+            });
+            workers.push(self.spawn(&task).await?);
+        }
+        let mut ready = Ready::default();
+        for w in &mut workers {
+            let r = w.ready(Duration::from_secs_f64(deadline_s)).await?;
+            ready.connected += r.connected;
+            ready.failed += r.failed;
+            if ready.first_error.is_none() {
+                ready.first_error = r.first_error;
+            }
+        }
+        Ok((workers, ready))
+    }
+
+    async fn collect(
+        workers: &mut [WorkerProc],
+        wait: Duration,
+    ) -> anyhow::Result<SubscribeReport> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut total = SubscribeReport::default();
+        for w in workers.iter_mut() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r: SubscribeReport = w.result(left.max(Duration::from_millis(10))).await?;
+            total.connected += r.connected;
+            total.failed += r.failed;
+            total.latency.merge(&r.latency);
+            total.events += r.events;
+            total.complete += r.complete;
+            total.ended_early += r.ended_early;
+            total.start_ns = if total.start_ns == 0 {
+                r.start_ns
+            } else {
+                total.start_ns.min(r.start_ns)
+            };
+            total.ready_ns = total.ready_ns.max(r.ready_ns);
+            if r.first_event_ns > 0 {
+                total.first_event_ns = if total.first_event_ns == 0 {
+                    r.first_event_ns
+                } else {
+                    total.first_event_ns.min(r.first_event_ns)
+                };
+            }
+            total.last_event_ns = total.last_event_ns.max(r.last_event_ns);
+            for e in r.errors {
+                if total.errors.len() < 5 {
+                    total.errors.push(e);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn stop_all(workers: &mut [WorkerProc]) {
+        for w in workers.iter_mut() {
+            w.stop().await;
+        }
+    }
+
+    // ---------------------------------------------------------------- fanout
+
+    async fn fanout(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let plan = self.plan.clone();
+        for &n in &plan.fanout_ns {
+            self.fanout_point(kind, Transport::Sse, n, false).await?;
+        }
+        self.fanout_point(kind, Transport::Poll, plan.poll_n, true)
+            .await?;
+        self.fanout_point(kind, Transport::Ws, plan.ws_n, false)
+            .await?;
+        self.throughput(kind).await?;
+        Ok(())
+    }
+
+    /// N subscribers, E events at a set rate: publish-to-deliver latency.
+    async fn fanout_point(
+        &mut self,
+        kind: Kind,
+        transport: Transport,
+        n: usize,
+        idle_cpu: bool,
+    ) -> anyhow::Result<()> {
+        let (events, rate) = (self.plan.fanout_events, self.plan.fanout_rate);
+        let server = Server::start(&self.launch, kind).await?;
+        let budget = 120.0 + events as f64 / rate + 60.0;
+        let (mut workers, ready) = self
+            .subscribers(&server, transport, n, events, true, None, budget)
+            .await?;
+        let label = format!("{} n={n}", transport.name());
+        if ready.connected == 0 {
+            let why = ready.first_error.unwrap_or_default();
+            eprintln!("   {label}: no subscriber could connect: {why}");
+            Self::stop_all(&mut workers).await;
+            let _ = Self::collect(&mut workers, Duration::from_secs(10)).await;
+            server.stop().await;
+            if transport == Transport::Ws && why.contains("501") {
+                self.record(
+                    "fanout",
+                    kind,
+                    transport.name(),
+                    n,
+                    "unavailable",
+                    "501",
+                    1.0,
+                );
+                return Ok(());
+            }
+            self.fail(format!(
+                "fanout {label} on {}: nobody connected: {why}",
+                kind.name()
+            ));
+            return Ok(());
+        }
+        if ready.failed > 0 {
+            self.fail(format!(
+                "fanout {label} on {}: {} of {n} subscribers failed to connect: {:?}",
+                kind.name(),
+                ready.failed,
+                ready.first_error
+            ));
+        }
+        if idle_cpu {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let c0 = server.cpu_seconds();
+            let secs = if self.plan.runs == 1 && n < 100 {
+                1.0
+            } else {
+                3.0
+            };
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let pct = (server.cpu_seconds() - c0) / secs * 100.0;
+            eprintln!("   {label}: idle server CPU {pct:.2} % with {n} waiting");
+            self.record("fanout", kind, transport.name(), n, "idle_cpu", "%", pct);
+        }
+        let publ = self.publish(&server, events, rate, 4, 0.0, "fan").await?;
+        let drain = Duration::from_secs(30);
+        let sub = Self::collect(&mut workers, drain).await?;
+        let expected = publ.ok * ready.connected as u64;
+        let lost = expected.saturating_sub(sub.events);
+        let window = sub.last_event_ns.saturating_sub(publ.first_send_ns) as f64 / 1e9;
+        let dps = if window > 0.0 {
+            sub.events as f64 / window
+        } else {
+            0.0
+        };
+        eprintln!(
+            "   {label}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  deliveries {} ({:.0}/s)  lost {lost}  ended early {}{}",
+            sub.latency.quantile_ms(0.5),
+            sub.latency.quantile_ms(0.99),
+            sub.latency.max_ms(),
+            sub.events,
+            dps,
+            sub.ended_early,
+            sub.errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        let t = transport.name();
+        self.record(
+            "fanout",
+            kind,
+            t,
+            n,
+            "p50",
+            "ms",
+            sub.latency.quantile_ms(0.5),
+        );
+        self.record(
+            "fanout",
+            kind,
+            t,
+            n,
+            "p99",
+            "ms",
+            sub.latency.quantile_ms(0.99),
+        );
+        self.record("fanout", kind, t, n, "max", "ms", sub.latency.max_ms());
+        self.record("fanout", kind, t, n, "deliveries_per_s", "1/s", dps);
+        self.record("fanout", kind, t, n, "lost", "count", lost as f64);
+        if lost > 0 || publ.errors > 0 {
+            let mut server = server;
+            let state = if server.alive() {
+                String::new()
+            } else {
+                format!("; the server died:\n{}", server.log_tail(10))
+            };
+            self.fail(format!(
+                "fanout {label} on {}: lost {lost} of {expected}, POST errors {} {:?}{state}",
+                server.kind.name(),
+                publ.errors,
+                publ.first_error
+            ));
+            server.stop().await;
+            return Ok(());
+        }
+        server.stop().await;
+        Ok(())
+    }
+
+    /// 1,000 SSE subscribers, writes as fast as they go: deliveries per second.
+    async fn throughput(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let n = self.plan.throughput_n;
+        let server = Server::start(&self.launch, kind).await?;
+        let secs = self.plan.throughput_s;
+        let (mut workers, ready) = self
+            .subscribers(
+                &server,
+                Transport::Sse,
+                n,
+                0,
+                true,
+                None,
+                120.0 + secs + 60.0,
+            )
+            .await?;
+        let cpu0 = server.cpu_seconds();
+        let publ = self
+            .publish(
+                &server,
+                100_000_000,
+                0.0,
+                self.plan.throughput_concurrency,
+                secs,
+                "tput",
+            )
+            .await?;
+        let cpu = server.cpu_seconds() - cpu0;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Self::stop_all(&mut workers).await;
+        let sub = Self::collect(&mut workers, Duration::from_secs(30)).await?;
+        let window = sub.last_event_ns.saturating_sub(publ.first_send_ns) as f64 / 1e9;
+        let dps = if window > 0.0 {
+            sub.events as f64 / window
+        } else {
+            0.0
+        };
+        let posts =
+            publ.ok as f64 / ((publ.last_done_ns - publ.first_send_ns) as f64 / 1e9).max(1e-9);
+        let expected = publ.ok * ready.connected as u64;
+        let lost = expected.saturating_sub(sub.events);
+        eprintln!(
+            "   throughput n={n}: {dps:.0} deliveries/s, {posts:.0} POST/s, server CPU {:.0} % while writing, delivered {} of {expected}, streams ended early {}",
+            cpu / secs * 100.0,
+            sub.events,
+            sub.ended_early
+        );
+        self.record("throughput", kind, "sse", n, "deliveries_per_s", "1/s", dps);
+        self.record("throughput", kind, "sse", n, "posts_per_s", "req/s", posts);
+        self.record(
+            "throughput",
+            kind,
+            "sse",
+            n,
+            "undelivered",
+            "count",
+            lost as f64,
+        );
+        self.record(
+            "throughput",
+            kind,
+            "sse",
+            n,
+            "streams_cut_off",
+            "count",
+            sub.ended_early as f64,
+        );
+        server.stop().await;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- connections
+
+    async fn connections(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
+        let server = Server::start(&self.launch, kind).await?;
+        // One request first, so the base RSS includes a warmed-up runtime.
+        let mut probe = Conn::open(server.addr, None).await?;
+        let _ = probe.request("GET", "/funkos", None).await?;
+        drop(probe);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss0 = server.rss();
+        self.results.curve(Curve::new(
+            "connections",
+            kind.name(),
+            run,
+            0.0,
+            rss0 as f64,
+        ));
+        let mut workers = Vec::new();
+        let mut held = 0usize;
+        let mut target = 0usize;
+        let steps = self.plan.conn_steps.clone();
+        let mut last_rss = rss0;
+        for &step in &steps {
+            let delta = step.saturating_sub(target);
+            target = step;
+            let (ws, ready) = self
+                .subscribers(&server, Transport::Sse, delta, 0, false, None, 600.0)
+                .await?;
+            workers.extend(ws);
+            held += ready.connected;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            last_rss = server.rss();
+            eprintln!(
+                "   {step:>6} asked, {held:>6} held: server RSS {:.1} MiB{}",
+                last_rss as f64 / 1048576.0,
+                ready
+                    .first_error
+                    .map(|e| format!(" (first failure: {e})"))
+                    .unwrap_or_default()
+            );
+            self.results.curve(Curve::new(
+                "connections",
+                kind.name(),
+                run,
+                held as f64,
+                last_rss as f64,
+            ));
+            if held < target {
+                break;
+            }
+        }
+        let c0 = server.cpu_seconds();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = (server.cpu_seconds() - c0) / 2.0 * 100.0;
+        let max = *steps.last().unwrap_or(&0);
+        let per_conn = if held > 0 {
+            (last_rss.saturating_sub(rss0)) as f64 / held as f64
+        } else {
+            0.0
+        };
+        eprintln!(
+            "   held {held} of {max}; {:.1} KiB of RSS per connection; idle CPU {idle:.2} %",
+            per_conn / 1024.0
+        );
+        if held < target {
+            self.fail(format!(
+                "connections on {}: held {held} of {target}",
+                kind.name()
+            ));
+        }
+        self.record(
+            "connections",
+            kind,
+            "sse",
+            max,
+            "held",
+            "count",
+            held as f64,
+        );
+        self.record(
+            "connections",
+            kind,
+            "sse",
+            max,
+            "rss_base",
+            "MiB",
+            rss0 as f64 / 1048576.0,
+        );
+        self.record(
+            "connections",
+            kind,
+            "sse",
+            max,
+            "rss_at_max",
+            "MiB",
+            last_rss as f64 / 1048576.0,
+        );
+        self.record(
+            "connections",
+            kind,
+            "sse",
+            max,
+            "rss_per_connection",
+            "KiB",
+            per_conn / 1024.0,
+        );
+        self.record("connections", kind, "sse", max, "idle_cpu", "%", idle);
+        Self::stop_all(&mut workers).await;
+        let _ = Self::collect(&mut workers, Duration::from_secs(30)).await;
+        server.stop().await;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- replay
+
+    async fn replay(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let k = self.plan.replay_k;
+        eprintln!("-- replay of {k} events on {}: seeding", kind.name());
+        let server = Server::start(&self.launch, kind).await?;
+        let mut probe = Conn::open(server.addr, None).await?;
+        let res = probe.request("GET", "/funkos?limit=1", None).await?;
+        drop(probe);
+        let from = res
+            .stream_cursor
+            .context("GET /funkos answered no Stream-Cursor")?;
+        let seeded = self.publish(&server, k, 0.0, 16, 0.0, "replay").await?;
+        let seed_secs = (seeded.last_done_ns - seeded.first_send_ns) as f64 / 1e9;
+        eprintln!(
+            "   seeded {} events in {seed_secs:.1} s ({:.0} POST/s, 16 connections)",
+            seeded.ok,
+            seeded.ok as f64 / seed_secs
+        );
+        if seeded.ok != k {
+            self.fail(format!(
+                "replay seeding on {}: {} of {k} POSTs ok: {:?}",
+                kind.name(),
+                seeded.ok,
+                seeded.first_error
+            ));
+        }
+        for run in 1..=self.plan.runs {
+            self.record(
+                "replay",
+                kind,
+                "sse",
+                k as usize,
+                "seed_posts_per_s",
+                "req/s",
+                seeded.ok as f64 / seed_secs,
+            );
+            let (mut workers, _ready) = self
+                .subscribers(
+                    &server,
+                    Transport::Sse,
+                    1,
+                    seeded.ok,
+                    true,
+                    Some(from.clone()),
+                    300.0,
+                )
+                .await?;
+            let sub = Self::collect(&mut workers, Duration::from_secs(300)).await?;
+            let secs = sub.last_event_ns.saturating_sub(sub.start_ns) as f64 / 1e9;
+            let eps = if secs > 0.0 {
+                sub.events as f64 / secs
+            } else {
+                0.0
+            };
+            eprintln!(
+                "   run {run}/{}: {} events in {secs:.3} s: {eps:.0} events/s",
+                self.plan.runs, sub.events
+            );
+            if sub.events < seeded.ok {
+                self.fail(format!(
+                    "replay on {}: got {} of {} events",
+                    kind.name(),
+                    sub.events,
+                    seeded.ok
+                ));
+            }
+            self.record(
+                "replay",
+                kind,
+                "sse",
+                k as usize,
+                "events_per_s",
+                "1/s",
+                eps,
+            );
+            self.record("replay", kind, "sse", k as usize, "seconds", "s", secs);
+        }
+        server.stop().await;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- slow
+
+    async fn slow(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
+        let p = self.plan.clone();
+        let server = Server::start(&self.launch, kind).await?;
+        // Phase A: readers only, same write rate.
+        let (mut readers, _) = self
+            .subscribers(
+                &server,
+                Transport::Sse,
+                p.slow_readers,
+                0,
+                true,
+                None,
+                120.0 + p.slow_baseline_s + 60.0,
+            )
+            .await?;
+        let count = (p.slow_rate * p.slow_baseline_s) as u64;
+        let a_pub = self
+            .publish(
+                &server,
+                count,
+                p.slow_rate,
+                16,
+                p.slow_baseline_s + 5.0,
+                "slowA",
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Self::stop_all(&mut readers).await;
+        let a = Self::collect(&mut readers, Duration::from_secs(30)).await?;
+        // Phase B: plus M subscribers that never read.
+        let rss_before = server.rss();
+        let budget = 120.0 + p.slow_s + 90.0;
+        let (mut slow, slow_ready) = self
+            .subscribers(&server, Transport::Sse, p.slow_m, 0, false, None, budget)
+            .await?;
+        let (mut readers, _) = self
+            .subscribers(
+                &server,
+                Transport::Sse,
+                p.slow_readers,
+                0,
+                true,
+                None,
+                budget,
+            )
+            .await?;
+        let count = (p.slow_rate * p.slow_s) as u64;
+        let task = Task::Publish(PublishTask {
+            addr: server.addr,
+            src: self.next_src(),
+            count,
+            rate: p.slow_rate,
+            concurrency: 16,
+            duration_s: p.slow_s + 10.0,
+            deadline_s: p.slow_s + 60.0,
+            tag: self.next_tag("slowB"),
+        });
+        let started = tokio::time::Instant::now();
+        let mut publisher = self.spawn(&task).await?;
+        let mut curve = vec![(0.0, rss_before as f64)];
+        let waiting = publisher.result::<PublishReport>(Duration::from_secs_f64(p.slow_s + 70.0));
+        tokio::pin!(waiting);
+        let result = loop {
+            tokio::select! {
+                r = &mut waiting => break r?,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let t = started.elapsed().as_secs_f64();
+                    curve.push((t, server.rss() as f64));
+                }
+            }
+        };
+        let b_pub = result;
+        curve.push((started.elapsed().as_secs_f64(), server.rss() as f64));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Self::stop_all(&mut readers).await;
+        let b = Self::collect(&mut readers, Duration::from_secs(30)).await?;
+        let rss_end = server.rss();
+        Self::stop_all(&mut slow).await;
+        let _ = Self::collect(&mut slow, Duration::from_secs(30)).await;
+        let cut = if kind == Kind::Ours {
+            server.log_count("fell behind")
+        } else {
+            0
+        };
+        for (t, rss) in &curve {
+            self.results
+                .curve(Curve::new("slow", kind.name(), run, *t, *rss));
+        }
+        let rss_max = curve.iter().map(|c| c.1).fold(0.0, f64::max);
+        let half = p.slow_s / 2.0;
+        let at_half = curve
+            .iter()
+            .filter(|c| c.0 <= half)
+            .map(|c| c.1)
+            .fold(0.0, f64::max);
+        let growth_2nd_half = (rss_max - at_half).max(0.0);
+        let a_lost = (a_pub.ok * p.slow_readers as u64).saturating_sub(a.events);
+        let b_lost = (b_pub.ok * p.slow_readers as u64).saturating_sub(b.events);
+        let mib = 1048576.0;
+        eprintln!(
+            "   readers p99 {:.2} ms alone, {:.2} ms beside {} non-reading ({} connected); RSS {:.1} -> max {:.1} -> end {:.1} MiB (2nd-half growth {:.1} MiB); POSTs {}/{} ok (B: {:.0}/s); readers lost A {a_lost} B {b_lost}; slow cut off {cut}",
+            a.latency.quantile_ms(0.99),
+            b.latency.quantile_ms(0.99),
+            p.slow_m,
+            slow_ready.connected,
+            rss_before as f64 / mib,
+            rss_max / mib,
+            rss_end as f64 / mib,
+            growth_2nd_half / mib,
+            b_pub.ok,
+            count,
+            b_pub.ok as f64 / p.slow_s,
+        );
+        let m = p.slow_m;
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p99_alone",
+            "ms",
+            a.latency.quantile_ms(0.99),
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p99_with_slow",
+            "ms",
+            b.latency.quantile_ms(0.99),
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p50_alone",
+            "ms",
+            a.latency.quantile_ms(0.5),
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p50_with_slow",
+            "ms",
+            b.latency.quantile_ms(0.5),
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "rss_before",
+            "MiB",
+            rss_before as f64 / mib,
+        );
+        self.record("slow", kind, "sse", m, "rss_max", "MiB", rss_max / mib);
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "rss_end",
+            "MiB",
+            rss_end as f64 / mib,
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "rss_growth_2nd_half",
+            "MiB",
+            growth_2nd_half / mib,
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "writes_per_s",
+            "req/s",
+            b_pub.ok as f64 / p.slow_s,
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_lost",
+            "count",
+            (a_lost + b_lost) as f64,
+        );
+        self.record("slow", kind, "sse", m, "slow_cut_off", "count", cut as f64);
+        if a_lost + b_lost > 0 {
+            self.fail(format!(
+                "slow on {}: readers lost {} events",
+                kind.name(),
+                a_lost + b_lost
+            ));
+        }
+        server.stop().await;
+        Ok(())
+    }
+}

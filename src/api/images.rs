@@ -1,0 +1,193 @@
+//! `PUT /funkos/{id}/image` (multipart upload) and `GET /storage/{file}`.
+
+use poem::{Request, RequestBody, web::Data};
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::Path,
+    payload::{Binary, Json, ParsePayload, Payload},
+    registry::{MetaSchema, MetaSchemaRef},
+};
+
+use super::{ApiTags, AppState};
+use crate::{
+    auth::WriteAuth,
+    error::{ApiError, ApiResult, ReadErrors, UploadErrors},
+    model::Funko,
+    service::{etag, funkos},
+};
+
+pub struct ImagesApi;
+
+/// A `multipart/form-data` body with the image in a part named `file`. The parts are read as
+/// they arrive (never buffered whole), so the size limit holds while streaming.
+pub struct ImageForm(poem::web::Multipart);
+
+impl Payload for ImageForm {
+    const CONTENT_TYPE: &'static str = "multipart/form-data";
+
+    fn check_content_type(content_type: &str) -> bool {
+        matches!(content_type.parse::<mime::Mime>(), Ok(mime)
+            if mime.essence_str() == "multipart/form-data")
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            required: vec!["file"],
+            properties: vec![(
+                "file",
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    description: Some("A PNG, JPEG, GIF or WebP image, at most 2 MiB."),
+                    ..MetaSchema::new_with_format("string", "binary")
+                })),
+            )],
+            ..MetaSchema::new("object")
+        }))
+    }
+}
+
+impl ParsePayload for ImageForm {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        use poem::FromRequest;
+        let multipart = poem::web::Multipart::from_request(request, body)
+            .await
+            .map_err(|err| ApiError::bad_request(format!("not a multipart body: {err}")))?;
+        Ok(Self(multipart))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(ImageForm,);
+
+#[derive(ApiResponse)]
+pub enum UploadResponse {
+    /// The Funko with its new image.
+    #[oai(status = 200)]
+    Ok(
+        Json<Funko>,
+        #[oai(header = "ETag")] String,
+        /// The cursor of this write's event.
+        #[oai(header = "Stream-Cursor")]
+        String,
+    ),
+}
+
+/// A stored image, answered with its own content type (the spec says `image/*`).
+pub struct ImageBytes {
+    bytes: Vec<u8>,
+    content_type: &'static str,
+}
+
+impl Payload for ImageBytes {
+    const CONTENT_TYPE: &'static str = "image/*";
+
+    fn schema_ref() -> MetaSchemaRef {
+        Binary::<Vec<u8>>::schema_ref()
+    }
+}
+
+impl poem::IntoResponse for ImageBytes {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(self.content_type)
+            .body(self.bytes)
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum FileResponse {
+    /// The image (PNG, JPEG, GIF or WebP).
+    #[oai(status = 200)]
+    Ok(
+        ImageBytes,
+        /// Always `nosniff`: the type is the one the content was checked against.
+        #[oai(header = "X-Content-Type-Options")]
+        String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+}
+
+#[OpenApi(tag = "ApiTags::Funkos")]
+impl ImagesApi {
+    /// Upload a Funko's image
+    ///
+    /// `multipart/form-data` with the image in the part `file`: PNG, JPEG, GIF or WebP,
+    /// recognised by its content (not its name or declared type), at most 2 MiB. The image is
+    /// served at the Funko's new `image` path; the one it replaces is removed.
+    #[oai(
+        path = "/funkos/:id/image",
+        method = "put",
+        operation_id = "uploadFunkoImage"
+    )]
+    async fn upload(
+        &self,
+        state: Data<&AppState>,
+        auth: WriteAuth,
+        id: Path<i64>,
+        form: ImageForm,
+    ) -> ApiResult<UploadResponse, UploadErrors> {
+        state.policy.check(auth.token())?;
+        funkos::exists_live(&state.bus, id.0).await?;
+        let mut multipart = form.0;
+        let field = loop {
+            match multipart.next_field().await {
+                Ok(Some(field)) if field.name() == Some("file") => break field,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err(ApiError::Validation(crate::domain::FieldErrors::single(
+                        "file",
+                        "is required: send the image in a part named file",
+                    ))
+                    .into());
+                }
+                Err(err) => {
+                    return Err(
+                        ApiError::bad_request(format!("malformed multipart body: {err}")).into(),
+                    );
+                }
+            }
+        };
+        let path = state.images.save(id.0, field.into_async_read()).await?;
+        match funkos::set_image(&state.bus, id.0, &path).await {
+            Ok((written, previous)) => {
+                state.images.remove(&previous).await;
+                let tag = etag(written.resource.version);
+                Ok(UploadResponse::Ok(
+                    Json(written.resource),
+                    tag,
+                    written.cursor.to_string(),
+                ))
+            }
+            Err(err) => {
+                state.images.remove(&path).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Get a stored image
+    #[oai(
+        path = "/storage/:file",
+        method = "get",
+        operation_id = "getStoredImage"
+    )]
+    async fn file(
+        &self,
+        state: Data<&AppState>,
+        file: Path<String>,
+    ) -> ApiResult<FileResponse, ReadErrors> {
+        let (bytes, content_type) = state
+            .images
+            .read(&file.0)
+            .await
+            .ok_or_else(|| ApiError::not_found("file", &file.0))?;
+        Ok(FileResponse::Ok(
+            ImageBytes {
+                bytes,
+                content_type,
+            },
+            "nosniff".to_owned(),
+            "public, max-age=3600".to_owned(),
+        ))
+    }
+}

@@ -1,0 +1,301 @@
+//! Socket.IO v5 on top of an Engine.IO session: the two namespaces, each a
+//! [`Subscription`] filtered on its entity. On connect a socket gets `connection` (a welcome
+//! string, to it alone), then `updates` (the event object: `{id, entity, type, data,
+//! createdAt}`) for every change as it commits, and `reset` (`{cursor, reason}`) when its
+//! cursor cannot be served. Clients only listen: their events and acks are ignored.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    engine::{CloseReason, Session, random_id},
+    packet::{self, SioKind},
+};
+use crate::{
+    events::{Entity, Filter, Start, Subscription, parse_cursor, subscription::Next},
+    metrics::METRICS,
+};
+
+/// Events read per step of a subscription.
+const BATCH: usize = 256;
+
+struct Namespace {
+    path: &'static str,
+    entity: Entity,
+    welcome: &'static str,
+}
+
+const NAMESPACES: [Namespace; 2] = [
+    Namespace {
+        path: "/ws/v1/funkos",
+        entity: Entity::Funkos,
+        welcome: "Updates Funkos WS: funko-live",
+    },
+    Namespace {
+        path: "/ws/v1/categories",
+        entity: Entity::Categories,
+        welcome: "Updates Categories WS: funko-live",
+    },
+];
+
+impl Namespace {
+    fn find(path: &str) -> Option<&'static Self> {
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        NAMESPACES.iter().find(|ns| ns.path == path)
+    }
+}
+
+/// Numbers a session's namespace connections, so a finished task removes only its own entry.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Handles one Socket.IO packet; an error closes the session.
+pub fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str> {
+    let packet = packet::parse_socketio(text).ok_or("not a Socket.IO packet")?;
+    match packet.kind {
+        SioKind::Connect => connect(session, packet.nsp, packet.data),
+        SioKind::Disconnect => {
+            let socket = session
+                .sockets
+                .lock()
+                .expect("sockets lock poisoned")
+                .remove(packet.nsp);
+            if let Some((_, stop)) = socket {
+                stop.cancel();
+            }
+        }
+        SioKind::Event | SioKind::Ack => {}
+        SioKind::ConnectError => return Err("CONNECT_ERROR is a server packet"),
+        SioKind::BinaryEvent | SioKind::BinaryAck => {
+            return Err("binary packets are not supported");
+        }
+    }
+    Ok(())
+}
+
+/// Starts the namespace's task; a second CONNECT to the same namespace replaces the first.
+fn connect(session: &Arc<Session>, nsp: &str, auth: &str) {
+    let number = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let stop = session.closed.child_token();
+    let previous = session
+        .sockets
+        .lock()
+        .expect("sockets lock poisoned")
+        .insert(nsp.to_owned(), (number, stop.clone()));
+    if let Some((_, previous)) = previous {
+        previous.cancel();
+    }
+    tokio::spawn(run_socket(
+        session.clone(),
+        nsp.to_owned(),
+        auth.to_owned(),
+        number,
+        stop,
+    ));
+}
+
+/// Where a socket starts: the first cursor of `auth` (`cursor`, `lastEventId`, `after`; a
+/// string or a number), else the handshake's query cursor, else now.
+fn start_from(auth: &str, query_cursor: Option<&str>) -> Result<Start, String> {
+    let invalid = |key: &str, value: &dyn std::fmt::Display| {
+        format!("{key} must be a cursor (a decimal event id), not {value}")
+    };
+    if !auth.trim().is_empty() {
+        let Ok(Value::Object(auth)) = serde_json::from_str::<Value>(auth) else {
+            return Err("auth must be a JSON object".to_owned());
+        };
+        for key in ["cursor", "lastEventId", "after"] {
+            match auth.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(raw)) if raw.trim().is_empty() => {}
+                Some(Value::String(raw)) => {
+                    return parse_cursor(raw)
+                        .map(Start::After)
+                        .ok_or_else(|| invalid(key, &format!("{raw:?}")));
+                }
+                Some(Value::Number(number)) => {
+                    return number
+                        .as_u64()
+                        .and_then(|n| i64::try_from(n).ok())
+                        .map(Start::After)
+                        .ok_or_else(|| invalid(key, number));
+                }
+                Some(other) => return Err(invalid(key, other)),
+            }
+        }
+    }
+    match query_cursor.map(str::trim).filter(|raw| !raw.is_empty()) {
+        None => Ok(Start::Now),
+        Some(raw) => parse_cursor(raw)
+            .map(Start::After)
+            .ok_or_else(|| invalid("cursor", &format!("{raw:?}"))),
+    }
+}
+
+/// One namespace connection: accept (or refuse), welcome, then the subscription's events
+/// until the client leaves the namespace or the session ends.
+async fn run_socket(
+    session: Arc<Session>,
+    nsp: String,
+    auth: String,
+    number: u64,
+    stop: CancellationToken,
+) {
+    stream(&session, &nsp, &auth, &stop).await;
+    let mut sockets = session.sockets.lock().expect("sockets lock poisoned");
+    if sockets.get(&nsp).is_some_and(|(n, _)| *n == number) {
+        sockets.remove(&nsp);
+    }
+}
+
+async fn stream(session: &Session, nsp: &str, auth: &str, stop: &CancellationToken) {
+    let Some(namespace) = Namespace::find(nsp) else {
+        let message = "Invalid namespace: use /ws/v1/funkos or /ws/v1/categories";
+        session
+            .send(stop, packet::connect_error(nsp, message))
+            .await;
+        return;
+    };
+    let start = match start_from(auth, session.query_cursor.as_deref()) {
+        Ok(start) => start,
+        Err(message) => {
+            session
+                .send(stop, packet::connect_error(nsp, &message))
+                .await;
+            return;
+        }
+    };
+    let filter = Filter {
+        entity: Some(namespace.entity),
+        types: Vec::new(),
+    };
+    let opened = tokio::select! {
+        biased;
+        () = stop.cancelled() => return,
+        opened = Subscription::open(session.state.bus.clone(), start, filter) => opened,
+    };
+    let (mut subscription, reset) = match opened {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::warn!(error = %err, "opening a Socket.IO subscription failed");
+            session
+                .send(
+                    stop,
+                    packet::connect_error(nsp, "the stream is unavailable; retry"),
+                )
+                .await;
+            return;
+        }
+    };
+    let welcome = Value::from(namespace.welcome).to_string();
+    let mut greeting = vec![
+        packet::connect(nsp, &random_id()),
+        packet::event(nsp, "connection", &welcome),
+    ];
+    if let Some(reset) = reset {
+        greeting.push(reset_packet(nsp, &reset));
+    }
+    for packet in greeting {
+        if !session.send(stop, packet).await {
+            return;
+        }
+    }
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            next = subscription.next(BATCH) => next,
+        };
+        match next {
+            Ok(Next::Events { events, .. }) => {
+                METRICS.delivered("socketio", events.len());
+                for event in events {
+                    if !session
+                        .send(stop, packet::event(nsp, "updates", &event.json))
+                        .await
+                    {
+                        return;
+                    }
+                }
+            }
+            Ok(Next::Reset(reset)) => {
+                if !session.send(stop, reset_packet(nsp, &reset)).await {
+                    return;
+                }
+            }
+            // Closing the transport (not a Socket.IO disconnect) makes socket.io-client
+            // reconnect, re-sending its `auth`: it resumes from its cursor.
+            Ok(Next::CutOff { .. }) => return session.close(CloseReason::TooSlow),
+            Ok(Next::Closed { .. }) => return session.close(CloseReason::Shutdown),
+            Err(err) => {
+                tracing::warn!(error = %err, cursor = subscription.cursor(), "Socket.IO stream failed");
+                return session.close(CloseReason::StreamFailed);
+            }
+        }
+    }
+}
+
+fn reset_packet(nsp: &str, reset: &crate::events::Reset) -> String {
+    let body = serde_json::to_string(reset).expect("a reset serializes");
+    packet::event(nsp, "reset", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces() {
+        assert_eq!(
+            Namespace::find("/ws/v1/funkos").map(|n| n.entity),
+            Some(Entity::Funkos)
+        );
+        assert_eq!(
+            Namespace::find("/ws/v1/categories/").map(|n| n.entity),
+            Some(Entity::Categories)
+        );
+        assert!(Namespace::find("/").is_none());
+        assert!(Namespace::find("/ws/v1/productos").is_none());
+    }
+
+    #[test]
+    fn cursors_from_auth_then_query() {
+        assert_eq!(start_from("", None), Ok(Start::Now));
+        assert_eq!(start_from("{}", None), Ok(Start::Now));
+        assert_eq!(start_from(r#"{"cursor":"12"}"#, None), Ok(Start::After(12)));
+        assert_eq!(
+            start_from(r#"{"lastEventId":7}"#, None),
+            Ok(Start::After(7))
+        );
+        assert_eq!(
+            start_from(r#"{"after":"3","x":1}"#, None),
+            Ok(Start::After(3))
+        );
+        assert_eq!(
+            start_from(r#"{"cursor":null,"after":"4"}"#, Some("9")),
+            Ok(Start::After(4))
+        );
+        assert_eq!(
+            start_from(r#"{"token":"t"}"#, Some("9")),
+            Ok(Start::After(9))
+        );
+        assert_eq!(start_from("", Some(" ")), Ok(Start::Now));
+        for bad in [
+            r#"{"cursor":"abc"}"#,
+            r#"{"cursor":-1}"#,
+            r#"{"after":[1]}"#,
+            "[1]",
+            "{",
+        ] {
+            assert!(start_from(bad, None).is_err(), "{bad}");
+        }
+        assert!(start_from("", Some("x")).is_err());
+    }
+}

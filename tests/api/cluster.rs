@@ -1,0 +1,667 @@
+//! Several instances on one PostgreSQL (DESIGN §3 "Several instances"): a write on any
+//! instance reaches subscribers on every instance with the same cursors; writers on both
+//! give every subscriber the table's sequence; subscribers of a killed instance resume on
+//! another with nothing lost; instances ride out a PostgreSQL restart.
+//!
+//! PostgreSQL only: skipped, like every PostgreSQL test, when it is not installed.
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use funko_live::Config;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    helpers::{Backend, SseClient, TestApp, WAIT, cursors, spawn_app, spawn_on, stream_cursor},
+    postgres::{self, Cluster},
+};
+
+/// How long a follower may take to read the whole stream, reconnections included.
+const FOLLOW: Duration = Duration::from_secs(60);
+
+/// Another instance on an existing database, with its own data directory.
+async fn instance_on(database_url: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::defaults();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.database_url = Some(database_url.to_owned());
+    spawn_on(Backend::Postgres, config, database_url.to_owned(), dir).await
+}
+
+fn funko(name: &str) -> Value {
+    json!({"name": name, "price": 9.99, "stock": 5, "category": "DISNEY"})
+}
+
+/// Creates a Funko at `base` (any instance, in or out of this process); returns the write's
+/// cursor, or `None` when the instance did not answer.
+async fn create_at(client: &reqwest::Client, base: &str, name: &str) -> Option<String> {
+    let response = client
+        .post(format!("{base}/funkos"))
+        .json(&funko(name))
+        .send()
+        .await
+        .ok()?;
+    assert_eq!(response.status(), StatusCode::CREATED, "creating {name}");
+    Some(stream_cursor(&response))
+}
+
+fn reached(until: &watch::Receiver<Option<i64>>, cursor: &str) -> bool {
+    let cursor: i64 = cursor.parse().expect("numeric cursor");
+    until.borrow().is_some_and(|head| cursor >= head)
+}
+
+/// Connects to `GET {base}/events` after `cursor`, retrying while the instance cannot answer,
+/// as `EventSource` does.
+async fn connect_sse(client: &reqwest::Client, base: &str, cursor: &str) -> SseClient {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client
+            .get(format!("{base}/events"))
+            .header("Last-Event-ID", cursor)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == StatusCode::OK => {
+                return SseClient::new(response);
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no SSE stream from {base}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What a follower read, in order, and how many times it had to reconnect.
+#[derive(Debug)]
+struct Followed {
+    events: Vec<Value>,
+    reconnects: usize,
+}
+
+/// Follows the stream over SSE from `start` until its cursor reaches the head announced on
+/// `until`. It connects to `bases[0]` and, whenever the stream ends, reconnects with its last
+/// cursor in `Last-Event-ID` to the next base (staying on the last one). `seen` counts the
+/// events read so far.
+async fn follow_sse(
+    bases: Vec<String>,
+    start: String,
+    mut until: watch::Receiver<Option<i64>>,
+    seen: watch::Sender<usize>,
+) -> Followed {
+    let client = reqwest::Client::new();
+    let mut events = Vec::new();
+    let mut cursor = start;
+    let mut connections = 0;
+    loop {
+        let base = &bases[connections.min(bases.len() - 1)];
+        let mut sse = connect_sse(&client, base, &cursor).await;
+        connections += 1;
+        loop {
+            if reached(&until, &cursor) {
+                return Followed {
+                    events,
+                    reconnects: connections - 1,
+                };
+            }
+            tokio::select! {
+                frame = sse.next_frame_within(FOLLOW) => match frame {
+                    Err(()) => panic!("no SSE frame from {base} in {FOLLOW:?} (at {cursor})"),
+                    // The stream ended: reconnect by cursor.
+                    Ok(None) => break,
+                    Ok(Some(frame)) => {
+                        assert_ne!(frame.event.as_deref(), Some("reset"), "unexpected reset");
+                        if frame.is_event() {
+                            let event = frame.json();
+                            assert_eq!(event["id"].as_str(), frame.id.as_deref());
+                            events.push(event);
+                            seen.send_replace(events.len());
+                        }
+                        if let Some(id) = frame.id {
+                            cursor = id;
+                        }
+                    }
+                },
+                changed = until.changed() => changed.expect("the test announces the head"),
+            }
+        }
+    }
+}
+
+/// Follows the stream by long-polling `base` from `start` until the head announced on `until`,
+/// retrying while the instance cannot answer.
+async fn follow_poll(
+    base: String,
+    start: String,
+    mut until: watch::Receiver<Option<i64>>,
+    seen: watch::Sender<usize>,
+) -> Followed {
+    let client = reqwest::Client::new();
+    let mut events = Vec::new();
+    let mut cursor = start;
+    let mut failures = 0;
+    while !reached(&until, &cursor) {
+        let url = format!("{base}/events/poll?after={cursor}&timeout=5&limit=1000");
+        tokio::select! {
+            response = client.get(&url).send() => match response {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    let page: Value = response.json().await.expect("a poll answer");
+                    assert!(page.get("reset").is_none(), "unexpected reset: {page}");
+                    events.extend(page["events"].as_array().expect("events").iter().cloned());
+                    cursor = page["cursor"].as_str().expect("cursor").to_owned();
+                    seen.send_replace(events.len());
+                }
+                _ => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // A poll is stateless: dropping one in flight loses nothing.
+            changed = until.changed() => changed.expect("the test announces the head"),
+        }
+    }
+    Followed {
+        events,
+        reconnects: failures,
+    }
+}
+
+/// Waits until `seen` reaches `n`.
+async fn wait_seen(seen: &mut watch::Receiver<usize>, n: usize, what: &str) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|&s| s >= n))
+        .await
+        .map(|result| result.map(|_| ()));
+    match waited {
+        Ok(result) => result.expect("the follower is running"),
+        Err(_) => panic!(
+            "{what} did not see {n} events in time (saw {})",
+            *seen.borrow()
+        ),
+    }
+}
+
+/// Every event after `start` by long-polling, until `n` arrived.
+async fn poll_events(app: &TestApp, start: &str, n: usize) -> Vec<Value> {
+    let mut cursor = start.to_owned();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let page: Value = app
+            .get(&format!(
+                "/events/poll?after={cursor}&timeout=10&limit=1000"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let batch = page["events"].as_array().expect("events");
+        assert!(!batch.is_empty(), "the poll timed out at {cursor}");
+        events.extend(batch.iter().cloned());
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+    }
+    events
+}
+
+fn assert_strictly_increasing(events: &[Value]) {
+    let ids = cursors(events);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "cursors strictly increase: {ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_every_transport_on_the_other() {
+    if !postgres::available() {
+        return;
+    }
+    let a = spawn_app(Backend::Postgres).await;
+    let b = instance_on(&a.database_url).await;
+    let start = a.head().await;
+    assert_eq!(b.head().await, start, "one database, one head");
+
+    // Subscribers on B: resuming, live only, WebSocket, a waiting long-poll.
+    let mut resumed = b.sse("/events", Some(&start)).await;
+    let mut live = b.sse("/events", None).await;
+    let (mut ws, welcome) = b.ws_welcomed("/ws").await;
+    assert_eq!(welcome["cursor"], start.as_str());
+    let poll = {
+        let client = b.client.clone();
+        let url = b.url(&format!("/events/poll?after={start}&timeout=30"));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().json::<Value>().await })
+    };
+
+    // Writes on A.
+    let response = a.post("/funkos", funko("Groot")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut written = vec![stream_cursor(&response)];
+    let created: Value = response.json().await.unwrap();
+    let path = format!("/funkos/{}", created["id"]);
+    let response = a.patch(&path, json!({"stock": 1})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    written.push(stream_cursor(&response));
+    let updated: Value = response.json().await.unwrap();
+    let response = a.delete(&path).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    written.push(stream_cursor(&response));
+
+    let log = a.events_after(&start).await;
+    assert_eq!(
+        b.events_after(&start).await,
+        log,
+        "both instances read one log"
+    );
+    assert_eq!(
+        log.iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        written,
+        "the events carry the cursors A answered"
+    );
+    assert_eq!(log[0]["data"], created);
+    assert_eq!(log[1]["data"], updated);
+    assert_eq!(log[2]["type"], "DELETE");
+
+    // B's subscribers got exactly those events: same cursors, same JSON.
+    assert_eq!(resumed.take_events(3).await, log);
+    assert_eq!(live.take_events(3).await, log);
+    assert_eq!(ws.take_events(3).await, log);
+    let page = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("the long-poll on B is woken by the write on A")
+        .unwrap()
+        .unwrap();
+    assert_eq!(page["events"], json!([log[0]]));
+    assert_eq!(page["cursor"], written[0].as_str());
+    // And B's reads report the same head.
+    assert_eq!(b.head().await, written[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_on_both_instances_give_every_subscriber_the_table() {
+    if !postgres::available() {
+        return;
+    }
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 25;
+    const TOTAL: usize = WRITERS * PER_WRITER;
+    let a = Arc::new(spawn_app(Backend::Postgres).await);
+    let b = Arc::new(instance_on(&a.database_url).await);
+    let instances = [a.clone(), b.clone()];
+    let start = a.head().await;
+
+    // On each instance, before any write: SSE resuming and live, WebSocket, long-poll.
+    let mut readers = Vec::new();
+    for (name, app) in ["A", "B"].into_iter().zip(&instances) {
+        for last_event_id in [Some(start.as_str()), None] {
+            let mut sse = app.sse("/events", last_event_id).await;
+            let what = format!("SSE on {name} from {last_event_id:?}");
+            readers.push(tokio::spawn(
+                async move { (what, sse.take_events(TOTAL).await) },
+            ));
+        }
+        let (mut ws, _) = app.ws_welcomed(&format!("/ws?after={start}")).await;
+        let what = format!("WebSocket on {name}");
+        readers.push(tokio::spawn(
+            async move { (what, ws.take_events(TOTAL).await) },
+        ));
+        let (app, from) = (app.clone(), start.clone());
+        let what = format!("long-poll on {name}");
+        readers.push(tokio::spawn(async move {
+            (what, poll_events(&app, &from, TOTAL).await)
+        }));
+    }
+
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let instances = instances.clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..PER_WRITER {
+                    // Each writer alternates between the instances.
+                    let app = &instances[(w + i) % 2];
+                    let response = app.post("/funkos", funko(&format!("W{w}-{i}"))).await;
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                    written.push(stream_cursor(&response).parse::<i64>().unwrap());
+                }
+                written
+            })
+        })
+        .collect();
+    let mut written: Vec<i64> = join_all(writers)
+        .await
+        .into_iter()
+        .flat_map(|w| w.unwrap())
+        .collect();
+    println!(
+        "{TOTAL} writes over two instances in {:?}",
+        started.elapsed()
+    );
+    written.sort_unstable();
+
+    let log = a.events_after(&start).await;
+    assert_eq!(log.len(), TOTAL);
+    assert_eq!(
+        b.events_after(&start).await,
+        log,
+        "both instances read one log"
+    );
+    assert_strictly_increasing(&log);
+    assert_eq!(cursors(&log), written, "every write is in the log, once");
+    for reader in join_all(readers).await {
+        let (what, events) = reader.unwrap();
+        assert_eq!(events, log, "{what}");
+    }
+}
+
+/// `funko-live` in its own OS process, so that it can be killed for real.
+struct ServerProcess {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn spawn(database_url: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_funko-live"))
+            .args(["--bind", "127.0.0.1:0", "--database-url", database_url])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("API_TOKENS")
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting funko-live");
+        // Read both outputs to the end (a full pipe would block the server's logging) and
+        // pick up the address it reports.
+        let (address_tx, mut address_rx) = mpsc::channel::<String>(2);
+        let output = Arc::new(Mutex::new(Vec::<String>::new()));
+        let readers: [Box<dyn tokio::io::AsyncRead + Unpin + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for reader in readers {
+            let (address_tx, output) = (address_tx.clone(), output.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some((_, rest)) = line.split_once("listening on http://") {
+                        let address: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                            .collect();
+                        let _ = address_tx.try_send(address);
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let address = tokio::time::timeout(Duration::from_secs(30), address_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "funko-live did not report its address; its output:\n{}",
+                    output.lock().unwrap().join("\n")
+                )
+            });
+        Self {
+            child,
+            base: format!("http://{address}"),
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to its clients.
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_a_killed_instance_resume_on_the_other() {
+    if !postgres::available() {
+        return;
+    }
+    let database_url = postgres::fresh_database().await;
+    let mut a = ServerProcess::spawn(&database_url).await;
+    let b = Arc::new(instance_on(&database_url).await);
+    let b_base = b.url("");
+    let start = b.head().await;
+    let (until_tx, until_rx) = watch::channel(None::<i64>);
+
+    // SSE subscribers on A; when A dies they reconnect to B with their last cursor.
+    let mut followers = Vec::new();
+    let mut progress = Vec::new();
+    for _ in 0..3 {
+        let (seen_tx, seen_rx) = watch::channel(0);
+        followers.push(tokio::spawn(follow_sse(
+            vec![a.base.clone(), b_base.clone()],
+            start.clone(),
+            until_rx.clone(),
+            seen_tx,
+        )));
+        progress.push(seen_rx);
+    }
+
+    // Writers on both instances. A's stops at its first unanswered request.
+    let client = reqwest::Client::new();
+    let writer_a = {
+        let (client, base) = (client.clone(), a.base.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            while let Some(cursor) = create_at(&client, &base, &format!("A{}", written.len())).await
+            {
+                written.push(cursor);
+            }
+            written
+        })
+    };
+    let (stop_b, stop_rx) = watch::channel(false);
+    let (count_tx, mut count_b) = watch::channel(0usize);
+    let writer_b = {
+        let (client, base) = (client.clone(), b_base.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            while !*stop_rx.borrow() {
+                let name = format!("B{}", written.len());
+                written.push(create_at(&client, &base, &name).await.expect("B answers"));
+                count_tx.send_replace(written.len());
+            }
+            written
+        })
+    };
+
+    // Mid-stream: every subscriber of A is reading when A is killed.
+    for seen in &mut progress {
+        wait_seen(seen, 10, "a subscriber of A").await;
+    }
+    a.kill().await;
+    let written_a = tokio::time::timeout(WAIT, writer_a)
+        .await
+        .expect("A's writer notices A is gone")
+        .unwrap();
+    // Writes go on on B; the last one commits after anything A may have committed (writes
+    // are serialised), so its cursor is the final head.
+    let after_kill = *count_b.borrow() + 10;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        count_b.wait_for(|&n| n >= after_kill),
+    )
+    .await
+    .expect("B keeps writing")
+    .unwrap();
+    stop_b.send_replace(true);
+    let written_b = writer_b.await.unwrap();
+    let head: i64 = written_b.last().unwrap().parse().unwrap();
+    until_tx.send_replace(Some(head));
+
+    let log = b.events_after(&start).await;
+    assert_eq!(cursors(&log).last(), Some(&head));
+    assert_strictly_increasing(&log);
+    let logged: Vec<String> = log
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    for cursor in written_a.iter().chain(&written_b) {
+        assert!(logged.contains(cursor), "write {cursor} is in the log");
+    }
+    // A write in flight when A died may have committed without its answer: at most one.
+    assert!(log.len() <= written_a.len() + written_b.len() + 1);
+    for follower in followers {
+        let followed = tokio::time::timeout(FOLLOW, follower)
+            .await
+            .expect("the subscriber caught up on B")
+            .unwrap();
+        assert!(followed.reconnects >= 1, "the subscriber moved to B");
+        assert_eq!(
+            followed.events, log,
+            "a subscriber of A, resumed on B, saw the whole log once"
+        );
+    }
+    println!(
+        "{} events ({} written on A before it died), {} on B",
+        log.len(),
+        written_a.len(),
+        written_b.len()
+    );
+}
+
+/// Waits until the instance answers `/health/ready` (the database is back).
+async fn wait_ready(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = app.client.get(app.url("/health/ready")).send().await;
+        if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is not ready again",
+            app.address
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_reconnect_after_a_postgres_restart() {
+    if !postgres::available() {
+        return;
+    }
+    // A cluster of its own: restarting the shared one would disturb the other tests.
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .map(Arc::new)
+        .expect("PostgreSQL is installed");
+    let database_url = cluster.create_database().await;
+    let a = instance_on(&database_url).await;
+    let b = instance_on(&database_url).await;
+    let start = a.head().await;
+    let (until_tx, until_rx) = watch::channel(None::<i64>);
+
+    let mut followers = Vec::new();
+    let mut progress = Vec::new();
+    for (what, app) in [("A", &a), ("B", &b)] {
+        let (seen_tx, seen_rx) = watch::channel(0);
+        let sse = follow_sse(vec![app.url("")], start.clone(), until_rx.clone(), seen_tx);
+        followers.push((format!("SSE on {what}"), tokio::spawn(sse)));
+        progress.push(seen_rx);
+        let (seen_tx, seen_rx) = watch::channel(0);
+        let poll = follow_poll(app.url(""), start.clone(), until_rx.clone(), seen_tx);
+        followers.push((format!("long-poll on {what}"), tokio::spawn(poll)));
+        progress.push(seen_rx);
+    }
+    // Index of the SSE follower on B in `progress`.
+    const SSE_ON_B: usize = 2;
+
+    for i in 0..3 {
+        a.create_funko(&format!("Before A{i}")).await;
+        b.create_funko(&format!("Before B{i}")).await;
+    }
+    for seen in &mut progress {
+        wait_seen(seen, 6, "a subscriber").await;
+    }
+
+    let restarted = Instant::now();
+    {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster.stop();
+            cluster.start_again();
+        })
+        .await
+        .unwrap();
+    }
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    println!(
+        "PostgreSQL restarted; instances ready in {:?}",
+        restarted.elapsed()
+    );
+
+    // Writes work again on both, and reach everyone.
+    b.create_funko("After B").await;
+    a.create_funko("After A").await;
+    for seen in &mut progress {
+        wait_seen(seen, 8, "a subscriber, after the restart").await;
+    }
+    println!(
+        "streams flowing again {:?} after the restart",
+        restarted.elapsed()
+    );
+
+    // A's writes reach B's subscribers promptly: B's listener is back. (Without it only
+    // the tailer's 5 s poll would find them.)
+    let mut latencies = Vec::new();
+    let mut last = String::new();
+    for i in 0..5 {
+        let response = a.post("/funkos", funko(&format!("Later A{i}"))).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        last = stream_cursor(&response);
+        let written = Instant::now();
+        wait_seen(&mut progress[SSE_ON_B], 9 + i, "SSE on B").await;
+        latencies.push(written.elapsed());
+    }
+    latencies.sort_unstable();
+    println!("A to B latencies after the restart: {latencies:?}");
+    assert!(
+        latencies[2] < Duration::from_secs(1),
+        "writes on A reach B by notification, not by the poll: {latencies:?}"
+    );
+
+    until_tx.send_replace(Some(last.parse().unwrap()));
+    let log = a.events_after(&start).await;
+    assert_eq!(log.len(), 13);
+    assert_eq!(b.events_after(&start).await, log);
+    assert_strictly_increasing(&log);
+    for (what, follower) in followers {
+        let followed = tokio::time::timeout(FOLLOW, follower)
+            .await
+            .unwrap_or_else(|_| panic!("{what} caught up"))
+            .unwrap();
+        println!("{what}: {} reconnects", followed.reconnects);
+        assert_eq!(followed.events, log, "{what} saw the whole log once");
+    }
+}

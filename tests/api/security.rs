@@ -1,0 +1,241 @@
+//! Who may write, what a client may hold open, and what `/metrics` shows.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Backend, assert_problem, spawn_app, spawn_app_with};
+
+async fn writes_need_a_known_token_when_tokens_are_set(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.api_tokens = vec!["s3cret".into(), "other".into()]
+    })
+    .await;
+    let start = app.head().await;
+    let body = json!({"name": "Guarded", "price": 1, "stock": 1, "category": "OTROS"});
+
+    let response = app.post("/funkos", body.clone()).await;
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"funko-live\""
+    );
+    assert_problem(response, 401).await;
+    let response = app
+        .client
+        .post(app.url("/funkos"))
+        .bearer_auth("guess")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 403).await;
+    let response = app
+        .client
+        .post(app.url("/funkos"))
+        .header("Authorization", "Basic czNjcmV0")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 401).await;
+    for (method, path) in [
+        ("PUT", "/funkos/1"),
+        ("PATCH", "/funkos/1"),
+        ("DELETE", "/funkos/1"),
+        ("POST", "/categories"),
+        ("PUT", "/categories/1"),
+        ("DELETE", "/categories/1"),
+    ] {
+        let response = app
+            .request(method.parse().unwrap(), path, Some(json!({"name": "NOPE"})))
+            .await;
+        assert_problem(response, 401).await;
+    }
+    assert!(
+        app.events_after(&start).await.is_empty(),
+        "refused writes change nothing"
+    );
+
+    let response = app
+        .client
+        .post(app.url("/funkos"))
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // Reads and streams stay public.
+    assert_eq!(app.get("/funkos").await.status(), StatusCode::OK);
+    assert_eq!(app.get("/funkos/1").await.status(), StatusCode::OK);
+    let mut sse = app.sse(&format!("/events?lastEventId={start}"), None).await;
+    assert_eq!(sse.next_event().await["data"]["name"], "Guarded");
+}
+
+#[tokio::test]
+async fn open_writes_are_refused_off_loopback_unless_allowed() {
+    let mut config = funko_live::Config::defaults();
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.database_url = Some(format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("t.db").display()
+    ));
+    config.bind = "0.0.0.0:0".parse().unwrap();
+    let refused = funko_live::App::build(config.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("refusing"), "{refused}");
+    config.allow_open_writes = true;
+    funko_live::App::build(config.clone())
+        .await
+        .expect("allowed explicitly");
+    config.allow_open_writes = false;
+    config.api_tokens = vec!["t".into()];
+    funko_live::App::build(config)
+        .await
+        .expect("tokens make it safe");
+}
+
+async fn cors_is_off_unless_origins_are_listed(backend: Backend) {
+    let closed = spawn_app(backend).await;
+    let response = closed
+        .client
+        .get(closed.url("/funkos"))
+        .header("Origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let open = spawn_app_with(backend, |c| {
+        c.cors_origins = vec!["https://shop.example".into()]
+    })
+    .await;
+    let response = open
+        .client
+        .get(open.url("/funkos"))
+        .header("Origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let response = open
+        .client
+        .get(open.url("/funkos"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+async fn stream_limits_answer_503_with_retry_after(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.max_streams_per_ip = 2;
+        // A closed SSE connection is noticed at the next write: keep-alives make that soon.
+        c.keepalive_seconds = 1;
+    })
+    .await;
+    let first = app.sse("/events", None).await;
+    let _second = app.sse("/events", None).await;
+    let refused = app.get("/events").await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, 503).await;
+    drop(first);
+    // The place is free once the server sees the first stream end.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        let response = app.get("/events/poll?timeout=0").await;
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a freed place is reusable"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn long_poll_concurrency_is_bounded(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app_with(backend, |c| c.max_pollers = 1).await);
+    // One poll is held (it retries until it has the only place)...
+    let held = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let response = app.get("/events/poll?timeout=30").await;
+                if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+                    return response.status();
+                }
+            }
+        })
+    };
+    // ...so another is refused.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        let response = app.get("/events/poll?timeout=0").await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(response.headers()["retry-after"], "1");
+            assert_problem(response, 503).await;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second poller is refused"
+        );
+    }
+    // A commit answers the held poll, which frees the place.
+    app.create_funko("Frees the poller").await;
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+}
+
+async fn metrics_count_requests_events_and_streams(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_funko("Counted").await;
+    assert_eq!(app.get("/funkos/abc").await.status(), 400);
+    let _sse = app.sse("/events", None).await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for needle in [
+        "funko_live_http_requests_total{method=\"POST\",route=\"createFunko\",status=\"201\"}",
+        "funko_live_http_requests_total{method=\"GET\",route=\"getFunko\",status=\"400\"}",
+        "funko_live_http_request_duration_seconds_bucket{",
+        "funko_live_events_appended_total ",
+        "funko_live_stream_connections{transport=\"sse\"}",
+        "funko_live_db_pool_connections{pool=\"writer\",state=\"idle\"}",
+        "funko_live_stream_resets_total{reason=\"expired\"}",
+        "funko_live_stream_slow_cut_off_total",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+}
+
+crate::backend_tests!(
+    writes_need_a_known_token_when_tokens_are_set,
+    cors_is_off_unless_origins_are_listed,
+    stream_limits_answer_503_with_retry_after,
+    long_poll_concurrency_is_bounded,
+    metrics_count_requests_events_and_streams,
+);
