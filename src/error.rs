@@ -56,7 +56,14 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Internal(err.into())
+        match err {
+            // The database is down or overloaded: the client may retry; nothing was changed.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry later".to_owned())
+            }
+            err => Self::Internal(err.into()),
+        }
     }
 }
 
@@ -283,9 +290,10 @@ impl<S: ErrorStatuses> poem::IntoResponse for Problem<S> {
 impl<S: ErrorStatuses> ApiResponse for Problem<S> {
     fn meta() -> MetaResponses {
         MetaResponses {
+            // Any operation may also meet a fault (500) or an unreachable database (503).
             responses: S::STATUSES
                 .iter()
-                .chain(std::iter::once(&500))
+                .chain([500, 503].iter().filter(|s| !S::STATUSES.contains(s)))
                 .map(|&status| MetaResponse {
                     description: StatusCode::from_u16(status)
                         .ok()

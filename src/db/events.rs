@@ -35,10 +35,10 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 ///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
 ///   and a slow transaction holds back every subscriber on every instance.
 ///
-/// We serialise: `tx` comes from [`Db::begin_write`], which took the transaction-level
-/// advisory lock (`db::WRITE_LOCK`) first and holds it until commit or rollback. PostgreSQL makes
-/// a committed transaction visible before it releases its locks, so when the next writer
-/// gets the lock and its id, every smaller id is already visible. The lock covers the whole
+/// We serialise: `tx` comes from [`Db::begin_write`], which took a transaction-level
+/// advisory lock first (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
+/// committed transaction visible before it releases its locks, so when the next writer gets
+/// the lock and its id, every smaller id is already visible. The lock covers the whole
 /// write, not only the append, because the write's checks (free name, `If-Match`, unused
 /// category) must also still hold at commit, as they do on SQLite's single writer.
 ///

@@ -25,7 +25,7 @@ pub enum Backend {
 /// The pools. Writes are serialised on both engines, so a write sees every write committed
 /// before it and event ids commit in order (see [`events::append`]):
 /// - SQLite: all writes go through a single connection (SQLite has one writer anyway);
-/// - PostgreSQL: every write transaction first takes [`WRITE_LOCK`], a transaction-level
+/// - PostgreSQL: every write transaction begins with [`WRITE_LOCK`]: a transaction-level
 ///   advisory lock shared by every instance on the database, held until commit or rollback.
 ///
 /// Reads use their own pool and run in snapshots (SQLite's WAL; PostgreSQL's `REPEATABLE

@@ -158,8 +158,10 @@ impl ChangeBus {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(err) => {
                     tracing::warn!(error = %err, "reading new events failed; retrying");
+                    // A wake-up (a reconnected listener, a local commit) retries at once.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
+                        () = self.wake.notified() => {}
                         () = self.closing.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -32,7 +32,11 @@ pub async fn run(bus: Arc<ChangeBus>) {
             }
             () = bus.closing().cancelled() => return,
         };
-        tracing::warn!(error = %err, retry_in = ?backoff, "listening for new events failed; reconnecting");
+        tracing::warn!(
+            error = %err,
+            retry_in = ?backoff,
+            "listening for new events failed; reconnecting"
+        );
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = bus.closing().cancelled() => return,
