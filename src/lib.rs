@@ -16,7 +16,8 @@
 //! - [`model`]: the resources as clients see them.
 //! - [`error`]: what a request can fail with, rendered as `application/problem+json`.
 //! - [`auth`]: who may write; [`limits`]: how much a client may hold open;
-//!   [`metrics`]: what `/metrics` counts; [`storage`]: uploaded images on disk.
+//!   [`metrics`]: what `/metrics` counts; [`storage`]: uploaded images on disk;
+//!   [`net`]: the header-read deadline for slow clients.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod service;
 pub mod startup;
 pub mod storage;

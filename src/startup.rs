@@ -19,6 +19,7 @@ use crate::{
         retention::{self, Retention},
     },
     limits::{StreamLimits, StreamSlots},
+    net::HeaderTimeout,
     storage::ImageStore,
 };
 
@@ -96,7 +97,10 @@ impl App {
         tracing::info!("listening on http://{address}");
         let bus = self.state.bus.clone();
         let routes = routes(self.state.clone(), &self.config);
-        let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let acceptor = HeaderTimeout::new(
+            TcpAcceptor::from_tokio(listener)?,
+            Duration::from_secs(self.config.header_timeout_seconds.max(1)),
+        );
         let grace = self.config.shutdown_grace();
         let closing = bus.clone();
         Server::new_with_acceptor(acceptor)

@@ -232,6 +232,33 @@ async fn metrics_count_requests_events_and_streams(backend: Backend) {
     }
 }
 
+/// A client that trickles its headers is closed at the header deadline.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |c| c.header_timeout_seconds = 1).await;
+    let mut slow = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    slow.write_all(b"GET /funkos HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(crate::helpers::WAIT, slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a connection whose headers never end"
+    );
+    // A prompt client is served as usual, also after the deadline has passed for others.
+    assert_eq!(app.get("/funkos").await.status(), StatusCode::OK);
+    let mut prompt = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    prompt
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    prompt.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 crate::backend_tests!(
     writes_need_a_known_token_when_tokens_are_set,
     cors_is_off_unless_origins_are_listed,

@@ -195,6 +195,55 @@ async fn resets_for_old_future_and_foreign_cursors(backend: Backend) {
     }
 }
 
+/// The background pruner keeps the configured number of events; a cursor it passed gets a
+/// reset.
+async fn retention_prunes_in_the_background(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.retention_events = 2;
+        c.prune_interval_seconds = 1;
+    })
+    .await;
+    let start = app.head().await;
+    for i in 0..5 {
+        app.create_funko(&format!("Pruned {i}")).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let poll: Value = app
+            .get(&format!("/events/poll?after={start}&timeout=0"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if poll.get("reset").is_some() {
+            assert_eq!(poll["reset"]["reason"], "expired");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pruned within the interval"
+        );
+        // Waits for the next commit or a second, whichever first: no busy loop.
+        app.get(&format!(
+            "/events/poll?after={}&timeout=1",
+            app.head().await
+        ))
+        .await;
+    }
+    let left = app.events_after(&app_floor_cursor(&app).await).await;
+    assert_eq!(left.len(), 2, "the newest two are kept");
+}
+
+/// The cursor just below the oldest retained event (the floor), read from the database.
+async fn app_floor_cursor(app: &TestApp) -> String {
+    let db = funko_live::db::Db::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut conn = db.reader.acquire().await.unwrap();
+    let (floor, _) = funko_live::db::events::bounds(&mut conn).await.unwrap();
+    floor.to_string()
+}
+
 async fn next_reset(sse: &mut SseClient) -> Value {
     loop {
         let frame = sse.next_frame().await.expect("open");
@@ -475,4 +524,5 @@ crate::backend_tests!(
     keep_alive_comments_arrive,
     slow_consumer_is_cut_off_and_resumes,
     shutdown_closes_streams_promptly,
+    retention_prunes_in_the_background,
 );
