@@ -89,6 +89,11 @@ pub struct Config {
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
 
+    /// Seconds a write may wait for the client to read before the connection is closed: a
+    /// stream client that stopped reading is cut off and resumes by cursor.
+    #[arg(long, env = "WRITE_STALL_SECONDS", default_value_t = 10)]
+    pub write_stall_seconds: u64,
+
     /// Seconds given to in-flight requests and streams at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,

@@ -1,7 +1,12 @@
-//! Connection-level protection against slow clients: a connection must finish sending its
-//! first request's headers within a deadline, or it is closed. (poem does not expose hyper's
-//! header-read timeout; the idle timeout alone does not stop a client that trickles a byte
-//! now and then.)
+//! Connection-level protection against slow clients (poem exposes neither hyper's header-read
+//! timeout nor its buffer sizes):
+//! - a connection must finish sending its first request's headers within a deadline (the idle
+//!   timeout alone does not stop a client that trickles a byte now and then);
+//! - a connection whose writes make no progress for a while is closed. This is what cuts off
+//!   a stream client that stopped reading: hyper stops polling a response body once its own
+//!   buffer is full, so the stream (and the subscriber queue bound inside it) never runs
+//!   again; failing the stalled write makes hyper drop the connection and free its buffers.
+//!   The client resumes by cursor.
 
 use std::{
     io,
@@ -21,11 +26,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct HeaderTimeout<A> {
     inner: A,
     timeout: Duration,
+    write_stall: Duration,
 }
 
 impl<A> HeaderTimeout<A> {
-    pub fn new(inner: A, timeout: Duration) -> Self {
-        Self { inner, timeout }
+    /// `timeout`: for the first header block; `write_stall`: how long a write may wait for the
+    /// peer to read before the connection is closed.
+    pub fn new(inner: A, timeout: Duration, write_stall: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            write_stall,
+        }
     }
 }
 
@@ -42,6 +54,8 @@ impl<A: Acceptor> Acceptor for HeaderTimeout<A> {
             inner: io,
             deadline: Some(Box::pin(tokio::time::sleep(self.timeout))),
             tail: [0; 3],
+            write_stall: self.write_stall,
+            stalled: None,
         };
         Ok((io, local, remote, scheme))
     }
@@ -55,6 +69,36 @@ pub struct HeaderDeadline<T> {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last bytes read, to find a `\r\n\r\n` split across reads.
     tail: [u8; 3],
+    write_stall: Duration,
+    /// Running while a write is waiting for the peer; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> HeaderDeadline<T> {
+    /// Tracks a write's outcome: progress clears the stall timer; `Pending` starts it (and
+    /// registers for its expiry, so the connection is woken to fail); expiry is an error.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.write_stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            tracing::info!("closing a connection whose peer stopped reading");
+            crate::metrics::METRICS.slow_cut_off.inc();
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for HeaderDeadline<T> {
@@ -98,11 +142,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(cx, result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_write(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -114,7 +160,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {

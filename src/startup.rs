@@ -100,6 +100,7 @@ impl App {
         let acceptor = HeaderTimeout::new(
             TcpAcceptor::from_tokio(listener)?,
             Duration::from_secs(self.config.header_timeout_seconds.max(1)),
+            Duration::from_secs(self.config.write_stall_seconds.max(1)),
         );
         let grace = self.config.shutdown_grace();
         let closing = bus.clone();
@@ -146,8 +147,9 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
         cors = cors.allow_origin(origin.trim());
     }
     let cors_enabled = !config.cors_origins.is_empty();
+    let allow = api::allow::AllowMethods::from_spec(&spec);
     Route::new()
-        .nest("/", api)
+        .nest("/", api.with(allow))
         .nest("/docs", docs)
         .at(
             "/openapi.json",

@@ -494,6 +494,47 @@ async fn slow_consumer_is_cut_off_and_resumes(backend: Backend) {
     );
 }
 
+/// A client that stops reading for good is disconnected once the server's writes have made no
+/// progress for `write_stall_seconds`, even when it is within the subscriber queue: hyper stops
+/// polling a stream whose socket is full, so only the connection layer can end it.
+async fn stalled_connection_is_closed(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.subscriber_queue = 100_000;
+        c.write_stall_seconds = 1;
+    })
+    .await;
+    let start = app.head().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.address).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let image = format!("https://example.com/{}.png", "x".repeat(2000));
+    // Enough to fill both sides' socket buffers, then the server's write waits.
+    for i in 0..2500 {
+        let response = app
+            .post(
+                "/funkos",
+                json!({"name": format!("Stall {i}"), "price": 1, "stock": 1,
+                                    "category": "OTROS", "image": image}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    // Without a Connection: close, only the server giving up ends this read.
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, stalled.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the stalled connection was closed");
+    assert!(
+        String::from_utf8_lossy(&raw).contains("id: "),
+        "it got events first"
+    );
+}
+
 async fn shutdown_closes_streams_promptly(backend: Backend) {
     let app: TestApp = spawn_app(backend).await;
     let mut sse = app.sse("/events", None).await;
@@ -525,4 +566,5 @@ crate::backend_tests!(
     slow_consumer_is_cut_off_and_resumes,
     shutdown_closes_streams_promptly,
     retention_prunes_in_the_background,
+    stalled_connection_is_closed,
 );
