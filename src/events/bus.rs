@@ -9,7 +9,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::StoredEvent;
-use crate::db::{self, Db};
+use crate::db::{self, Backend, Db};
 
 /// How many events the tailer reads from the log per query.
 const TAIL_BATCH: i64 = 1000;
@@ -52,13 +55,20 @@ pub struct ChangeBus {
     wake: Notify,
     /// Cancelled at shutdown: streams end so their clients reconnect elsewhere.
     closing: CancellationToken,
+    /// The newest event id known to be committed: raised by this process's writes (before
+    /// they answer) and by the tailer. On SQLite this process is the only writer, so it is
+    /// the log's head, and subscriptions can check a cursor without asking the database.
+    committed: AtomicI64,
+    /// Every event above this id is in the log (raised when this process prunes). With
+    /// `committed`, the range of cursors this database issued and still serves.
+    log_floor: AtomicI64,
 }
 
 impl ChangeBus {
     /// A bus whose tail starts at the log's current head.
     pub async fn new(db: Db, capacity: usize) -> anyhow::Result<Arc<Self>> {
         let mut conn = db.reader.acquire().await?;
-        let (_, head) = db::events::bounds(&mut conn).await?;
+        let (floor, head) = db::events::bounds(&mut conn).await?;
         drop(conn);
         Ok(Arc::new(Self {
             db,
@@ -71,6 +81,8 @@ impl ChangeBus {
             head: watch::Sender::new(head),
             wake: Notify::new(),
             closing: CancellationToken::new(),
+            committed: AtomicI64::new(head),
+            log_floor: AtomicI64::new(floor),
         }))
     }
 
@@ -87,9 +99,33 @@ impl ChangeBus {
         self.head.subscribe()
     }
 
-    /// Asks the tailer to look for new events (call after every commit that appended one).
+    /// Asks the tailer to look for new events.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Records a commit of this process that appended event `id`, and wakes the tailer.
+    /// Called after the commit and before the write answers.
+    pub fn committed(&self, id: i64) {
+        self.committed.fetch_max(id, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Records that the log now starts after `floor` (this process pruned it).
+    pub fn pruned_to(&self, floor: i64) {
+        self.log_floor.fetch_max(floor, Ordering::AcqRel);
+    }
+
+    /// `(floor, committed)`: the cursors this database can serve, known without a query, when
+    /// this process is the only writer (SQLite). `None` on PostgreSQL, where other instances
+    /// write and prune: ask the database.
+    pub fn local_bounds(&self) -> Option<(i64, i64)> {
+        (self.db.backend == Backend::Sqlite).then(|| {
+            (
+                self.log_floor.load(Ordering::Acquire),
+                self.committed.load(Ordering::Acquire),
+            )
+        })
     }
 
     pub fn closing(&self) -> &CancellationToken {
@@ -137,6 +173,7 @@ impl ChangeBus {
                 }
                 tail.head = last;
             }
+            self.committed.fetch_max(last, Ordering::AcqRel);
             // Published after the tail holds the events: a woken subscriber finds them.
             self.head.send_replace(last);
             if !full {

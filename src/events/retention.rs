@@ -20,10 +20,26 @@ pub async fn run(bus: Arc<ChangeBus>, retention: Retention) {
             () = tokio::time::sleep(retention.every) => {}
             () = bus.closing().cancelled() => return,
         }
-        match db::events::prune(bus.db(), retention.max_age.as_secs(), retention.max_events).await {
+        match prune_once(&bus, retention.max_age, retention.max_events).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned old events"),
             Err(err) => tracing::warn!(error = %err, "pruning events failed"),
         }
     }
+}
+
+/// Deletes events older than `max_age` or beyond the newest `max_events`, and tells the bus
+/// where the log now starts. Returns how many were deleted.
+pub async fn prune_once(
+    bus: &ChangeBus,
+    max_age: Duration,
+    max_events: u64,
+) -> Result<u64, sqlx::Error> {
+    let pruned = db::events::prune(bus.db(), max_age.as_secs(), max_events).await?;
+    if pruned > 0 {
+        let mut conn = bus.db().reader.acquire().await?;
+        let (floor, _) = db::events::bounds(&mut conn).await?;
+        bus.pruned_to(floor);
+    }
+    Ok(pruned)
 }

@@ -117,11 +117,16 @@ impl Subscription {
         filter: Filter,
     ) -> Result<(Self, Option<Reset>), ApiError> {
         let head = bus.subscribe_head();
-        // Both cases read the database's bounds: "now" is the newest committed event, which
-        // this process's tail may not hold yet.
-        let mut conn = bus.db().reader.acquire().await?;
-        let (floor, db_head) = db::events::bounds(&mut conn).await?;
-        drop(conn);
+        // "Now" is the newest committed event, which this process's tail may not hold yet;
+        // a cursor is checked against the range the log serves. Both come from memory when
+        // this process is the only writer (SQLite), else from the database.
+        let (floor, db_head) = match bus.local_bounds() {
+            Some(bounds) => bounds,
+            None => {
+                let mut conn = bus.db().reader.acquire().await?;
+                db::events::bounds(&mut conn).await?
+            }
+        };
         let reason = match start {
             Start::Now => None,
             Start::After(cursor) if cursor < floor => Some(ResetReason::Expired),

@@ -39,7 +39,7 @@ async fn commit_with_event<T: ToJSON>(
     let event: StoredEvent =
         db::events::append(&mut tx, bus.db().backend, entity, kind, &data).await?;
     tx.commit().await?;
-    bus.wake();
+    bus.committed(event.id);
     crate::metrics::METRICS.events_appended.inc();
     Ok(Written {
         resource,

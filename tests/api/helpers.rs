@@ -20,6 +20,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub database_url: String,
     pub config: Config,
+    /// The running server's state (its bus, for operations a test triggers on purpose).
+    pub state: funko_live::api::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     dir: Option<tempfile::TempDir>,
@@ -53,6 +55,7 @@ pub async fn spawn_on(
     let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = App::build(config.clone()).await.expect("app starts");
+    let state = app.state.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(listener, async {
         let _ = rx.await;
@@ -66,6 +69,7 @@ pub async fn spawn_on(
         backend,
         database_url,
         config,
+        state,
         shutdown: Some(tx),
         server: Some(server),
         dir: Some(dir),
@@ -256,6 +260,13 @@ impl TestApp {
         let response = request.send().await.expect("SSE request");
         assert_eq!(response.status(), StatusCode::OK, "SSE {path}");
         SseClient::new(response)
+    }
+
+    /// Prunes the log down to its newest event, as the server's retention task does.
+    pub async fn prune_all_but_newest(&self) -> u64 {
+        funko_live::events::retention::prune_once(&self.state.bus, Duration::ZERO, 1)
+            .await
+            .expect("pruning")
     }
 
     /// Stops the server gracefully and starts a new one on the same address and database.

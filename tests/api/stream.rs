@@ -152,10 +152,7 @@ async fn resets_for_old_future_and_foreign_cursors(backend: Backend) {
     assert_eq!(sse.next_event().await["data"], live);
 
     // Older than retention: prune everything but the newest event.
-    let db = funko_live::db::Db::connect(&app.database_url)
-        .await
-        .unwrap();
-    let pruned = funko_live::db::events::prune(&db, 0, 1).await.unwrap();
+    let pruned = app.prune_all_but_newest().await;
     assert_eq!(pruned, 3);
     let head = app.head().await;
     let mut sse = app.sse("/events", Some(&start)).await;
@@ -424,7 +421,12 @@ async fn keep_alive_comments_arrive(backend: Backend) {
 async fn slow_consumer_is_cut_off_and_resumes(backend: Backend) {
     // The queue is small next to what socket buffers hold (~1,400 of these events), so the
     // stalled client is cut off, and large enough that the reading one never lags that far.
-    let app = spawn_app_with(backend, |c| c.subscriber_queue = 512).await;
+    let app = spawn_app_with(backend, |c| {
+        c.subscriber_queue = 512;
+        // The subscriber queue's cut-off is under test, not the write-stall one.
+        c.write_stall_seconds = 300;
+    })
+    .await;
     let start = app.head().await;
     let writes = 3000;
     // A subscriber that keeps reading while the other stalls.

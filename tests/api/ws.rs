@@ -364,10 +364,7 @@ async fn resets_for_future_and_expired_cursors(backend: Backend) {
     assert_eq!(reset["cursor"], head.as_str());
 
     // Older than retention.
-    let db = funko_live::db::Db::connect(&app.database_url)
-        .await
-        .unwrap();
-    funko_live::db::events::prune(&db, 0, 1).await.unwrap();
+    app.prune_all_but_newest().await;
     let (mut expired, _) = app.ws_welcomed(&format!("/ws?after={start}")).await;
     let (reset, _) = expired.next_op("reset").await;
     assert_eq!(
@@ -952,6 +949,9 @@ async fn slow_reader_is_cut_off_and_resumes(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
         c.subscriber_queue = 64;
         c.keepalive_seconds = 120;
+        // This test is about the subscriber queue's cut-off (1013), not the write-stall one
+        // (which closes without a frame) that slow writes on PostgreSQL could reach first.
+        c.write_stall_seconds = 300;
     })
     .await;
     let start = app.head().await;

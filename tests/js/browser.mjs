@@ -59,8 +59,8 @@ try {
   for (const transport of ["sse", "poll", "ws"]) {
     const page = await browser.newPage();
     await page.goto(`${base}/?transport=${transport}`);
-    const shown = await page.getAttribute("body", "data-transport");
-    if (shown !== transport) throw new Error(`page is on ${shown}, not ${transport}`);
+    // The page picks its transport once the first list has loaded.
+    await page.waitForSelector(`body[data-transport="${transport}"]`, { timeout: TIMEOUT });
     await followsChanges(page, transport);
     await page.close();
   }
