@@ -14,12 +14,24 @@ use crate::{
     model::Funko,
 };
 
-/// The columns of a [`Funko`], joined with its category's name.
-macro_rules! select {
+/// The columns of a [`Funko`]...
+macro_rules! columns {
     () => {
         "SELECT f.id, f.name, f.description, f.price_cents, f.stock, f.image, \
-     c.name AS category, f.created_at, f.updated_at, f.is_deleted, f.version \
-     FROM funkos f JOIN categories c ON c.id = f.category_id"
+     c.name AS category, f.created_at, f.updated_at, f.is_deleted, f.version"
+    };
+}
+
+/// ...from the Funko joined with its category's name.
+macro_rules! from {
+    () => {
+        " FROM funkos f JOIN categories c ON c.id = f.category_id"
+    };
+}
+
+macro_rules! select {
+    () => {
+        concat!(columns!(), from!())
     };
 }
 
@@ -63,6 +75,31 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Funko>, sql
         .fetch_optional(conn)
         .await?;
     Ok(row.map(Funko::from))
+}
+
+/// The Funko with this id, deleted or not, and the stream's head cursor, in one statement
+/// (one statement is one snapshot on both databases: the cursor is the position the read saw).
+pub async fn get_with_cursor(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<(Funko, i64)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct WithCursor {
+        #[sqlx(flatten)]
+        funko: FunkoRow,
+        cursor: i64,
+    }
+    let row: Option<WithCursor> = sqlx::query_as(concat!(
+        columns!(),
+        ", (SELECT COALESCE(MAX(e.id), (SELECT m.value FROM stream_meta m WHERE m.key = 'floor')) \
+         FROM events e) AS cursor",
+        from!(),
+        " WHERE f.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (Funko::from(r.funko), r.cursor)))
 }
 
 /// One page of the list and the total number of matching rows.

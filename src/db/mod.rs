@@ -76,6 +76,8 @@ impl Db {
                 }
                 let pool = |max: u32| {
                     AnyPoolOptions::new()
+                        // A local file does not go stale: no ping round trip per acquire.
+                        .test_before_acquire(false)
                         .max_connections(max)
                         .min_connections(1)
                         .acquire_timeout(Duration::from_secs(30))

@@ -15,13 +15,11 @@ const ENTITY: &str = "funko";
 
 /// One Funko; a deleted one only when asked for.
 pub async fn get(bus: &ChangeBus, id: i64, include_deleted: bool) -> Result<Read<Funko>, ApiError> {
-    let mut tx = bus.db().begin_read().await?;
-    let funko = db::funkos::get(&mut tx, id)
+    let mut conn = bus.db().reader.acquire().await?;
+    let (funko, cursor) = db::funkos::get_with_cursor(&mut conn, id)
         .await?
-        .filter(|f| include_deleted || !f.is_deleted)
+        .filter(|(f, _)| include_deleted || !f.is_deleted)
         .ok_or_else(|| ApiError::not_found(ENTITY, id))?;
-    let (_, cursor) = db::events::bounds(&mut tx).await?;
-    tx.commit().await?;
     Ok(Read {
         resource: funko,
         cursor,
@@ -78,10 +76,20 @@ pub async fn update(
             "a merge patch must be a JSON object",
         )));
     }
-    // Body rules that need no row are checked before taking the writer.
-    if mode == UpdateMode::Replace {
-        FunkoDraft::parse(body).map_err(ApiError::Validation)?;
+    // Body rules that need no row are checked before taking the writer, so bad input is
+    // refused (422) whatever the row and before the precondition (412) is evaluated. A merge
+    // patch breaks the same rules on any valid Funko: only what it sets or removes can.
+    match mode {
+        UpdateMode::Replace => FunkoDraft::parse(body),
+        UpdateMode::Merge => {
+            let mut merged = serde_json::json!({
+                "name": "any", "price": 0, "stock": 0, "category": "any",
+            });
+            merge_patch(&mut merged, body);
+            FunkoDraft::parse(&merged)
+        }
     }
+    .map_err(ApiError::Validation)?;
     let mut tx = bus.db().begin_write().await?;
     let current = fetch_live(&mut tx, id).await?;
     IfMatch::check(if_match, current.version)?;
