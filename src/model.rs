@@ -9,6 +9,7 @@ use poem_openapi::Object;
 pub struct Funko {
     pub id: i64,
     pub name: String,
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Price with at most 2 decimals, 0..=1,000,000.
     pub price: f64,
@@ -34,7 +35,7 @@ pub struct FunkoInput {
     #[oai(validator(min_length = 1, max_length = 100))]
     pub name: String,
     /// At most 500 characters.
-    #[oai(validator(max_length = 500))]
+    #[oai(validator(max_length = 500), nullable)]
     pub description: Option<String>,
     /// 0..=1,000,000 with at most 2 decimals.
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000"), multiple_of = "0.01"))]
@@ -42,8 +43,8 @@ pub struct FunkoInput {
     /// 0..=1,000,000.
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub stock: i64,
-    /// Absolute http(s) URL or a `/storage/` path; a placeholder when absent.
-    #[oai(validator(max_length = 2048))]
+    /// Absolute http(s) URL or a `/storage/` path; a placeholder when absent or null.
+    #[oai(validator(max_length = 2048), nullable)]
     pub image: Option<String>,
     /// Name of a live category (any case).
     #[oai(validator(min_length = 1))]
@@ -57,14 +58,14 @@ pub struct FunkoPatch {
     #[oai(validator(min_length = 1, max_length = 100))]
     pub name: Option<String>,
     /// `null` clears it.
-    #[oai(validator(max_length = 500))]
+    #[oai(validator(max_length = 500), nullable)]
     pub description: Option<String>,
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000"), multiple_of = "0.01"))]
     pub price: Option<f64>,
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub stock: Option<i64>,
     /// `null` restores the placeholder.
-    #[oai(validator(max_length = 2048))]
+    #[oai(validator(max_length = 2048), nullable)]
     pub image: Option<String>,
     #[oai(validator(min_length = 1))]
     pub category: Option<String>,

@@ -2,6 +2,7 @@
 //! `ws` for the socket, `page` for the live page. Handlers parse, call one service function,
 //! and map the result to a typed response enum.
 
+pub mod allow;
 pub mod categories;
 pub mod funkos;
 pub mod health;

@@ -6,10 +6,10 @@ use std::{borrow::Cow, time::Duration};
 use futures_util::{StreamExt, stream::BoxStream};
 use poem::web::{Data, sse::Event};
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
     param::{Header, Query},
     payload::{EventStream, Payload},
-    registry::{MetaSchemaRef, Registry},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
 
@@ -61,7 +61,8 @@ impl SseFrame {
     }
 }
 
-/// The spec shows each SSE item as a [`ChangeEventDoc`].
+/// `EventStream` needs its items typed; the schemas registered here are the ones a
+/// [`ServerSentEvent`]'s `data` carries.
 impl Type for SseFrame {
     const IS_REQUIRED: bool = true;
     type RawValueType = Self;
@@ -97,6 +98,75 @@ impl ToJSON for SseFrame {
             Self::Retry | Self::Cursor(_) => None,
         }
     }
+}
+
+/// The `GET /events` answer. Before OpenAPI 3.2, the `schema` of `text/event-stream`
+/// describes one event as an `EventSource` parser sees it (`data`, `event`, `id`, `retry`),
+/// which is how tools such as schemathesis validate a stream; poem-openapi's `EventStream`
+/// documents an array of payloads instead, which no event matches.
+pub struct SseStream(EventStream<BoxStream<'static, SseFrame>>);
+
+impl Payload for SseStream {
+    const CONTENT_TYPE: &'static str = "text/event-stream";
+
+    fn schema_ref() -> MetaSchemaRef {
+        ServerSentEvent::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        ServerSentEvent::register(registry);
+        SseFrame::register(registry);
+    }
+}
+
+impl poem::IntoResponse for SseStream {
+    fn into_response(self) -> poem::Response {
+        self.0.into_response()
+    }
+}
+
+impl ApiResponse for SseStream {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "The stream: events after the cursor, then live events as they \
+                              commit; a `reset` when the cursor cannot be served.",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: Self::CONTENT_TYPE,
+                    schema: Self::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <Self as Payload>::register(registry);
+    }
+}
+
+/// One Server-Sent Event of `GET /events`, as an `EventSource` parser sees it.
+#[derive(Object)]
+pub struct ServerSentEvent {
+    /// The cursor: on a change event, its id; alone (no data), the position past events a
+    /// filter hid or the cursor of a reset. Absent on a reset itself.
+    pub id: Option<String>,
+    /// `message` (the default, and every change event) or `reset`.
+    pub event: Option<ServerSentEventName>,
+    /// A `message`: a `ChangeEvent` as JSON. A `reset`: a `Reset` as JSON.
+    pub data: String,
+    /// Milliseconds to wait before reconnecting.
+    pub retry: Option<u64>,
+}
+
+/// The name of a Server-Sent Event.
+#[derive(Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ServerSentEventName {
+    Message,
+    Reset,
 }
 
 /// The answer of a long-poll.
@@ -169,7 +239,9 @@ pub enum PollResponse {
 
 /// Parses an optional cursor parameter.
 fn cursor_param(name: &str, raw: Option<&str>) -> Result<Start, ApiError> {
-    match raw.map(str::trim).filter(|r| !r.is_empty()) {
+    // `str::is_empty` by name: with poem-openapi's `Type` in scope, `r.is_empty()` on a
+    // `&&str` is `Type::is_empty`, which is always false, and an empty cursor was refused.
+    match raw.map(str::trim).filter(|r| !str::is_empty(r)) {
         None => Ok(Start::Now),
         Some(raw) => parse_cursor(raw).map(Start::After).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -247,7 +319,7 @@ impl StreamApi {
         entity: Query<Option<String>>,
         /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
         types: Query<Option<String>>,
-    ) -> ApiResult<EventStream<BoxStream<'static, SseFrame>>, StreamErrors> {
+    ) -> ApiResult<SseStream, StreamErrors> {
         let (start, name) = match last_event_id.0.as_deref() {
             Some(header) => (Some(header), "Last-Event-ID"),
             None => (last_event_id_query.0.as_deref(), "lastEventId"),
@@ -256,9 +328,11 @@ impl StreamApi {
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
         let slot = state.slots.acquire("sse", client_ip(request))?;
         let (subscription, reset) = Subscription::open(state.bus.clone(), start, filter).await?;
-        Ok(EventStream::new(sse_frames(subscription, reset, slot))
-            .keep_alive(state.settings.keepalive)
-            .to_event(SseFrame::into_event))
+        Ok(SseStream(
+            EventStream::new(sse_frames(subscription, reset, slot))
+                .keep_alive(state.settings.keepalive)
+                .to_event(SseFrame::into_event),
+        ))
     }
 
     /// Change stream (long-polling)
@@ -329,5 +403,22 @@ impl StreamApi {
             };
             return Ok(PollResponse::Ok(answer));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_cursor_means_now() {
+        for raw in [None, Some(""), Some("  ")] {
+            assert_eq!(cursor_param("after", raw).ok(), Some(Start::Now), "{raw:?}");
+        }
+        assert_eq!(
+            cursor_param("after", Some(" 42 ")).ok(),
+            Some(Start::After(42))
+        );
+        assert!(cursor_param("after", Some("x")).is_err());
     }
 }

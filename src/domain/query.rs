@@ -93,13 +93,18 @@ impl FunkoListQuery {
         };
         let min_price_cents = price("minPrice", raw.min_price);
         let max_price_cents = price("maxPrice", raw.max_price);
+        // Counted as sent: lower-casing may lengthen a string ('İ' becomes two characters).
+        if raw
+            .q
+            .as_ref()
+            .is_some_and(|q| q.trim().chars().count() > 100)
+        {
+            errors.add("q", "must be at most 100 characters");
+        }
         let q = raw
             .q
             .map(|q| q.trim().to_lowercase())
             .filter(|q| !q.is_empty());
-        if q.as_ref().is_some_and(|q| q.chars().count() > 100) {
-            errors.add("q", "must be at most 100 characters");
-        }
         let category = raw
             .category
             .map(|c| c.trim().to_owned())
@@ -163,5 +168,19 @@ mod tests {
         let errors = FunkoListQuery::parse(raw).unwrap_err();
         let fields: Vec<_> = errors.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["page", "limit", "sort", "minPrice"]);
+    }
+
+    #[test]
+    fn q_is_limited_as_sent_not_as_lower_cased() {
+        let query = |q: String| {
+            FunkoListQuery::parse(RawListQuery {
+                q: Some(q),
+                ..Default::default()
+            })
+        };
+        // 'İ' lower-cases to two characters; 100 of them are still 100 characters.
+        assert!(query("İ".repeat(100)).is_ok());
+        assert!(query(format!(" {} ", "a".repeat(100))).is_ok());
+        assert!(query("a".repeat(101)).is_err());
     }
 }

@@ -119,10 +119,15 @@ impl Subscription {
         let head = bus.subscribe_head();
         // "Now" is the newest committed event, which this process's tail may not hold yet;
         // a cursor is checked against the range the log serves. Both come from memory when
-        // this process is the only writer (SQLite), else from the database.
+        // this process is the only writer (SQLite), else from the database. A cursor past
+        // the head in memory is confirmed by the database before it is called unknown: the
+        // memory lags the log by a moment after each commit, while a read's Stream-Cursor or
+        // the tail may already have handed that cursor out.
         let (floor, db_head) = match bus.local_bounds() {
-            Some(bounds) => bounds,
-            None => {
+            Some((floor, head)) if !matches!(start, Start::After(cursor) if cursor > head) => {
+                (floor, head)
+            }
+            _ => {
                 let mut conn = bus.db().reader.acquire().await?;
                 db::events::bounds(&mut conn).await?
             }

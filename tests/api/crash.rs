@@ -30,7 +30,7 @@ use crate::helpers::{Backend, SseClient, TestApp, WAIT, cursors, spawn_on, strea
 /// Concurrent writers.
 pub const WRITERS: usize = 4;
 /// Acknowledged writes per round before the server is killed or stopped.
-pub const WRITES_PER_ROUND: usize = 120;
+pub const WRITES_PER_ROUND: usize = 300;
 /// How long a round's load may take to reach [`WRITES_PER_ROUND`].
 pub const LOAD: Duration = Duration::from_secs(60);
 
@@ -215,8 +215,14 @@ impl Writer {
         for n in 0.. {
             let name = format!("{tag}-{n}");
             let body = json!({"name": name, "price": 9.99, "stock": 5, "category": "DISNEY"});
-            let request = self.client.post(format!("{}/funkos", self.base)).json(&body);
-            let Some(id) = self.send(Write::Create { name: name.clone() }, request).await else {
+            let request = self
+                .client
+                .post(format!("{}/funkos", self.base))
+                .json(&body);
+            let Some(id) = self
+                .send(Write::Create { name: name.clone() }, request)
+                .await
+            else {
                 break;
             };
             let description = format!("{name} patched");
@@ -416,12 +422,17 @@ pub async fn verify_store(
         assert!(ack.write.is_event_of(event), "{ack:?} has event {event}");
         assert_eq!(event["data"]["id"], ack.id);
         if let Some(body) = &ack.body {
-            assert_eq!(&event["data"], body, "the event carries what the write answered");
+            assert_eq!(
+                &event["data"], body,
+                "the event carries what the write answered"
+            );
         }
     }
 
-    let unanswered: Vec<&(Write, String)> =
-        writers.iter().filter_map(|w| w.unanswered.as_ref()).collect();
+    let unanswered: Vec<&(Write, String)> = writers
+        .iter()
+        .filter_map(|w| w.unanswered.as_ref())
+        .collect();
     for event in log.iter().filter(|e| !acked.contains(&cursor_of(e))) {
         let of: Vec<_> = unanswered
             .iter()
@@ -452,13 +463,18 @@ pub async fn verify_store(
             (1..=chain.len() as i64).collect::<Vec<_>>(),
             "Funko {id}: one event per change"
         );
-        assert_eq!(chain[0]["type"], "CREATE", "Funko {id} begins with its CREATE");
-        let response = app
-            .get(&format!("/funkos/{id}?includeDeleted=true"))
-            .await;
+        assert_eq!(
+            chain[0]["type"], "CREATE",
+            "Funko {id} begins with its CREATE"
+        );
+        let response = app.get(&format!("/funkos/{id}?includeDeleted=true")).await;
         assert_eq!(response.status(), StatusCode::OK, "Funko {id} has its row");
         let row: Value = response.json().await.unwrap();
-        assert_eq!(chain.last().unwrap()["data"], row, "Funko {id}: last event = row");
+        assert_eq!(
+            chain.last().unwrap()["data"],
+            row,
+            "Funko {id}: last event = row"
+        );
     }
     let snapshot = app.snapshot().await;
     let rows: BTreeSet<i64> = snapshot["funkos"]
@@ -540,7 +556,10 @@ async fn sigkill_under_write_load_loses_nothing_acknowledged(backend: Backend) {
              {} writes in flight",
             round_writers.iter().map(|w| w.acks.len()).sum::<usize>(),
             round_received.len(),
-            round_writers.iter().filter(|w| w.unanswered.is_some()).count()
+            round_writers
+                .iter()
+                .filter(|w| w.unanswered.is_some())
+                .count()
         );
         writers.extend(round_writers);
         received.extend(round_received);
@@ -548,7 +567,10 @@ async fn sigkill_under_write_load_loses_nothing_acknowledged(backend: Backend) {
     // The writes after a restart come after every event before it.
     for (from, head) in heads {
         let after = writers[from..].iter().flat_map(|w| &w.acks);
-        assert!(after.map(|a| a.cursor).all(|cursor| cursor > head));
+        assert!(
+            after.map(|a| a.cursor).all(|cursor| cursor > head),
+            "a write after a restart got a cursor at or before the head then ({head})"
+        );
     }
 
     // The last restart, in this process, to check the store.
@@ -574,7 +596,10 @@ async fn sigkill_under_write_load_loses_nothing_acknowledged(backend: Backend) {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let after: i64 = stream_cursor(&response).parse().unwrap();
-    assert!(after > last, "cursor {after} after the restart, {last} before");
+    assert!(
+        after > last,
+        "cursor {after} after the restart, {last} before"
+    );
 
     // ...and the subscriber, resuming once more, has received exactly the log.
     let from = received
