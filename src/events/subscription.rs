@@ -188,10 +188,17 @@ impl Subscription {
         // Marked seen before reading, so a head published after this read wakes `next`.
         self.head.borrow_and_update();
         let from_tail = match self.bus.read(self.cursor, max) {
-            TailRead::Events(events) if !events.is_empty() => {
+            // The tail has some, and no more is known committed, or the batch is full.
+            TailRead::Events(events)
+                if !events.is_empty()
+                    && (events.len() == max
+                        || events.last().is_some_and(|e| e.id >= self.committed)) =>
+            {
                 self.live = true;
                 Some(events)
             }
+            // The tail has some but more is known committed: read the log, which has all.
+            TailRead::Events(events) if !events.is_empty() => None,
             TailRead::Events(_) if self.cursor >= self.committed => {
                 self.live = true;
                 return Ok(None);
