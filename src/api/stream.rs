@@ -1,14 +1,15 @@
 //! `/events` (Server-Sent Events) and `/events/poll` (long-polling): two thin adapters that
 //! turn a [`Subscription`]'s steps into frames.
 
-use std::{borrow::Cow, time::Duration};
+use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
-use poem::web::{Data, sse::Event};
+use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Query},
-    payload::{EventStream, Payload},
+    payload::Payload,
     registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
@@ -37,74 +38,40 @@ pub const POLL_MAX_LIMIT: u64 = 1000;
 
 pub struct StreamApi;
 
-/// One SSE frame.
-pub enum SseFrame {
-    /// `retry:`, once at connect.
-    Retry,
-    /// `id: <cursor>` + `data: <event JSON>`.
-    Event(StoredEvent),
-    /// `event: reset` + `data: {"cursor","reason"}`, without an id.
-    Reset(Reset),
-    /// `id: <cursor>` alone: moves the browser's `lastEventId` past events the filter hid
-    /// (or to a reset's cursor) without firing `onmessage`.
-    Cursor(i64),
+/// The `retry:` frame sent once at connect.
+fn retry_frame() -> Bytes {
+    Bytes::from(format!("retry: {RETRY_MS}\n\n"))
 }
 
-impl SseFrame {
-    fn into_event(self) -> Event {
-        match self {
-            Self::Retry => Event::retry(RETRY_MS),
-            Self::Event(event) => Event::message(&*event.json).id(event.id.to_string()),
-            Self::Reset(reset) => Event::message(reset.to_json_string()).event_type("reset"),
-            Self::Cursor(cursor) => Event::message("").id(cursor.to_string()),
-        }
-    }
+/// `event: reset` + `data: {"cursor","reason"}`, without an id.
+fn reset_frame(reset: &Reset) -> Bytes {
+    Bytes::from(format!(
+        "event: reset\ndata: {}\n\n",
+        reset.to_json_string()
+    ))
 }
 
-/// `EventStream` needs its items typed; the schemas registered here are the ones a
-/// [`ServerSentEvent`]'s `data` carries.
-impl Type for SseFrame {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        ChangeEventDoc::name()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        ChangeEventDoc::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        ChangeEventDoc::register(registry);
-        Reset::register(registry);
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(std::iter::once(self))
-    }
+/// `id: <cursor>` alone: moves the browser's `lastEventId` past events the filter hid (or to
+/// a reset's cursor) without firing `onmessage`.
+fn cursor_frame(cursor: i64) -> Bytes {
+    Bytes::from(format!("id: {cursor}\n\n"))
 }
 
-impl ToJSON for SseFrame {
-    fn to_json(&self) -> Option<serde_json::Value> {
-        match self {
-            Self::Event(event) => serde_json::from_str(&event.json).ok(),
-            Self::Reset(reset) => reset.to_json(),
-            Self::Retry | Self::Cursor(_) => None,
-        }
-    }
-}
+/// A `:` comment that keeps an idle connection open.
+const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// The `GET /events` answer. Before OpenAPI 3.2, the `schema` of `text/event-stream`
 /// describes one event as an `EventSource` parser sees it (`data`, `event`, `id`, `retry`),
 /// which is how tools such as schemathesis validate a stream; poem-openapi's `EventStream`
 /// documents an array of payloads instead, which no event matches.
-pub struct SseStream(EventStream<BoxStream<'static, SseFrame>>);
+///
+/// The body is written by hand rather than through poem's SSE adapter: each change event's
+/// frame is rendered once (`StoredEvent::sse`) and every subscriber gets the same bytes, where
+/// the adapter would copy and re-format the JSON for each delivery.
+pub struct SseStream {
+    frames: BoxStream<'static, Bytes>,
+    keep_alive: Duration,
+}
 
 impl Payload for SseStream {
     const CONTENT_TYPE: &'static str = "text/event-stream";
@@ -115,13 +82,37 @@ impl Payload for SseStream {
 
     fn register(registry: &mut Registry) {
         ServerSentEvent::register(registry);
-        SseFrame::register(registry);
+        // What a `data` carries.
+        ChangeEventDoc::register(registry);
+        Reset::register(registry);
     }
 }
 
 impl poem::IntoResponse for SseStream {
     fn into_response(self) -> poem::Response {
-        self.0.into_response()
+        let Self {
+            mut frames,
+            keep_alive,
+        } = self;
+        // A keep-alive comment only after `keep_alive` without any frame.
+        let body = async_stream::stream! {
+            loop {
+                tokio::select! {
+                    frame = frames.next() => match frame {
+                        Some(frame) => yield Ok::<_, std::io::Error>(frame),
+                        None => break,
+                    },
+                    () = tokio::time::sleep(keep_alive) => {
+                        yield Ok(Bytes::from_static(KEEP_ALIVE));
+                    }
+                }
+            }
+        };
+        poem::Response::builder()
+            .content_type("text/event-stream")
+            .header("Cache-Control", "no-cache")
+            .header("X-Accel-Buffering", "no")
+            .body(poem::Body::from_bytes_stream(body))
     }
 }
 
@@ -256,31 +247,29 @@ fn sse_frames(
     mut subscription: Subscription,
     reset: Option<Reset>,
     slot: StreamSlot,
-) -> BoxStream<'static, SseFrame> {
+) -> BoxStream<'static, Bytes> {
     async_stream::stream! {
         // Holds this connection's place until the stream ends.
         let _slot = slot;
-        yield SseFrame::Retry;
+        yield retry_frame();
         if let Some(reset) = reset {
-            let cursor = subscription.cursor();
-            yield SseFrame::Reset(reset);
-            yield SseFrame::Cursor(cursor);
+            yield reset_frame(&reset);
+            yield cursor_frame(subscription.cursor());
         }
         loop {
             match subscription.next(BATCH).await {
                 Ok(Next::Events { events, cursor }) => {
                     if events.is_empty() {
-                        yield SseFrame::Cursor(cursor);
+                        yield cursor_frame(cursor);
                     }
                     METRICS.delivered("sse", events.len());
                     for event in events {
-                        yield SseFrame::Event(event);
+                        yield event.sse;
                     }
                 }
                 Ok(Next::Reset(reset)) => {
-                    let cursor = subscription.cursor();
-                    yield SseFrame::Reset(reset);
-                    yield SseFrame::Cursor(cursor);
+                    yield reset_frame(&reset);
+                    yield cursor_frame(subscription.cursor());
                 }
                 // The client reconnects with Last-Event-ID and resumes from the log.
                 Ok(Next::CutOff { .. } | Next::Closed { .. }) => break,
@@ -328,11 +317,10 @@ impl StreamApi {
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
         let slot = state.slots.acquire("sse", client_ip(request))?;
         let (subscription, reset) = Subscription::open(state.bus.clone(), start, filter).await?;
-        Ok(SseStream(
-            EventStream::new(sse_frames(subscription, reset, slot))
-                .keep_alive(state.settings.keepalive)
-                .to_event(SseFrame::into_event),
-        ))
+        Ok(SseStream {
+            frames: sse_frames(subscription, reset, slot),
+            keep_alive: state.settings.keepalive,
+        })
     }
 
     /// Change stream (long-polling)

@@ -84,6 +84,9 @@ pub struct StoredEvent {
     pub kind: EventKind,
     /// `{"id":"…","entity":…,"type":…,"data":…,"createdAt":…}`, exactly as clients get it.
     pub json: Arc<str>,
+    /// The event as one Server-Sent Events frame (`id: …` + `data: …`), rendered once and
+    /// shared by every SSE subscriber: a delivery is a reference count, not a copy.
+    pub sse: bytes::Bytes,
 }
 
 impl StoredEvent {
@@ -94,11 +97,20 @@ impl StoredEvent {
             entity.as_str(),
             kind.as_str()
         );
+        let mut sse = format!("id: {id}\n");
+        // Compact JSON has no line breaks; split anyway so a frame can never be malformed.
+        for line in json.lines() {
+            sse.push_str("data: ");
+            sse.push_str(line);
+            sse.push('\n');
+        }
+        sse.push('\n');
         Self {
             id,
             entity,
             kind,
             json: json.into(),
+            sse: sse.into(),
         }
     }
 }
