@@ -340,8 +340,10 @@ mod tests {
             let mut d = Dechunk::default();
             let mut out = Vec::new();
             let used = d.feed(&raw[..split], &mut out).unwrap();
-            assert_eq!(used, split);
-            d.feed(&raw[split..], &mut out).unwrap();
+            if !d.done() {
+                assert_eq!(used, split);
+            }
+            d.feed(&raw[used..], &mut out).unwrap();
             assert_eq!(out, b"hello, world");
             assert!(d.done());
         }

@@ -46,7 +46,8 @@ struct Cli {
     /// Do not pin the servers and generators to cores with taskset.
     #[arg(long, global = true)]
     no_pin: bool,
-    /// Do not run `npm ci` (node_modules must already be there).
+    /// Do not run `npm ci` in a temp dir; run the peer from --node-dir, whose node_modules must
+    /// already be installed.
     #[arg(long, global = true)]
     skip_npm: bool,
     /// Runs per figure (the median is reported).
@@ -82,6 +83,8 @@ enum Cmd {
     Replay,
     /// Subscribers that stop reading while writes go on: server RSS and readers' latency.
     Slow,
+    /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/analysis.md).
+    Report,
     /// Internal: a generator process (reads its task on stdin).
     #[command(hide = true)]
     Worker,
@@ -97,6 +100,19 @@ fn main() -> anyhow::Result<()> {
         .context("bench/ has no parent")?
         .to_path_buf();
     let smoke = cli.cmd == Cmd::Smoke;
+    if cli.cmd == Cmd::Report {
+        let out = cli
+            .out
+            .clone()
+            .unwrap_or_else(|| root.join("bench/results"));
+        let results = report::Results::read(&out.join("results.csv"), &out.join("curves.csv"))?;
+        let info: report::RunInfo = serde_json::from_str(
+            &std::fs::read_to_string(out.join("run.json")).context("reading run.json")?,
+        )?;
+        report::fanout_chart(&results, &out.join("fanout.png"))?;
+        write_markdown(&root, &results, &info)?;
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let load_start = report::loadavg();
 
@@ -118,25 +134,45 @@ fn main() -> anyhow::Result<()> {
     if !server_bin.exists() {
         bail!("no server binary at {}", server_bin.display());
     }
-    let node_dir = cli
+    let peer_src = cli
         .node_dir
         .clone()
         .unwrap_or_else(|| root.join("bench/peers/node"));
+    let mut node_dir = peer_src.clone();
+    // The peer runs from its own install in a temp dir: `npm ci` wipes `node_modules`, so two
+    // harness runs sharing bench/peers/node would break each other's peer mid-run.
+    let mut _peer_install = None;
     let mut kinds = vec![Kind::Ours];
     if !cli.no_peer {
         if !have("node") {
             bail!("node is not installed: install Node.js or pass --no-peer");
         }
         if !cli.skip_npm {
-            eprintln!("== npm ci in {}", node_dir.display());
+            let dir = tempfile::Builder::new()
+                .prefix("funko-bench-peer-")
+                .tempdir()?;
+            for file in ["package.json", "package-lock.json", ".npmrc", "server.js"] {
+                let from = peer_src.join(file);
+                if from.exists() {
+                    std::fs::copy(&from, dir.path().join(file))
+                        .with_context(|| format!("copying {}", from.display()))?;
+                }
+            }
+            eprintln!(
+                "== npm ci for the peer ({} → {})",
+                peer_src.display(),
+                dir.path().display()
+            );
             let status = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&node_dir)
+                .current_dir(dir.path())
                 .status()
                 .context("running npm ci")?;
             if !status.success() {
-                bail!("npm ci failed in {}", node_dir.display());
+                bail!("npm ci failed for {}", peer_src.display());
             }
+            node_dir = dir.path().to_path_buf();
+            _peer_install = Some(dir);
         }
         kinds.push(Kind::Node);
     }
@@ -167,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Connections => vec![Scenario::Connections],
         Cmd::Replay => vec![Scenario::Replay],
         Cmd::Slow => vec![Scenario::Slow],
-        Cmd::Worker => unreachable!(),
+        Cmd::Worker | Cmd::Report => unreachable!(),
     };
     let out = cli.out.clone().unwrap_or_else(|| {
         if smoke {
@@ -235,9 +271,16 @@ fn main() -> anyhow::Result<()> {
                 .map(|f| format!("problem seen during the run: {f}"))
                 .collect(),
         };
-        let md = report::markdown(&ctx.results, &thresholds, &Machine::probe(), &notes);
-        std::fs::write(root.join("BENCHMARKS.md"), md)?;
-        eprintln!("wrote {}", root.join("BENCHMARKS.md").display());
+        let info = report::RunInfo {
+            machine: Machine::probe(),
+            notes,
+            fanout_big: thresholds.fanout_big,
+            fanout_small: thresholds.fanout_small,
+            conn_max: thresholds.conn_max,
+            replay_k: thresholds.replay_k,
+        };
+        std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
+        write_markdown(&root, &ctx.results, &info)?;
     }
     for row in report::targets(&ctx.results, &thresholds) {
         if row.met.is_some() && !smoke {
@@ -324,4 +367,26 @@ fn build_server(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
     Ok(target
         .join(if release { "release" } else { "debug" })
         .join("funko-live"))
+}
+
+fn write_markdown(
+    root: &Path,
+    results: &report::Results,
+    info: &report::RunInfo,
+) -> anyhow::Result<()> {
+    let thresholds = Thresholds {
+        fanout_big: info.fanout_big,
+        fanout_small: info.fanout_small,
+        conn_max: info.conn_max,
+        replay_k: info.replay_k,
+    };
+    let mut md = report::markdown(results, &thresholds, &info.machine, &info.notes);
+    // The hand-written analysis of misses (profiles, causes) rides along unchanged.
+    if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
+        md.push('\n');
+        md.push_str(&analysis);
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), md)?;
+    eprintln!("wrote {}", root.join("BENCHMARKS.md").display());
+    Ok(())
 }

@@ -228,6 +228,14 @@ pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
     chart
         .configure_mesh()
         .x_desc("subscribers (N)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| {
+            if *y >= 1.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.1}")
+            }
+        })
         .y_desc("latency, ms (log)")
         .label_style(("sans-serif", 15))
         .draw()?;
@@ -266,14 +274,35 @@ pub struct TargetRow {
 }
 
 fn num(x: Option<f64>, unit: &str) -> String {
-    match x {
+    let text = match x {
+        Some(v) if v.is_finite() && unit == "count" => return format!("{v:.0}"),
         Some(v) if v.is_finite() => {
             if v >= 100.0 {
-                format!("{v:.0} {unit}")
+                format!("{v:.0}")
             } else if v >= 10.0 {
-                format!("{v:.1} {unit}")
+                format!("{v:.1}")
             } else {
-                format!("{v:.2} {unit}")
+                format!("{v:.2}")
+            }
+        }
+        _ => return "n/a".into(),
+    };
+    if unit.is_empty() {
+        text
+    } else {
+        format!("{text} {unit}")
+    }
+}
+
+/// `a / b` as "N.Nx good", or as "N.Nx bad" of the inverse when below 1.
+fn ratio_word(a: Option<f64>, b: Option<f64>, good: &str, bad: &str) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() => {
+            let x = a / b;
+            if x >= 1.0 {
+                format!("{x:.1}x {good}")
+            } else {
+                format!("{:.1}x {bad}", 1.0 / x)
             }
         }
         _ => "n/a".into(),
@@ -339,7 +368,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         target: "p99 ≤ 50 ms and ≤ 1/4 of the peer's p99",
         ours: format!("p99 {}", num(o, "ms")),
         peer: format!("p99 {}", num(p, "ms")),
-        ratio: format!("{} lower", ratio(p, o)),
+        ratio: ratio_word(p, o, "lower", "higher"),
         met: o
             .zip(p)
             .map(|(o, p)| o <= 50.0 && o * 4.0 <= p && lost == 0.0),
@@ -355,7 +384,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         target: "p99 ≤ 10 ms",
         ours: format!("p99 {}", num(o, "ms")),
         peer: format!("p99 {}", num(p, "ms")),
-        ratio: format!("{} lower", ratio(p, o)),
+        ratio: ratio_word(p, o, "lower", "higher"),
         met: o.map(|o| o <= 10.0),
     });
 
@@ -385,7 +414,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         target: "19,000 held by one process; ≤ 16 KiB RSS each",
         ours: format!("{} held, {}", num(oh, ""), num(ok, "KiB/conn")),
         peer: format!("{} held, {}", num(ph, ""), num(pk, "KiB/conn")),
-        ratio: format!("{} less memory", ratio(pk, ok)),
+        ratio: ratio_word(pk, ok, "less memory", "more memory"),
         met: oh.zip(ok).map(|(h, k)| h >= t.conn_max as f64 && k <= 16.0),
     });
 
@@ -402,7 +431,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         target: "p99 write-to-answer ≤ 50 ms; no CPU while idle (< 0.5 % of a core)",
         ours: format!("p99 {}, idle {}", num(o, "ms"), num(oc, "% CPU")),
         peer: format!("p99 {}, idle {}", num(p, "ms"), num(pc, "% CPU")),
-        ratio: format!("{} lower", ratio(p, o)),
+        ratio: ratio_word(p, o, "lower", "higher"),
         met: o.zip(oc).map(|(o, c)| o <= 50.0 && c < 0.5),
     });
 
@@ -444,7 +473,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         target: "RSS bounded (grows < 8 MiB in the 2nd half); readers' p99 unchanged (≤ 1.5x alone + 2 ms)",
         ours: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(om, "MiB"), num(og, "MiB"), num(oa, "ms"), num(ob, "ms")),
         peer: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(pm, "MiB"), num(pg, "MiB"), num(pa, "ms"), num(pb, "ms")),
-        ratio: format!("{} less peak RSS", ratio(pm, om)),
+        ratio: ratio_word(pm, om, "less peak RSS", "more peak RSS"),
         met: match (og, oa, ob) {
             (Some(g), Some(a), Some(b)) => Some(g < 8.0 && b <= 1.5 * a + 2.0),
             _ => None,
@@ -453,6 +482,7 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
     rows
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub model: String,
@@ -526,6 +556,7 @@ fn curve_medians(r: &Results, chart: &str, server: &str, bucket: f64) -> Vec<(f6
     by_x.into_iter().map(|(x, v)| (x, median(&v))).collect()
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Notes {
     /// /proc/loadavg at the start and at the end of the run.
     pub load: (String, String),
@@ -593,7 +624,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
     let _ = writeln!(
         s,
         "The harness builds `target/release/funko-live` (or takes `--server-bin PATH` / `FUNKO_BENCH_SERVER_BIN`), \
-         runs `npm ci` in `bench/peers/node`, starts each server as its own process with a fresh temp data dir \
+         installs the peer with `npm ci` into a temp copy of `bench/peers/node`, starts each server as its own process with a fresh temp data dir \
          for every scenario and run, and writes `bench/results/results.csv` (every run and the median), \
          `bench/results/curves.csv` (RSS curves), `bench/results/fanout.png` and this page. Plan: {}.\n",
         notes.plan
@@ -706,4 +737,61 @@ pub fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The run's facts beside its figures, so `bench report` can redraw the page.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub machine: Machine,
+    pub notes: Notes,
+    pub fanout_big: usize,
+    pub fanout_small: usize,
+    pub conn_max: usize,
+    pub replay_k: usize,
+}
+
+impl Results {
+    /// Reads back what [`write_csv`](Self::write_csv) and [`write_curves`](Self::write_curves) wrote.
+    pub fn read(csv: &Path, curves: &Path) -> anyhow::Result<Self> {
+        let mut r = Results::default();
+        let text =
+            std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+        let runs = header.iter().filter(|h| h.starts_with("run")).count();
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() < 6 + runs {
+                continue;
+            }
+            let key = Key {
+                scenario: f[0].into(),
+                server: f[1].into(),
+                transport: f[2].into(),
+                n: f[3].parse().unwrap_or(0),
+                metric: f[4].into(),
+                unit: f[5].into(),
+            };
+            let values = f[6..6 + runs]
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            r.rows.push((key, values));
+        }
+        if let Ok(text) = std::fs::read_to_string(curves) {
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split(',').collect();
+                if f.len() == 5 {
+                    r.curves.push(Curve::new(
+                        f[0],
+                        f[1],
+                        f[2].parse().unwrap_or(0),
+                        f[3].parse().unwrap_or(0.0),
+                        f[4].parse().unwrap_or(0.0),
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
 }

@@ -160,6 +160,10 @@ pub struct CrudTask {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CrudReport {
+    /// CPU seconds this generator process used (user + system), to tell whether the
+    /// generator rather than the server was the limit.
+    #[serde(default)]
+    pub cpu_s: f64,
     pub requests: u64,
     pub errors: u64,
     pub latency: Hist,
@@ -283,8 +287,7 @@ async fn subscribe(task: SubscribeTask, stop: watch::Receiver<bool>) -> Subscrib
     let _ = emit("READY", &ready);
     let all = futures_util::future::join_all(handles);
     let _ = tokio::time::timeout_at(deadline, all).await;
-    let report = std::mem::take(&mut state.borrow_mut().report);
-    report
+    std::mem::take(&mut state.borrow_mut().report)
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -614,8 +617,7 @@ async fn publish(task: PublishTask, stop: watch::Receiver<bool>) -> PublishRepor
         }));
     }
     let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(handles)).await;
-    let report = report.borrow().clone();
-    report
+    report.borrow().clone()
 }
 
 async fn crud(task: CrudTask) -> CrudReport {
@@ -703,5 +705,6 @@ async fn crud(task: CrudTask) -> CrudReport {
     report.elapsed_s = (Instant::now().min(end) - measure_from)
         .as_secs_f64()
         .max(1e-9);
+    report.cpu_s = crate::servers::cpu_of(std::process::id()).unwrap_or(0.0);
     report
 }
