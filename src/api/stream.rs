@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream::BoxStream};
 use poem::web::Data;
 use poem_openapi::{
@@ -263,8 +263,18 @@ fn sse_frames(
                         yield cursor_frame(cursor);
                     }
                     METRICS.delivered("sse", events.len());
-                    for event in events {
-                        yield event.sse;
+                    if events.len() == 1 {
+                        // Live: the frame every subscriber shares, not copied.
+                        yield events.into_iter().next().expect("one event").sse;
+                    } else if !events.is_empty() {
+                        // Replaying or catching up: one body chunk (and one write) per batch
+                        // instead of one per event.
+                        let mut batch =
+                            BytesMut::with_capacity(events.iter().map(|e| e.sse.len()).sum());
+                        for event in &events {
+                            batch.extend_from_slice(&event.sse);
+                        }
+                        yield batch.freeze();
                     }
                 }
                 Ok(Next::Reset(reset)) => {

@@ -212,7 +212,10 @@ async fn schemathesis_finds_nothing() {
         .arg(py_dir().join("schemathesis.toml"))
         .arg("run")
         .arg(app.url("/openapi.json"))
-        .args(["--max-time", &seconds.to_string(), "--workers", "2"])
+        // One worker: schemathesis's threads hit a CPython 3.11 bug in `ast.parse`
+        // ("AST constructor recursion depth mismatch") that aborts the run with an internal
+        // error, which says nothing about the API.
+        .args(["--max-time", &seconds.to_string(), "--workers", "1"])
         .arg("--generation-database")
         .arg(tmp_dir().join("schemathesis-examples"))
         .args(["--no-color", "--output-truncate", "false"])
