@@ -262,6 +262,30 @@ impl TestApp {
         SseClient::new(response)
     }
 
+    /// A TCP connection to the server with a 4 KiB receive window, for a client that stops
+    /// reading: the server's writes to it stall soon.
+    pub async fn small_window_connection(&self) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(self.address).await.unwrap()
+    }
+
+    /// Creates `count` Funkos named `<prefix> <i>` whose events are large (a ~2 KiB image URL
+    /// each), so a client that stops reading fills its socket buffers quickly.
+    pub async fn create_big_funkos(&self, prefix: &str, count: usize) {
+        let image = format!("https://example.com/{}.png", "x".repeat(2000));
+        for i in 0..count {
+            let response = self
+                .post(
+                    "/funkos",
+                    json!({"name": format!("{prefix} {i}"), "price": 1, "stock": 1,
+                           "category": "OTROS", "image": image}),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+    }
+
     /// Prunes the log down to its newest event, as the server's retention task does.
     pub async fn prune_all_but_newest(&self) -> u64 {
         funko_live::events::retention::prune_once(&self.state.bus, Duration::ZERO, 1)

@@ -434,9 +434,7 @@ async fn slow_consumer_is_cut_off_and_resumes(backend: Backend) {
     let reader = tokio::spawn(async move { reader.take_events(writes).await });
 
     // A raw socket with a tiny receive window that sends the request and then reads nothing.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(app.address).await.unwrap();
+    let mut stalled = app.small_window_connection().await;
     stalled
         .write_all(
             format!(
@@ -447,18 +445,8 @@ async fn slow_consumer_is_cut_off_and_resumes(backend: Backend) {
         .await
         .unwrap();
 
-    // Big events (long image URLs) fill the socket buffers quickly.
-    let image = format!("https://example.com/{}.png", "x".repeat(2000));
-    for i in 0..writes {
-        let response = app
-            .post(
-                "/funkos",
-                json!({"name": format!("Bulk {i}"), "price": 1, "stock": 1,
-                                    "category": "OTROS", "image": image}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    // Big events fill the socket buffers quickly.
+    app.create_big_funkos("Bulk", writes).await;
     let log = app.events_after(&start).await;
     assert_eq!(log.len(), writes);
     // The reading subscriber got everything, in order, while the other one stalled.
@@ -506,27 +494,15 @@ async fn stalled_connection_is_closed(backend: Backend) {
     })
     .await;
     let start = app.head().await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(app.address).await.unwrap();
+    let mut stalled = app.small_window_connection().await;
     stalled
         .write_all(
             format!("GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
-    let image = format!("https://example.com/{}.png", "x".repeat(2000));
     // Enough to fill both sides' socket buffers, then the server's write waits.
-    for i in 0..2500 {
-        let response = app
-            .post(
-                "/funkos",
-                json!({"name": format!("Stall {i}"), "price": 1, "stock": 1,
-                                    "category": "OTROS", "image": image}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    app.create_big_funkos("Stall", 2500).await;
     // Without a Connection: close, only the server giving up ends this read.
     let mut raw = Vec::new();
     let read = tokio::time::timeout(WAIT, stalled.read_to_end(&mut raw)).await;

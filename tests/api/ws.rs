@@ -5,7 +5,7 @@
 use std::{process::Stdio, time::Duration};
 
 use futures_util::StreamExt;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -955,9 +955,7 @@ async fn slow_reader_is_cut_off_and_resumes(backend: Backend) {
     })
     .await;
     let start = app.head().await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(app.address).await.unwrap();
+    let tcp = app.small_window_connection().await;
     let (stream, _) = tokio_tungstenite::client_async(
         app.ws_url(&format!("/ws?after={start}")),
         tokio_tungstenite::MaybeTlsStream::Plain(tcp),
@@ -969,17 +967,7 @@ async fn slow_reader_is_cut_off_and_resumes(backend: Backend) {
 
     // It reads nothing while big events (long image URLs) fill the socket buffers.
     let writes = 3000;
-    let image = format!("https://example.com/{}.png", "x".repeat(2000));
-    for i in 0..writes {
-        let response = app
-            .post(
-                "/funkos",
-                json!({"name": format!("Bulk {i}"), "price": 1, "stock": 1,
-                       "category": "OTROS", "image": image}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    app.create_big_funkos("Bulk", writes).await;
     let log = app.events_after(&start).await;
     assert_eq!(log.len(), writes);
 
