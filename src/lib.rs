@@ -10,7 +10,8 @@
 //! - [`service`]: each read and write of the store, shared by every transport. A write
 //!   changes its row and appends its event in one transaction, commits, then wakes the bus.
 //! - [`events`]: the change stream's engine: the event type, [`events::ChangeBus`] (the log's
-//!   in-memory tail and the wake-up), and [`events::Subscription`] (replay, then live).
+//!   in-memory tail and the wake-up), [`events::Subscription`] (replay, then live), and
+//!   [`events::cache`] (Funkos by id, kept by the stream, for reads without a query).
 //! - [`db`]: every SQL statement, one file per table, on SQLite or PostgreSQL.
 //! - [`domain`]: validated input types and their rules; no I/O.
 //! - [`model`]: the resources as clients see them.

@@ -7,7 +7,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiTags, AppState, JsonBody};
+use super::{ApiTags, AppState, JsonBody, RawJson};
 use crate::auth::WriteAuth;
 use crate::{
     domain::query::{FunkoListQuery, RawListQuery},
@@ -40,7 +40,7 @@ pub enum GetResponse {
     /// The Funko.
     #[oai(status = 200)]
     Ok(
-        Json<Funko>,
+        RawJson<Funko>,
         /// The Funko's version, quoted.
         #[oai(header = "ETag")]
         String,
@@ -155,7 +155,7 @@ impl FunkosApi {
         let read = funkos::get(&state.bus, id.0, include_deleted.0.unwrap_or(false)).await?;
         let tag = etag(read.resource.version);
         Ok(GetResponse::Ok(
-            Json(read.resource),
+            RawJson::new(read.resource.json),
             tag,
             read.cursor.to_string(),
         ))

@@ -102,6 +102,36 @@ pub fn openapi_json() -> String {
     openapi_service().spec()
 }
 
+/// A JSON body rendered beforehand (an event's JSON, rendered once and shared; a cached
+/// Funko), documented with `T`'s schema.
+pub struct RawJson<T>(bytes::Bytes, std::marker::PhantomData<T>);
+
+impl<T> RawJson<T> {
+    pub fn new(json: impl Into<bytes::Bytes>) -> Self {
+        Self(json.into(), std::marker::PhantomData)
+    }
+}
+
+impl<T: Type> Payload for RawJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type> poem::IntoResponse for RawJson<T> {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(<Self as Payload>::CONTENT_TYPE)
+            .body(self.0)
+    }
+}
+
 /// A JSON request body, read with the configured size limit and checked for syntax here;
 /// the resource's rules are checked by the domain, so every field error can be listed.
 /// The schema shown in the spec is `T`'s.

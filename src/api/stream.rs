@@ -14,7 +14,7 @@ use poem_openapi::{
     types::{ToJSON, Type},
 };
 
-use super::{ApiTags, AppState};
+use super::{ApiTags, AppState, RawJson};
 use crate::{
     error::{ApiError, ApiResult, StreamErrors},
     events::{
@@ -173,31 +173,7 @@ pub struct PollResult {
     pub cursor: String,
 }
 
-/// A JSON body rendered by hand (the events' JSON is already rendered once and shared);
-/// documented with `T`'s schema.
-pub struct RawJson<T>(String, std::marker::PhantomData<T>);
-
-impl<T: Type> Payload for RawJson<T> {
-    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
-
-    fn schema_ref() -> MetaSchemaRef {
-        T::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
-    }
-}
-
-impl<T: Type> poem::IntoResponse for RawJson<T> {
-    fn into_response(self) -> poem::Response {
-        poem::Response::builder()
-            .content_type(<Self as Payload>::CONTENT_TYPE)
-            .body(self.0)
-    }
-}
-
-impl<T: Type> RawJson<T> {
+impl RawJson<PollResult> {
     fn poll(events: &[StoredEvent], cursor: i64) -> Self {
         let mut body =
             String::with_capacity(32 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
@@ -211,12 +187,12 @@ impl<T: Type> RawJson<T> {
         body.push_str(r#"],"cursor":""#);
         body.push_str(&cursor.to_string());
         body.push_str(r#""}"#);
-        Self(body, std::marker::PhantomData)
+        Self::new(body)
     }
 
     fn reset(reset: &Reset) -> Self {
         let body = serde_json::json!({ "reset": reset.to_json(), "cursor": reset.cursor });
-        Self(body.to_string(), std::marker::PhantomData)
+        Self::new(body.to_string())
     }
 }
 

@@ -19,7 +19,10 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::StoredEvent;
+use super::{
+    StoredEvent,
+    cache::{FunkoCache, FunkoJson},
+};
 use crate::db::{self, Backend, Db};
 
 /// How many events the tailer reads from the log per query.
@@ -62,6 +65,9 @@ pub struct ChangeBus {
     /// Every event above this id is in the log (raised when this process prunes). With
     /// `committed`, the range of cursors this database issued and still serves.
     log_floor: AtomicI64,
+    /// Funkos by id as of the tail's head, for reads that need no database (SQLite only:
+    /// see [`FunkoCache`]).
+    funkos: FunkoCache,
 }
 
 impl ChangeBus {
@@ -83,6 +89,7 @@ impl ChangeBus {
             closing: CancellationToken::new(),
             committed: AtomicI64::new(head),
             log_floor: AtomicI64::new(floor),
+            funkos: FunkoCache::new(head),
         }))
     }
 
@@ -128,6 +135,20 @@ impl ChangeBus {
         })
     }
 
+    /// The Funko with this id, without a query, and the cursor it is current as of: `None`
+    /// unless the cache holds every write committed so far (and always on PostgreSQL).
+    pub fn cached_funko(&self, id: i64) -> Option<(FunkoJson, i64)> {
+        let (_, committed) = self.local_bounds()?;
+        self.funkos.get(id, committed)
+    }
+
+    /// Offers a Funko read from the database in a snapshot at `cursor` to the cache.
+    pub fn offer_funko(&self, id: i64, funko: &FunkoJson, cursor: i64) {
+        if self.db.backend == Backend::Sqlite {
+            self.funkos.fill(id, funko, cursor);
+        }
+    }
+
     pub fn closing(&self) -> &CancellationToken {
         &self.closing
     }
@@ -162,6 +183,9 @@ impl ChangeBus {
             };
             let full = batch.len() as i64 == TAIL_BATCH;
             added += batch.len();
+            if self.db.backend == Backend::Sqlite {
+                self.funkos.apply(&batch, last);
+            }
             {
                 let mut tail = self.tail.write().expect("tail lock poisoned");
                 // Only this task appends, so `head` is still `after`.

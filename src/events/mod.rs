@@ -4,6 +4,7 @@
 //! long-poll and WebSocket are thin adapters over [`subscription::Subscription`].
 
 pub mod bus;
+pub mod cache;
 pub mod listener;
 pub mod retention;
 pub mod subscription;
@@ -84,6 +85,8 @@ pub struct StoredEvent {
     pub kind: EventKind,
     /// `{"id":"…","entity":…,"type":…,"data":…,"createdAt":…}`, exactly as clients get it.
     pub json: Arc<str>,
+    /// Where `data` (the resource) lies in `json`.
+    data_at: (u32, u32),
     /// The event as one Server-Sent Events frame (`id: …` + `data: …`), rendered once and
     /// shared by every SSE subscriber: a delivery is a reference count, not a copy.
     pub sse: bytes::Bytes,
@@ -92,11 +95,16 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// `data` is the resource's JSON as `GET` returns it.
     pub fn new(id: i64, entity: Entity, kind: EventKind, data: &str, created_at: &str) -> Self {
-        let json = format!(
-            r#"{{"id":"{id}","entity":"{}","type":"{}","data":{data},"createdAt":"{created_at}"}}"#,
+        let mut json = format!(
+            r#"{{"id":"{id}","entity":"{}","type":"{}","data":"#,
             entity.as_str(),
             kind.as_str()
         );
+        let data_at = (json.len() as u32, (json.len() + data.len()) as u32);
+        json.push_str(data);
+        json.push_str(r#","createdAt":""#);
+        json.push_str(created_at);
+        json.push_str(r#""}"#);
         let mut sse = format!("id: {id}\n");
         // Compact JSON has no line breaks; split anyway so a frame can never be malformed.
         for line in json.lines() {
@@ -110,8 +118,14 @@ impl StoredEvent {
             entity,
             kind,
             json: json.into(),
+            data_at,
             sse: sse.into(),
         }
+    }
+
+    /// The resource's JSON, as `GET` returns it.
+    pub fn data(&self) -> &str {
+        &self.json[self.data_at.0 as usize..self.data_at.1 as usize]
     }
 }
 
@@ -197,6 +211,7 @@ mod tests {
             serde_json::json!({"id":"42","entity":"FUNKOS","type":"UPDATE","data":{"id":7},
                                "createdAt":"2026-11-27T19:00:00.123Z"})
         );
+        assert_eq!(event.data(), r#"{"id":7}"#);
     }
 
     #[test]

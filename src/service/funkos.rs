@@ -7,19 +7,34 @@ use crate::{
     db::{self, Tx},
     domain::{FieldErrors, funko::FunkoDraft, merge_patch, query::FunkoListQuery},
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind},
+    events::{ChangeBus, Entity, EventKind, cache::FunkoJson},
     model::{Funko, FunkoPage, PageMeta, now_rfc3339},
 };
 
 const ENTITY: &str = "funko";
 
-/// One Funko; a deleted one only when asked for.
-pub async fn get(bus: &ChangeBus, id: i64, include_deleted: bool) -> Result<Read<Funko>, ApiError> {
-    let mut conn = bus.db().reader.acquire().await?;
-    let (funko, cursor) = db::funkos::get_with_cursor(&mut conn, id)
-        .await?
-        .filter(|(f, _)| include_deleted || !f.is_deleted)
-        .ok_or_else(|| ApiError::not_found(ENTITY, id))?;
+/// One Funko as the JSON to send; a deleted one only when asked for. Answered from the bus's
+/// cache when it holds every committed write, else read from the database and offered to it.
+pub async fn get(
+    bus: &ChangeBus,
+    id: i64,
+    include_deleted: bool,
+) -> Result<Read<FunkoJson>, ApiError> {
+    let (funko, cursor) = match bus.cached_funko(id) {
+        Some(hit) => hit,
+        None => {
+            let mut conn = bus.db().reader.acquire().await?;
+            let (funko, cursor) = db::funkos::get_with_cursor(&mut conn, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(ENTITY, id))?;
+            let funko = FunkoJson::from(&funko);
+            bus.offer_funko(id, &funko, cursor);
+            (funko, cursor)
+        }
+    };
+    if funko.is_deleted && !include_deleted {
+        return Err(ApiError::not_found(ENTITY, id));
+    }
     Ok(Read {
         resource: funko,
         cursor,

@@ -4,7 +4,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, assert_problem, problem_fields, spawn_app, spawn_app_with, stream_cursor,
+    Backend, SseClient, TestApp, assert_problem, problem_fields, spawn_app, spawn_app_with,
+    stream_cursor,
 };
 
 const PLACEHOLDER: &str = "/storage/placeholder.png";
@@ -1248,7 +1249,118 @@ async fn bad_list_query_is_400(backend: Backend) {
     assert_eq!(problem_fields(&problem), ["limit", "page", "sort"]);
 }
 
+/// Waits until `stream` has delivered the event with this cursor.
+async fn settled(stream: &mut SseClient, cursor: &str) {
+    while stream.next_event().await["id"] != cursor {}
+}
+
+/// `GET /funkos/{id}` may be answered from the cache the change stream keeps (SQLite): a read
+/// that starts after a write has answered sees it, and sees a category rename (which has no
+/// Funko event) at once.
+async fn a_read_sees_every_write_that_answered_before_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Reads are checked twice: right after the write answers (the stream may not have the
+    // event yet, so the database answers) and once the stream has delivered it (so the
+    // stream's cache may answer).
+    let mut stream = app.sse("/events", None).await;
+    let response = app.post("/funkos", valid_body("Cached")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let cursor = stream_cursor(&response);
+    let funko: Value = response.json().await.unwrap();
+    let id = funko["id"].as_i64().unwrap();
+    settled(&mut stream, &cursor).await;
+    assert_eq!(fetch(&app, id).await, funko);
+    for stock in 1..=20 {
+        let response = app
+            .patch(&format!("/funkos/{id}"), json!({ "stock": stock }))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let cursor = stream_cursor(&response);
+        let written: Value = response.json().await.unwrap();
+        for settle in [true, false] {
+            let read = app.get(&format!("/funkos/{id}")).await;
+            assert_eq!(read.status(), StatusCode::OK);
+            assert_eq!(etag(&read), format!("\"{}\"", written["version"]));
+            let read_cursor: i64 = stream_cursor(&read).parse().unwrap();
+            assert!(read_cursor >= cursor.parse().unwrap());
+            assert_eq!(read.json::<Value>().await.unwrap(), written);
+            if settle {
+                settled(&mut stream, &cursor).await;
+            }
+        }
+    }
+
+    let categories: Value = app.get("/categories").await.json().await.unwrap();
+    let disney = categories
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "DISNEY")
+        .expect("seeded category")["id"]
+        .as_i64()
+        .unwrap();
+    let response = app
+        .put(&format!("/categories/{disney}"), json!({ "name": "Pixar" }))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fetch(&app, id).await["category"], "Pixar");
+    settled(&mut stream, &stream_cursor(&response)).await;
+    assert_eq!(fetch(&app, id).await["category"], "Pixar");
+
+    let response = app.delete(&format!("/funkos/{id}")).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    settled(&mut stream, &stream_cursor(&response)).await;
+    assert_problem(app.get(&format!("/funkos/{id}")).await, 404).await;
+    let deleted = fetch(&app, id).await;
+    assert_eq!(deleted["isDeleted"], true);
+    drop(stream);
+
+    // A new process starts with an empty cache: the database answers, the same.
+    let app = app.restart().await;
+    assert_eq!(fetch(&app, id).await, deleted);
+    assert_eq!(fetch(&app, id).await, deleted);
+    assert_problem(app.get(&format!("/funkos/{id}")).await, 404).await;
+}
+
+/// Concurrent writers, each reading its Funko back after every write: no read ever sees a
+/// version older than the write that answered before it (whether the stream's cache or the
+/// database answers).
+async fn reads_never_go_back_under_concurrent_writes(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let app = app.clone();
+        writers.push(tokio::spawn(async move {
+            let id = create(&app, valid_body(&format!("Racer {w}"))).await["id"]
+                .as_i64()
+                .unwrap();
+            for stock in 1..=25 {
+                let response = app
+                    .patch(&format!("/funkos/{id}"), json!({ "stock": stock }))
+                    .await;
+                assert_eq!(response.status(), StatusCode::OK);
+                let version = response.json::<Value>().await.unwrap()["version"]
+                    .as_i64()
+                    .unwrap();
+                let read: Value = app
+                    .get(&format!("/funkos/{id}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(read["version"].as_i64().unwrap() >= version, "{read}");
+                assert!(read["stock"].as_i64().unwrap() >= stock, "{read}");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+}
+
 crate::backend_tests!(
+    a_read_sees_every_write_that_answered_before_it,
+    reads_never_go_back_under_concurrent_writes,
     create_answers_201_with_location_etag_and_stream_cursor,
     create_normalises_name_category_and_defaults,
     get_answers_etag_and_the_cursor_it_saw,

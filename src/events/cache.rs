@@ -1,0 +1,187 @@
+//! [`FunkoCache`]: every Funko this process has seen, by id, as the JSON `GET /funkos/{id}`
+//! answers with, kept current by the change stream itself.
+//!
+//! Each Funko event carries the Funko exactly as `GET` returns it, so the tailer applies the
+//! events it reads to this map and a read can be answered without a database round trip. The
+//! cache is only trusted when it provably holds every committed write: it is current as of
+//! the cursor `at` (the tailer's head), and a read uses it only when `at` has reached the
+//! newest commit this process knows of ([`ChangeBus::local_bounds`]), which on SQLite is
+//! the log's head because this process is the only writer. Otherwise (a write still on its
+//! way to the tailer, or PostgreSQL, where other instances write) the read goes to the
+//! database. A database read refills an entry only when it saw the same cursor, so an entry
+//! is never older than the cache's position.
+//!
+//! A Funko's JSON names its category; a category event clears the cache (a rename changes
+//! every Funko in it without a Funko event).
+//!
+//! [`ChangeBus::local_bounds`]: super::ChangeBus::local_bounds
+
+use std::{collections::HashMap, sync::RwLock};
+
+use bytes::Bytes;
+use poem_openapi::types::ToJSON;
+
+use super::{Entity, StoredEvent};
+use crate::model::Funko;
+
+/// At most this many Funkos are cached (about 300 bytes each); past it the map starts over.
+const MAX_ENTRIES: usize = 50_000;
+
+/// A Funko ready to send: its JSON and what the response needs besides.
+#[derive(Clone, Debug)]
+pub struct FunkoJson {
+    /// The Funko as `GET` returns it.
+    pub json: Bytes,
+    pub version: i64,
+    pub is_deleted: bool,
+}
+
+impl FunkoJson {
+    /// Reads the fields a response needs from a Funko's JSON; `None` if it is not one.
+    pub fn parse(json: &str) -> Option<(i64, Self)> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head {
+            id: i64,
+            version: i64,
+            is_deleted: bool,
+        }
+        let head: Head = serde_json::from_str(json).ok()?;
+        Some((
+            head.id,
+            Self {
+                json: Bytes::copy_from_slice(json.as_bytes()),
+                version: head.version,
+                is_deleted: head.is_deleted,
+            },
+        ))
+    }
+}
+
+impl From<&Funko> for FunkoJson {
+    fn from(funko: &Funko) -> Self {
+        Self {
+            json: funko.to_json_string().into(),
+            version: funko.version,
+            is_deleted: funko.is_deleted,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entries {
+    /// Every entry is the Funko as of this cursor.
+    at: i64,
+    by_id: HashMap<i64, FunkoJson>,
+}
+
+#[derive(Debug)]
+pub struct FunkoCache {
+    /// Held only to copy an entry in or out, never across an `.await`.
+    entries: RwLock<Entries>,
+}
+
+impl FunkoCache {
+    /// An empty cache positioned at cursor `at`.
+    pub fn new(at: i64) -> Self {
+        Self {
+            entries: RwLock::new(Entries {
+                at,
+                by_id: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The Funko with this id if the cache is current as of `committed` (it holds every
+    /// write up to there), with the cursor it is current as of. `None`: ask the database.
+    pub fn get(&self, id: i64, committed: i64) -> Option<(FunkoJson, i64)> {
+        let entries = self.entries.read().expect("cache lock poisoned");
+        if entries.at < committed {
+            return None;
+        }
+        entries.by_id.get(&id).map(|f| (f.clone(), entries.at))
+    }
+
+    /// Stores a Funko read from the database in a snapshot at `cursor`, if that is the
+    /// cache's position (a read from another moment could be older than the cache).
+    pub fn fill(&self, id: i64, funko: &FunkoJson, cursor: i64) {
+        let mut entries = self.entries.write().expect("cache lock poisoned");
+        if entries.at == cursor {
+            entries.insert(id, funko.clone());
+        }
+    }
+
+    /// Applies events read from the log, in order; the cache is then current as of `head`.
+    pub fn apply(&self, events: &[StoredEvent], head: i64) {
+        let updates: Vec<Option<(i64, FunkoJson)>> = events
+            .iter()
+            .map(|event| match event.entity {
+                Entity::Funkos => FunkoJson::parse(event.data()),
+                // A rename changes the `category` of every Funko in it.
+                Entity::Categories => None,
+            })
+            .collect();
+        let mut entries = self.entries.write().expect("cache lock poisoned");
+        for update in updates {
+            match update {
+                Some((id, funko)) => entries.insert(id, funko),
+                None => entries.by_id.clear(),
+            }
+        }
+        entries.at = head;
+    }
+}
+
+impl Entries {
+    fn insert(&mut self, id: i64, funko: FunkoJson) {
+        if self.by_id.len() >= MAX_ENTRIES && !self.by_id.contains_key(&id) {
+            self.by_id.clear();
+        }
+        self.by_id.insert(id, funko);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventKind;
+
+    fn funko_event(event_id: i64, funko_id: i64, version: i64) -> StoredEvent {
+        let data =
+            format!(r#"{{"id":{funko_id},"name":"n","version":{version},"isDeleted":false}}"#);
+        StoredEvent::new(event_id, Entity::Funkos, EventKind::Update, &data, "t")
+    }
+
+    #[test]
+    fn serves_only_when_current() {
+        let cache = FunkoCache::new(10);
+        cache.apply(&[funko_event(11, 1, 1), funko_event(12, 1, 2)], 12);
+        let (funko, at) = cache.get(1, 12).expect("current");
+        assert_eq!((funko.version, at), (2, 12));
+        assert!(
+            cache.get(1, 13).is_none(),
+            "a commit the tailer has not read"
+        );
+        assert!(cache.get(2, 12).is_none(), "never seen");
+    }
+
+    #[test]
+    fn fills_only_from_a_read_at_its_position() {
+        let cache = FunkoCache::new(5);
+        let (id, funko) = FunkoJson::parse(r#"{"id":3,"version":4,"isDeleted":true}"#).unwrap();
+        cache.fill(id, &funko, 4);
+        assert!(cache.get(3, 5).is_none());
+        cache.fill(id, &funko, 5);
+        assert!(cache.get(3, 5).expect("filled").0.is_deleted);
+    }
+
+    #[test]
+    fn a_category_event_clears_it() {
+        let cache = FunkoCache::new(0);
+        cache.apply(&[funko_event(1, 1, 1)], 1);
+        let rename = StoredEvent::new(2, Entity::Categories, EventKind::Update, r#"{"id":1}"#, "t");
+        cache.apply(&[rename, funko_event(3, 2, 1)], 3);
+        assert!(cache.get(1, 3).is_none());
+        assert!(cache.get(2, 3).is_some());
+    }
+}
