@@ -1019,7 +1019,9 @@ impl Ctx {
         Self::stop_all(&mut slow).await;
         let _ = Self::collect(&mut slow, Duration::from_secs(30)).await;
         let cut = if kind == Kind::Ours {
-            server.log_count("fell behind")
+            // Cut off by the subscriber queue bound, or by the write-stall deadline (a
+            // connection whose peer stopped reading).
+            server.log_count("fell behind") + server.log_count("peer stopped reading")
         } else {
             0
         };
