@@ -4,6 +4,7 @@
 //! `BENCHMARKS.md`.
 
 mod clock;
+mod floor;
 mod hist;
 mod http;
 mod report;
@@ -83,6 +84,8 @@ enum Cmd {
     Replay,
     /// Subscribers that stop reading while writes go on: server RSS and readers' latency.
     Slow,
+    /// The kernel's cost of one loopback write per subscriber: the floor under any fan-out.
+    Floor,
     /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/analysis.md).
     Report,
     /// Internal: a generator process (reads its task on stdin).
@@ -197,12 +200,14 @@ fn main() -> anyhow::Result<()> {
             Scenario::Connections,
             Scenario::Replay,
             Scenario::Slow,
+            Scenario::Floor,
         ],
         Cmd::Crud => vec![Scenario::Crud],
         Cmd::Fanout => vec![Scenario::Fanout],
         Cmd::Connections => vec![Scenario::Connections],
         Cmd::Replay => vec![Scenario::Replay],
         Cmd::Slow => vec![Scenario::Slow],
+        Cmd::Floor => vec![Scenario::Floor],
         Cmd::Worker | Cmd::Report => unreachable!(),
     };
     let out = cli.out.clone().unwrap_or_else(|| {
@@ -314,7 +319,7 @@ fn describe(p: &Plan) -> String {
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
          long-poll N = {}; WebSocket N = {}; throughput N = {} for {} s with {} POST connections; \
          idle connections in steps {:?}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
-         ({} s alone, then {} s)",
+         ({} s alone, then {} s); kernel floor at {:?} sockets",
         p.crud_connections,
         p.crud_warmup_s,
         p.crud_duration_s,
@@ -332,7 +337,8 @@ fn describe(p: &Plan) -> String {
         p.slow_readers,
         p.slow_rate,
         p.slow_baseline_s,
-        p.slow_s
+        p.slow_s,
+        p.floor_ns
     )
 }
 

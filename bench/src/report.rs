@@ -172,6 +172,8 @@ fn register_font() {
 
 const OURS: &str = "funko-live";
 const PEER: &str = "node-peer";
+/// The kernel-floor rows (no server).
+const KERNEL: &str = "kernel";
 
 /// fanout.png: SSE publish-to-deliver p99 (solid) and p50 (thin) vs N, ours vs the peer.
 pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
@@ -614,7 +616,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
     );
     let _ = writeln!(
         s,
-        "cargo run --release -p bench -- crud         # or fanout, connections, replay, slow"
+        "cargo run --release -p bench -- crud         # or fanout, connections, replay, slow, floor"
     );
     let _ = writeln!(
         s,
@@ -651,6 +653,37 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
         s,
         "\n![SSE fan-out latency vs N](bench/results/fanout.png)\n"
     );
+    let floor: Vec<(usize, f64, f64)> = r
+        .rows
+        .iter()
+        .filter(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
+        .filter_map(|(k, _)| {
+            let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(k.n), m);
+            Some((k.n, get("write_us")?, get("write_us_best")?))
+        })
+        .collect();
+    if let Some(&(n, median, _)) = floor.last() {
+        let steps: Vec<String> = floor
+            .iter()
+            .map(|(n, median, best)| {
+                format!("{median:.1} µs at {n} sockets (best round {best:.1})")
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "**Kernel floor** (`bench floor`: one {}-byte `write()` to each of N connected loopback \
+             sockets from core 0 while core 1 reads them, median of 21 rounds): {}. On loopback the \
+             writing core also runs the receiver's TCP input and wake-up, so this is what one delivery \
+             costs before any server code runs: one event to 10,000 subscribers needs at least \
+             10,000 × {median:.1} µs ≈ {:.0} ms of the server's core here (per-write cost at {n} \
+             sockets), and one to {} subscribers at least {:.1} ms.\n",
+            400,
+            steps.join(", "),
+            10_000.0 * median / 1000.0,
+            floor[0].0,
+            floor[0].0 as f64 * floor[0].1 / 1000.0,
+        );
+    }
     if !notes.extra.is_empty() {
         let _ = writeln!(s, "## Notes\n");
         for e in &notes.extra {
@@ -665,7 +698,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     let mut seen: Vec<(String, String, usize, String)> = Vec::new();
-    for (k, _) in &r.rows {
+    for (k, _) in r.rows.iter().filter(|(k, _)| k.scenario != "floor") {
         let id = (
             k.scenario.clone(),
             k.transport.clone(),

@@ -55,6 +55,9 @@ pub struct Plan {
     pub slow_rate: f64,
     pub slow_baseline_s: f64,
     pub slow_s: f64,
+    /// Socket counts of the kernel-floor measurement (two descriptors per socket pair, in
+    /// one process: at most ~9,000 under a 20,000-file limit).
+    pub floor_ns: Vec<usize>,
 }
 
 impl Plan {
@@ -80,6 +83,7 @@ impl Plan {
             slow_rate: 1_000.0,
             slow_baseline_s: 5.0,
             slow_s: 30.0,
+            floor_ns: vec![1_000, 5_000, 9_000],
         }
     }
 
@@ -105,6 +109,7 @@ impl Plan {
             slow_rate: 50.0,
             slow_baseline_s: 1.0,
             slow_s: 2.0,
+            floor_ns: vec![20],
         }
     }
 }
@@ -116,6 +121,7 @@ pub enum Scenario {
     Connections,
     Replay,
     Slow,
+    Floor,
 }
 
 impl Scenario {
@@ -126,6 +132,7 @@ impl Scenario {
             Self::Connections => "connections",
             Self::Replay => "replay",
             Self::Slow => "slow",
+            Self::Floor => "floor",
         }
     }
 }
@@ -248,6 +255,25 @@ impl Ctx {
             scenario.name(),
             crate::report::loadavg()
         );
+        if scenario == Scenario::Floor {
+            let core = self.launch.pin.then_some(0);
+            for &n in &self.plan.floor_ns.clone() {
+                match crate::floor::measure(n, core).await {
+                    Ok((median, best)) => {
+                        eprintln!(
+                            "   {n} sockets: {median:.2} µs per write (median round), best {best:.2}"
+                        );
+                        let server = "kernel";
+                        self.results
+                            .add("floor", server, "tcp", n, "write_us", "µs", median);
+                        self.results
+                            .add("floor", server, "tcp", n, "write_us_best", "µs", best);
+                    }
+                    Err(e) => self.fail(format!("floor at {n}: {e:#}")),
+                }
+            }
+            return Ok(());
+        }
         if scenario == Scenario::Replay {
             for kind in self.kinds.clone() {
                 if let Err(e) = self.replay(kind).await {
@@ -270,7 +296,7 @@ impl Ctx {
                     Scenario::Fanout => self.fanout(kind).await,
                     Scenario::Connections => self.connections(kind, run).await,
                     Scenario::Slow => self.slow(kind, run).await,
-                    Scenario::Replay => unreachable!(),
+                    Scenario::Replay | Scenario::Floor => unreachable!(),
                 };
                 if let Err(e) = outcome {
                     self.fail(format!(
