@@ -203,16 +203,24 @@ pub async fn name_taken(
     Ok(id.is_some())
 }
 
+/// Inserts a Funko into the live category named `draft.category` (any case) and returns it
+/// as [`get`] would; `None` when no live category has that name. One statement finds the
+/// category and inserts, so the category cannot go between the two; a live Funko with the
+/// same name key fails it with a unique violation (index `funkos_live_name`), which the
+/// database undoes alone: the transaction stays usable.
 pub async fn insert(
     conn: &mut AnyConnection,
     draft: &FunkoDraft,
-    category_id: i64,
     now: &str,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(
         "INSERT INTO funkos (name, name_key, description, price_cents, stock, image, category_id, \
          created_at, updated_at, description_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING id",
+         SELECT $1, $2, $3, $4, $5, $6, c.id, $7, $7, $8 FROM categories c \
+         WHERE c.name_key = $9 AND c.is_deleted = 0 \
+         RETURNING id, name, description, price_cents, stock, image, \
+         (SELECT k.name FROM categories k WHERE k.id = funkos.category_id) AS category, \
+         created_at, updated_at, is_deleted, version",
     )
     .bind(&draft.name)
     .bind(name_key(&draft.name))
@@ -220,11 +228,12 @@ pub async fn insert(
     .bind(draft.price_cents)
     .bind(draft.stock)
     .bind(&draft.image)
-    .bind(category_id)
     .bind(now)
     .bind(draft.description.as_deref().map(name_key))
-    .fetch_one(conn)
-    .await
+    .bind(name_key(&draft.category))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Funko::from))
 }
 
 /// Replaces every writable field and bumps the version.

@@ -46,11 +46,11 @@ pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<FunkoP
 pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Funko>, ApiError> {
     let draft = FunkoDraft::parse(body).map_err(ApiError::Validation)?;
     let mut tx = bus.db().begin_write().await?;
-    let category_id = check_draft(&mut tx, &draft, None).await?;
-    let id = db::funkos::insert(&mut tx, &draft, category_id, &now_rfc3339())
+    // One statement checks the category (422), the name (409, by the unique index) and inserts.
+    let funko = db::funkos::insert(&mut tx, &draft, &now_rfc3339())
         .await
-        .map_err(on_unique(|| name_conflict(&draft.name)))?;
-    let funko = fetch(&mut tx, id).await?;
+        .map_err(on_unique(|| name_conflict(&draft.name)))?
+        .ok_or_else(|| unknown_category(&draft.category))?;
     commit_with_event(tx, bus, Entity::Funkos, EventKind::Create, funko).await
 }
 
@@ -145,21 +145,20 @@ pub async fn exists_live(bus: &ChangeBus, id: i64) -> Result<(), ApiError> {
 /// The rules that need the database: a live category by that name, and a free name.
 /// Returns the category's id.
 async fn check_draft(tx: &mut Tx, draft: &FunkoDraft, this: Option<i64>) -> Result<i64, ApiError> {
-    let category = db::categories::find_live_by_name(tx, &draft.category).await?;
-    let mut errors = FieldErrors::default();
-    if category.is_none() {
-        errors.add(
-            "category",
-            format!("no category named {:?} exists", draft.category),
-        );
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let Some(category) = db::categories::find_live_by_name(tx, &draft.category).await? else {
+        return Err(unknown_category(&draft.category));
+    };
     if db::funkos::name_taken(tx, &draft.name, this).await? {
         return Err(ApiError::Conflict(name_conflict(&draft.name)));
     }
-    Ok(category.expect("checked above").id)
+    Ok(category.id)
+}
+
+fn unknown_category(name: &str) -> ApiError {
+    ApiError::Validation(FieldErrors::single(
+        "category",
+        format!("no category named {name:?} exists"),
+    ))
 }
 
 fn name_conflict(name: &str) -> String {
