@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use sqlx::{AnyConnection, Row};
 
-use super::{Backend, Db, Tx};
+use super::{Backend, Db};
 use crate::{
     domain::category::SEED,
     events::{Entity, EventKind, StoredEvent},
@@ -16,7 +16,7 @@ use crate::{
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
 pub const NOTIFY_CHANNEL: &str = "funko_events";
 
-/// Appends one event inside the caller's write transaction and returns it with its cursor.
+/// Appends one event inside the caller's write transaction (`conn` is in it) and returns it with its cursor.
 ///
 /// # Commit order is cursor order
 /// A reader asks for "events after my cursor" and must never skip one. On SQLite that is
@@ -35,7 +35,7 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 ///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
 ///   and a slow transaction holds back every subscriber on every instance.
 ///
-/// We serialise: `tx` comes from [`Db::begin_write`], which took a transaction-level
+/// We serialise: the transaction comes from [`Db::write`] or [`Db::begin_write`], which took a transaction-level
 /// advisory lock first (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
 /// committed transaction visible before it releases its locks, so when the next writer gets
 /// the lock and its id, every smaller id is already visible. The lock covers the whole
@@ -46,7 +46,7 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 /// delivers only if and when the transaction commits, after the commit is visible; the
 /// payload is the new id. It is only a wake-up: listeners read the table.
 pub async fn append(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     backend: Backend,
     entity: Entity,
     kind: EventKind,
@@ -72,7 +72,7 @@ pub async fn append(
     if backend == Backend::Postgres {
         query = query.bind(NOTIFY_CHANNEL);
     }
-    let id: i64 = query.fetch_one(&mut **tx).await?;
+    let id: i64 = query.fetch_one(conn).await?;
     Ok(StoredEvent::new(id, entity, kind, data, &created_at))
 }
 

@@ -4,10 +4,12 @@
 pub mod categories;
 pub mod funkos;
 
+use futures_util::future::BoxFuture;
 use poem_openapi::types::ToJSON;
+use sqlx::AnyConnection;
 
 use crate::{
-    db::{self, Tx},
+    db,
     error::ApiError,
     events::{ChangeBus, Entity, EventKind, StoredEvent},
 };
@@ -26,25 +28,72 @@ pub struct Read<T> {
     pub cursor: i64,
 }
 
-/// Appends the event for `resource`, commits, and wakes the bus. Nothing is announced
-/// before the commit, and a failed commit leaves no event.
-async fn commit_with_event<T: ToJSON>(
-    mut tx: Tx,
+/// A write's change: the rows it changes through the connection of its transaction, and the
+/// resource after it (the event's data). It may fail with a 4xx only before changing a row or
+/// in the one statement that changes it (see [`db::writer`]).
+type Change<T> =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, ApiError>> + Send>;
+
+/// The write path: begin, change the row, append the event, commit, then wake the bus.
+/// Nothing is announced before the commit, and a failed commit leaves no event.
+async fn write<T>(
     bus: &ChangeBus,
     entity: Entity,
     kind: EventKind,
-    resource: T,
-) -> Result<Written<T>, ApiError> {
-    let data = resource.to_json_string();
-    let event: StoredEvent =
-        db::events::append(&mut tx, bus.db().backend, entity, kind, &data).await?;
-    tx.commit().await?;
-    bus.committed(event.id);
+    change: Change<T>,
+) -> Result<Written<T>, ApiError>
+where
+    T: ToJSON + Send + 'static,
+{
+    let change: Change<(T, ())> =
+        Box::new(move |conn| Box::pin(async move { Ok((change(conn).await?, ())) }));
+    let (written, ()) = write_with(bus, entity, kind, change).await?;
+    Ok(written)
+}
+
+/// [`write`] for a change that also returns something besides the resource (`X`).
+async fn write_with<T, X>(
+    bus: &ChangeBus,
+    entity: Entity,
+    kind: EventKind,
+    change: Change<(T, X)>,
+) -> Result<(Written<T>, X), ApiError>
+where
+    T: ToJSON + Send + 'static,
+    X: Send + 'static,
+{
+    let backend = bus.db().backend;
+    let (written, extra) = bus
+        .db()
+        .write::<_, ApiError>(Box::new(move |conn| {
+            Box::pin(async move {
+                let (resource, extra) = change(conn).await?;
+                let data = resource.to_json_string();
+                let event: StoredEvent =
+                    db::events::append(conn, backend, entity, kind, &data).await?;
+                let written = Written {
+                    resource,
+                    cursor: event.id,
+                };
+                Ok((written, extra))
+            })
+        }))
+        .await?;
+    bus.committed(written.cursor);
     crate::metrics::METRICS.events_appended.inc();
-    Ok(Written {
-        resource,
-        cursor: event.id,
-    })
+    Ok((written, extra))
+}
+
+impl db::writer::WriteError for ApiError {
+    /// Every refusal (4xx) is decided before a write changes a row or by the one statement
+    /// that changes it; a 5xx may come midway.
+    fn changed_nothing(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    fn batch_failed() -> Self {
+        Self::Unavailable("the write could not be committed and changed nothing; retry".to_owned())
+    }
 }
 
 /// Turns a unique-index violation (a race the pre-check lost) into 409; other errors stay.
