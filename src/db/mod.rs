@@ -168,14 +168,15 @@ impl Db {
         }
     }
 
-    /// Runs `change` in a write transaction and commits it; returns what it returned, once
-    /// committed. It sees every write committed before it, as in [`Db::begin_write`].
+    /// Runs `change` in a write transaction, appends its event, commits, and returns what
+    /// it returned with the event's id, once committed. It sees every write committed before
+    /// it, as in [`Db::begin_write`].
     ///
     /// On SQLite the transaction is shared with the writes queued beside this one (see
     /// [`writer`]): `change` must fail only in ways [`WriteError::changed_nothing`] tells
     /// apart. On PostgreSQL it is this write's own, under [`WRITE_LOCK`]; a failed statement
     /// there aborts the transaction, which a shared one could not survive.
-    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<T, E>
+    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,
         E: WriteError,
@@ -184,9 +185,10 @@ impl Db {
             return queue.write(change).await;
         }
         let mut tx = self.begin_write().await?;
-        let done = change(&mut tx).await?;
+        let (done, event) = change(&mut tx).await?;
+        let id = events::append(&mut tx, self.backend, &event).await?;
         tx.commit().await?;
-        Ok(done)
+        Ok((done, id))
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot (SQLite's

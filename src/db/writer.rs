@@ -1,14 +1,18 @@
 //! Group commit for SQLite: the writes waiting at a moment run one after another in ONE
-//! transaction on the single writer connection, so a burst of writes pays one `BEGIN`, one
-//! `COMMIT` (one WAL append) and no wait for the connection between them.
+//! transaction on the single writer connection, their events are appended together, and one
+//! `COMMIT` (one WAL append) makes them all durable.
 //!
 //! Every statement is a round trip to sqlx's worker thread of that connection; on a busy core
-//! each round trip waits to be scheduled. Sharing the transaction removes two of them per
-//! write, and the queue keeps the connection busy instead of handing it from request to request.
+//! each round trip waits to be scheduled. A write of a batch costs the statements that change
+//! its rows; `BEGIN`, the events' `INSERT` and `COMMIT` are shared by the batch. The queue
+//! also keeps the connection busy instead of handing it from request to request.
 //!
 //! # What a write may do, and what its neighbours see
 //! The writes of a batch run one at a time, in arrival order, each seeing the ones before
-//! it, exactly as if each had its own transaction on the single writer (they did before).
+//! it, exactly as if each had its own transaction on the single writer. Their events are
+//! appended in the same order after the last of them, so event ids follow that order, and
+//! all of them become visible at the one commit.
+//!
 //! A write that refuses (see [`WriteError::changed_nothing`]) must leave the transaction as it
 //! found it: it refused before changing a row, or its one changing statement failed and SQLite
 //! undid that statement alone (a constraint violation aborts the statement, not the
@@ -24,6 +28,8 @@ use std::{panic::AssertUnwindSafe, sync::Mutex};
 
 use futures_util::{FutureExt, future::BoxFuture};
 use sqlx::{AnyConnection, AnyPool};
+
+use super::events::{self, NewEvent};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -40,22 +46,33 @@ pub trait WriteError: From<sqlx::Error> + Send + 'static {
     fn batch_failed() -> Self;
 }
 
-/// A write: the changes it makes through the connection of its batch's transaction.
-pub type Change<T, E> =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, E>> + Send>;
+/// A write: the rows it changes through the connection of its batch's transaction; it
+/// returns its result and the event that describes the change.
+pub type Change<T, E> = Box<
+    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, NewEvent), E>> + Send,
+>;
 
 /// A write with its result type erased, so writes of every type share the queue. Dropping a
 /// job unrun drops its reply channel: its caller gets [`WriteError::batch_failed`].
 type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
 
-/// Answers a write that ran: its own result if the batch committed (`true`), else the
-/// batch's failure.
-type Answer = Box<dyn FnOnce(bool) + Send>;
+/// Answers a write that ran, once its batch's fate is known.
+type Answer = Box<dyn FnOnce(Fate) + Send>;
+
+/// How a batch ended, for one of its writes.
+enum Fate {
+    /// Committed; `event` is the id of the write's event (`None` when it refused).
+    Committed { event: Option<i64> },
+    /// Rolled back, or its commit failed.
+    Failed,
+}
 
 /// A write that ran in its batch's transaction.
 struct Ran {
     /// It failed in a way that may have left part of it behind: the batch must roll back.
     breaks_batch: bool,
+    /// Its event, when it succeeded.
+    event: Option<NewEvent>,
     answer: Answer,
 }
 
@@ -89,27 +106,33 @@ impl WriteQueue {
         }
     }
 
-    /// Runs `change` in the next batch and answers after that batch committed (or failed).
-    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<T, E>
+    /// Runs `change` in the next batch and answers after that batch committed (or failed),
+    /// with the id of the change's event.
+    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,
         E: WriteError,
     {
-        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let (reply, answer) = oneshot::channel::<Result<(T, i64), E>>();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
-                let result = change(conn).await;
+                let (result, event) = match change(conn).await {
+                    Ok((value, event)) => (Ok(value), Some(event)),
+                    Err(err) => (Err(err), None),
+                };
                 let breaks_batch = result.as_ref().is_err_and(|err| !err.changed_nothing());
                 Ran {
                     breaks_batch,
-                    answer: Box::new(move |committed| {
+                    event,
+                    answer: Box::new(move |fate| {
                         // The write that broke its batch answers its own error; the others
                         // of a failed batch, the batch's failure. The caller may have gone
                         // (client disconnected): nothing to tell then.
-                        let _ = reply.send(if committed || breaks_batch {
-                            result
-                        } else {
-                            Err(E::batch_failed())
+                        let _ = reply.send(match (fate, result) {
+                            (Fate::Committed { event: Some(id) }, Ok(value)) => Ok((value, id)),
+                            (Fate::Committed { .. }, Err(err)) => Err(err),
+                            (Fate::Failed, Err(err)) if breaks_batch => Err(err),
+                            _ => Err(E::batch_failed()),
                         });
                     }),
                 }
@@ -152,64 +175,71 @@ async fn run(writer: AnyPool, mut queue: mpsc::Receiver<Job>, closing: Cancellat
                 Err(_) => break,
             }
         }
-        let answers = run_batch(&writer, batch.drain(..)).await;
-        let committed = answers.is_ok();
-        for answer in answers.unwrap_or_else(|answers| answers) {
-            answer(committed);
+        let mut ran = Vec::with_capacity(batch.len());
+        let committed = run_batch(&writer, batch.drain(..), &mut ran).await;
+        match committed {
+            Some(ids) => {
+                let mut ids = ids.into_iter();
+                for (answer, has_event) in ran {
+                    let event = if has_event { ids.next() } else { None };
+                    answer(Fate::Committed { event });
+                }
+            }
+            None => {
+                for (answer, _) in ran {
+                    answer(Fate::Failed);
+                }
+            }
         }
     }
 }
 
-/// Runs one batch: `Ok` with the answers when it committed, `Err` with them when it did not.
-/// Jobs left unrun (the `BEGIN` failed, or an earlier job broke the batch) are dropped with
-/// `jobs`, which answers them as failed.
+/// Runs one batch, pushing the answer of each write that ran (and whether it has an event)
+/// to `ran`; returns the ids of its events, in order, when it committed. Jobs left unrun (the
+/// `BEGIN` failed, or an earlier job broke the batch) are dropped with `jobs`, which answers
+/// them as failed.
 async fn run_batch(
     writer: &AnyPool,
-    mut jobs: impl ExactSizeIterator<Item = Job>,
-) -> Result<Vec<Answer>, Vec<Answer>> {
-    let mut answers = Vec::with_capacity(jobs.len());
+    mut jobs: impl Iterator<Item = Job>,
+    ran: &mut Vec<(Answer, bool)>,
+) -> Option<Vec<i64>> {
     let mut tx = match writer.begin().await {
         Ok(tx) => tx,
         Err(err) => {
             tracing::error!(error = %err, "could not begin a write transaction");
-            return Err(answers);
+            return None;
         }
     };
-    let mut broken = false;
+    let mut events = Vec::with_capacity(ran.capacity());
     for job in jobs.by_ref() {
         // A panicking write must not end the task that every other write depends on (its
         // reply channel is dropped while unwinding: its caller gets a failure).
-        match AssertUnwindSafe(job(&mut tx)).catch_unwind().await {
-            Ok(ran) => {
-                answers.push(ran.answer);
-                if ran.breaks_batch {
-                    broken = true;
-                    break;
-                }
-            }
-            Err(_) => {
-                tracing::error!("a write panicked inside its batch");
-                broken = true;
-                break;
-            }
+        let Ok(done) = AssertUnwindSafe(job(&mut tx)).catch_unwind().await else {
+            tracing::error!("a write panicked inside its batch: rolling it back");
+            return None;
+        };
+        ran.push((done.answer, done.event.is_some()));
+        events.extend(done.event);
+        if done.breaks_batch {
+            tracing::error!(
+                writes = ran.len(),
+                "a write failed midway: rolling back its batch"
+            );
+            return None;
         }
     }
     drop(jobs);
-    if broken {
-        tracing::error!(
-            writes = answers.len(),
-            "a write failed midway: rolling back its batch"
-        );
-        if let Err(err) = tx.rollback().await {
-            tracing::error!(error = %err, "rolling back a failed batch");
-        }
-        return Err(answers);
-    }
-    match tx.commit().await {
-        Ok(()) => Ok(answers),
+    // Returning early drops `tx`, which rolls the batch back.
+    let ids = match events::append_all(&mut tx, &events).await {
+        Ok(ids) => ids,
         Err(err) => {
-            tracing::error!(error = %err, writes = answers.len(), "a batch's commit failed");
-            Err(answers)
+            tracing::error!(error = %err, writes = ran.len(), "appending a batch's events");
+            return None;
         }
+    };
+    if let Err(err) = tx.commit().await {
+        tracing::error!(error = %err, writes = ran.len(), "a batch's commit failed");
+        return None;
     }
+    Some(ids)
 }

@@ -9,9 +9,9 @@ use poem_openapi::types::ToJSON;
 use sqlx::AnyConnection;
 
 use crate::{
-    db,
+    db::{self, events::NewEvent},
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind, StoredEvent},
+    events::{ChangeBus, Entity, EventKind},
 };
 
 /// A committed write: the resource after it and the cursor of its event.
@@ -62,26 +62,23 @@ where
     T: ToJSON + Send + 'static,
     X: Send + 'static,
 {
-    let backend = bus.db().backend;
-    let (written, extra) = bus
+    let ((resource, extra), cursor) = bus
         .db()
         .write::<_, ApiError>(Box::new(move |conn| {
             Box::pin(async move {
                 let (resource, extra) = change(conn).await?;
-                let data = resource.to_json_string();
-                let event: StoredEvent =
-                    db::events::append(conn, backend, entity, kind, &data).await?;
-                let written = Written {
-                    resource,
-                    cursor: event.id,
+                let event = NewEvent {
+                    entity,
+                    kind,
+                    data: resource.to_json_string(),
                 };
-                Ok((written, extra))
+                Ok(((resource, extra), event))
             })
         }))
         .await?;
-    bus.committed(written.cursor);
+    bus.committed(cursor);
     crate::metrics::METRICS.events_appended.inc();
-    Ok((written, extra))
+    Ok((Written { resource, cursor }, extra))
 }
 
 impl db::writer::WriteError for ApiError {
