@@ -243,3 +243,124 @@ async fn run_batch(
     }
     Some(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        db::Db,
+        events::{Entity, EventKind},
+    };
+
+    #[derive(Debug, PartialEq)]
+    enum Failure {
+        Refused,
+        Broke,
+        BatchFailed,
+        Database(String),
+    }
+
+    impl From<sqlx::Error> for Failure {
+        fn from(err: sqlx::Error) -> Self {
+            Self::Database(err.to_string())
+        }
+    }
+
+    impl WriteError for Failure {
+        fn changed_nothing(&self) -> bool {
+            *self == Self::Refused
+        }
+
+        fn batch_failed() -> Self {
+            Self::BatchFailed
+        }
+    }
+
+    /// Inserts a category named `name`, then fails with `then` if given.
+    fn insert(name: &'static str, then: Option<Failure>) -> Change<&'static str, Failure> {
+        Box::new(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO categories (name, name_key, created_at, updated_at) \
+                     VALUES ($1, $1, 'now', 'now')",
+                )
+                .bind(name)
+                .execute(&mut *conn)
+                .await?;
+                if let Some(failure) = then {
+                    return Err(failure);
+                }
+                let event = NewEvent {
+                    entity: Entity::Categories,
+                    kind: EventKind::Create,
+                    data: format!("{{\"name\":\"{name}\"}}"),
+                };
+                Ok((name, event))
+            })
+        })
+    }
+
+    fn refuse() -> Change<&'static str, Failure> {
+        Box::new(|_| Box::pin(async { Err(Failure::Refused) }))
+    }
+
+    async fn names(db: &Db) -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM categories WHERE name LIKE 'w-%' ORDER BY id")
+            .fetch_all(&db.reader)
+            .await
+            .unwrap()
+    }
+
+    async fn event_count(db: &Db) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&db.reader)
+            .await
+            .unwrap()
+    }
+
+    /// One current-thread runtime: the writes of one `join!` are all queued before the
+    /// batch task runs, so they share one batch, in this order.
+    #[tokio::test]
+    async fn a_batch_commits_its_writes_in_order_and_keeps_refusals_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let (a, refused, b) = tokio::join!(
+            db.write(insert("w-a", None)),
+            db.write(refuse()),
+            db.write(insert("w-b", None)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(refused, Err(Failure::Refused));
+        assert_eq!((a.0, b.0), ("w-a", "w-b"));
+        assert_eq!(b.1, a.1 + 1, "event ids in the writes' order");
+        assert_eq!(names(&db).await, ["w-a", "w-b"]);
+        assert_eq!(event_count(&db).await, 2);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_midway_rolls_its_whole_batch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let (before, broke, after) = tokio::join!(
+            db.write(insert("w-before", None)),
+            db.write(insert("w-half", Some(Failure::Broke))),
+            db.write(insert("w-after", None)),
+        );
+        assert_eq!(before, Err(Failure::BatchFailed));
+        assert_eq!(broke, Err(Failure::Broke), "its own error");
+        assert_eq!(after, Err(Failure::BatchFailed));
+        assert!(names(&db).await.is_empty(), "nothing committed");
+        assert_eq!(event_count(&db).await, 0, "no event");
+        // The queue goes on with the next batch.
+        assert_eq!(db.write(insert("w-next", None)).await.unwrap().0, "w-next");
+        assert_eq!(names(&db).await, ["w-next"]);
+        db.close().await;
+    }
+}
