@@ -111,11 +111,12 @@ pub async fn update(
                 }
             }
             .map_err(ApiError::Validation)?;
-            let category_id = check_draft(conn, &draft, Some(id)).await?;
-            db::funkos::update(conn, id, &draft, category_id, &now_rfc3339())
+            // One statement checks the category (422), the name (409, by the unique index)
+            // and updates; the row is live (just read, and this write runs alone).
+            db::funkos::update(conn, id, &draft, &now_rfc3339())
                 .await
-                .map_err(on_unique(|| name_conflict(&draft.name)))?;
-            fetch(conn, id).await
+                .map_err(on_unique(|| name_conflict(&draft.name)))?
+                .ok_or_else(|| unknown_category(&draft.category))
         })
     });
     write(bus, Entity::Funkos, EventKind::Update, change).await
@@ -131,8 +132,8 @@ pub async fn delete(
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
             IfMatch::check(if_match.as_ref(), current.version)?;
-            db::funkos::soft_delete(conn, id, &now_rfc3339()).await?;
-            fetch(conn, id).await
+            let deleted = db::funkos::soft_delete(conn, id, &now_rfc3339()).await?;
+            deleted.ok_or_else(|| vanished(id))
         })
     });
     write(bus, Entity::Funkos, EventKind::Delete, change).await
@@ -148,8 +149,8 @@ pub async fn set_image(
     let change: Change<(Funko, String)> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
-            db::funkos::set_image(conn, id, &image, &now_rfc3339()).await?;
-            Ok((fetch(conn, id).await?, current.image))
+            let funko = db::funkos::set_image(conn, id, &image, &now_rfc3339()).await?;
+            Ok((funko.ok_or_else(|| vanished(id))?, current.image))
         })
     });
     write_with(bus, Entity::Funkos, EventKind::Update, change).await
@@ -158,22 +159,6 @@ pub async fn set_image(
 /// Checks a live Funko exists (for uploads, before reading a body).
 pub async fn exists_live(bus: &ChangeBus, id: i64) -> Result<(), ApiError> {
     get(bus, id, false).await.map(|_| ())
-}
-
-/// The rules that need the database: a live category by that name, and a free name.
-/// Returns the category's id.
-async fn check_draft(
-    conn: &mut AnyConnection,
-    draft: &FunkoDraft,
-    this: Option<i64>,
-) -> Result<i64, ApiError> {
-    let Some(category) = db::categories::find_live_by_name(conn, &draft.category).await? else {
-        return Err(unknown_category(&draft.category));
-    };
-    if db::funkos::name_taken(conn, &draft.name, this).await? {
-        return Err(ApiError::Conflict(name_conflict(&draft.name)));
-    }
-    Ok(category.id)
 }
 
 fn unknown_category(name: &str) -> ApiError {
@@ -187,10 +172,9 @@ fn name_conflict(name: &str) -> String {
     format!("a Funko named {name:?} already exists")
 }
 
-async fn fetch(conn: &mut AnyConnection, id: i64) -> Result<Funko, ApiError> {
-    db::funkos::get(conn, id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("funko {id} vanished inside its write")))
+/// A write found the live Funko, then could not change it: it runs alone, so a bug.
+fn vanished(id: i64) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("funko {id} vanished inside its write"))
 }
 
 async fn fetch_live(conn: &mut AnyConnection, id: i64) -> Result<Funko, ApiError> {
