@@ -1,6 +1,7 @@
 //! Storage through sqlx's `Any` driver: one set of SQL (with `$n` placeholders, integers for
 //! booleans, RFC 3339 text for timestamps) that runs on SQLite and on PostgreSQL.
-//! One file per table; nothing outside `db/` writes SQL.
+//! One file per table, and [`writer`] for SQLite's group commit; nothing outside `db/`
+//! writes SQL.
 
 pub mod categories;
 pub mod events;

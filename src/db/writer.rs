@@ -1,6 +1,6 @@
 //! Group commit for SQLite: the writes waiting at a moment run one after another in ONE
 //! transaction on the single writer connection, their events are appended together, and one
-//! `COMMIT` (one WAL append) makes them all durable.
+//! `COMMIT` (one WAL append) commits them all.
 //!
 //! Every statement is a round trip to sqlx's worker thread of that connection; on a busy core
 //! each round trip waits to be scheduled. A write of a batch costs the statements that change
@@ -28,13 +28,13 @@ use std::{panic::AssertUnwindSafe, sync::Mutex};
 
 use futures_util::{FutureExt, future::BoxFuture};
 use sqlx::{AnyConnection, AnyPool};
-
-use super::events::{self, NewEvent};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
+
+use super::events::{self, NewEvent};
 
 /// What a write can fail with, as the queue needs to know it.
 pub trait WriteError: From<sqlx::Error> + Send + 'static {
@@ -107,7 +107,8 @@ impl WriteQueue {
     }
 
     /// Runs `change` in the next batch and answers after that batch committed (or failed),
-    /// with the id of the change's event.
+    /// with the id of the change's event. Once queued, the write runs and commits even if
+    /// the caller stops waiting (a client that hung up), like a write that reached `COMMIT`.
     pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,

@@ -35,7 +35,8 @@ type Change<T> =
     Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, ApiError>> + Send>;
 
 /// The write path: begin, change the row, append the event, commit, then wake the bus.
-/// Nothing is announced before the commit, and a failed commit leaves no event.
+/// [`db::Db::write`] does the first four (on SQLite in a batch shared with other writes);
+/// nothing is announced before the commit, and a failed commit leaves no event.
 async fn write<T>(
     bus: &ChangeBus,
     entity: Entity,
@@ -93,7 +94,8 @@ impl db::writer::WriteError for ApiError {
     }
 }
 
-/// Turns a unique-index violation (a race the pre-check lost) into 409; other errors stay.
+/// Turns a unique-index violation (a taken name, where the index is the check or a race a
+/// pre-check lost) into 409; other errors stay.
 fn on_unique(message: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |err| {
         if db::is_unique_violation(&err) {
