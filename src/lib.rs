@@ -12,7 +12,8 @@
 //! - [`events`]: the change stream's engine: the event type, [`events::ChangeBus`] (the log's
 //!   in-memory tail and the wake-up), [`events::Subscription`] (replay, then live), and
 //!   [`events::cache`] (Funkos by id, kept by the stream, for reads without a query).
-//! - [`db`]: every SQL statement, one file per table, on SQLite or PostgreSQL.
+//! - [`db`]: every SQL statement, one file per table, on SQLite or PostgreSQL; SQLite's
+//!   writes share transactions through the group-commit queue (`db::writer`).
 //! - [`domain`]: validated input types and their rules; no I/O.
 //! - [`model`]: the resources as clients see them.
 //! - [`error`]: what a request can fail with, rendered as `application/problem+json`.

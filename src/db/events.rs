@@ -1,22 +1,34 @@
 //! The `events` table: the outbox every write appends to in its own transaction, and the
 //! durable log the stream replays from.
 
-use std::hash::{BuildHasher, RandomState};
+use std::{
+    fmt::Write,
+    hash::{BuildHasher, RandomState},
+};
 
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::{Backend, Db, Tx};
+use super::{Backend, Db, Placeholders};
 use crate::{
     domain::category::SEED,
     events::{Entity, EventKind, StoredEvent},
     model::now_rfc3339,
 };
 
+/// An event a write is about to append: the resource's JSON as `GET` returns it.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub entity: Entity,
+    pub kind: EventKind,
+    pub data: String,
+}
+
 /// The PostgreSQL channel every append notifies, with the new event's id as payload.
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
 pub const NOTIFY_CHANNEL: &str = "funko_events";
 
-/// Appends one event inside the caller's write transaction and returns it with its cursor.
+/// Appends one event inside the caller's write transaction (`conn` is in it) and returns its
+/// id, the cursor.
 ///
 /// # Commit order is cursor order
 /// A reader asks for "events after my cursor" and must never skip one. On SQLite that is
@@ -35,7 +47,7 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 ///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
 ///   and a slow transaction holds back every subscriber on every instance.
 ///
-/// We serialise: `tx` comes from [`Db::begin_write`], which took a transaction-level
+/// We serialise: the transaction comes from [`Db::write`] or [`Db::begin_write`], which took a transaction-level
 /// advisory lock first (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
 /// committed transaction visible before it releases its locks, so when the next writer gets
 /// the lock and its id, every smaller id is already visible. The lock covers the whole
@@ -46,13 +58,10 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 /// delivers only if and when the transaction commits, after the commit is visible; the
 /// payload is the new id. It is only a wake-up: listeners read the table.
 pub async fn append(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     backend: Backend,
-    entity: Entity,
-    kind: EventKind,
-    data: &str,
-) -> Result<StoredEvent, sqlx::Error> {
-    let created_at = now_rfc3339();
+    event: &NewEvent,
+) -> Result<i64, sqlx::Error> {
     let sql = match backend {
         Backend::Sqlite => {
             "INSERT INTO events (entity, type, data, created_at) VALUES ($1, $2, $3, $4) \
@@ -65,15 +74,58 @@ pub async fn append(
         }
     };
     let mut query = sqlx::query_scalar(sql)
-        .bind(entity.as_str())
-        .bind(kind.as_str())
-        .bind(data)
-        .bind(&created_at);
+        .bind(event.entity.as_str())
+        .bind(event.kind.as_str())
+        .bind(&event.data)
+        .bind(now_rfc3339());
     if backend == Backend::Postgres {
         query = query.bind(NOTIFY_CHANNEL);
     }
-    let id: i64 = query.fetch_one(&mut **tx).await?;
-    Ok(StoredEvent::new(id, entity, kind, data, &created_at))
+    query.fetch_one(conn).await
+}
+
+/// SQLite: appends the events of a batch of writes ([`super::writer`]) in one statement and
+/// returns their ids, in the order of `events`. Same ordering argument as [`append`]: one
+/// writer, and the rows of one `INSERT` take increasing ids in the order of its `VALUES`
+/// (`AUTOINCREMENT`), so sorting the returned ids (SQLite returns them in no promised order)
+/// gives each event its own.
+pub async fn append_all(
+    conn: &mut AnyConnection,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut p = Placeholders::default();
+    let now = p.next();
+    let mut sql = String::with_capacity(80 + events.len() * 24);
+    sql.push_str("INSERT INTO events (entity, type, data, created_at) VALUES ");
+    for i in 0..events.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let (entity, kind, data) = (p.next(), p.next(), p.next());
+        let _ = write!(sql, "({entity}, {kind}, {data}, {now})");
+    }
+    sql.push_str(" RETURNING id");
+    // Built from placeholders only: every value is bound.
+    let mut query = sqlx::query_scalar(AssertSqlSafe(sql)).bind(now_rfc3339());
+    for event in events {
+        query = query
+            .bind(event.entity.as_str())
+            .bind(event.kind.as_str())
+            .bind(&event.data);
+    }
+    let mut ids: Vec<i64> = query.fetch_all(conn).await?;
+    if ids.len() != events.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} events appended, {} ids returned",
+            events.len(),
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Events after `after`, oldest first, at most `limit`.

@@ -29,6 +29,17 @@ macro_rules! from {
     };
 }
 
+/// The columns of a [`Funko`] as a write's `RETURNING` gives them: the row it wrote and its
+/// category's name (qualified, as `UPDATE ... FROM` puts `categories` in scope on PostgreSQL).
+macro_rules! returning {
+    () => {
+        " RETURNING funkos.id, funkos.name, funkos.description, funkos.price_cents, \
+         funkos.stock, funkos.image, \
+         (SELECT k.name FROM categories k WHERE k.id = funkos.category_id) AS category, \
+         funkos.created_at, funkos.updated_at, funkos.is_deleted, funkos.version"
+    };
+}
+
 macro_rules! select {
     () => {
         concat!(columns!(), from!())
@@ -187,101 +198,104 @@ pub async fn list(
     Ok((rows.into_iter().map(Funko::from).collect(), total))
 }
 
-/// Is this name used by a live Funko other than `except`?
-pub async fn name_taken(
-    conn: &mut AnyConnection,
-    name: &str,
-    except: Option<i64>,
-) -> Result<bool, sqlx::Error> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM funkos WHERE name_key = $1 AND is_deleted = 0 AND id <> $2 LIMIT 1",
-    )
-    .bind(name_key(name))
-    .bind(except.unwrap_or(-1))
-    .fetch_optional(conn)
-    .await?;
-    Ok(id.is_some())
-}
-
+/// Inserts a Funko into the live category named `draft.category` (any case) and returns it
+/// as [`get`] would; `None` when no live category has that name. One statement finds the
+/// category and inserts, so the category cannot go between the two; a live Funko with the
+/// same name key fails it with a unique violation (index `funkos_live_name`), which the
+/// database undoes alone: the transaction stays usable.
 pub async fn insert(
     conn: &mut AnyConnection,
     draft: &FunkoDraft,
-    category_id: i64,
     now: &str,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(concat!(
         "INSERT INTO funkos (name, name_key, description, price_cents, stock, image, category_id, \
          created_at, updated_at, description_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING id",
-    )
+         SELECT $1, $2, $3, $4, $5, $6, c.id, $7, $7, $8 FROM categories c \
+         WHERE c.name_key = $9 AND c.is_deleted = 0",
+        returning!()
+    ))
     .bind(&draft.name)
     .bind(name_key(&draft.name))
     .bind(draft.description.as_deref())
     .bind(draft.price_cents)
     .bind(draft.stock)
     .bind(&draft.image)
-    .bind(category_id)
     .bind(now)
     .bind(draft.description.as_deref().map(name_key))
-    .fetch_one(conn)
-    .await
+    .bind(name_key(&draft.category))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Funko::from))
 }
 
-/// Replaces every writable field and bumps the version.
+/// Replaces every writable field of Funko `id`, moves it to the live category named
+/// `draft.category` (any case) and bumps the version; returns it as [`get`] would. `None`
+/// when no live category has that name, or no Funko that id. As in [`insert`], one
+/// statement finds the category and writes, and a taken name is a unique violation.
 pub async fn update(
     conn: &mut AnyConnection,
     id: i64,
     draft: &FunkoDraft,
-    category_id: i64,
     now: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(concat!(
         "UPDATE funkos SET name = $1, name_key = $2, description = $3, price_cents = $4, \
-         stock = $5, image = $6, category_id = $7, updated_at = $8, version = version + 1, \
-         description_key = $10 WHERE id = $9",
-    )
+         stock = $5, image = $6, category_id = c.id, updated_at = $7, \
+         version = funkos.version + 1, description_key = $8 \
+         FROM categories c WHERE funkos.id = $9 AND c.name_key = $10 AND c.is_deleted = 0",
+        returning!()
+    ))
     .bind(&draft.name)
     .bind(name_key(&draft.name))
     .bind(draft.description.as_deref())
     .bind(draft.price_cents)
     .bind(draft.stock)
     .bind(&draft.image)
-    .bind(category_id)
     .bind(now)
-    .bind(id)
     .bind(draft.description.as_deref().map(name_key))
-    .execute(conn)
+    .bind(id)
+    .bind(name_key(&draft.category))
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(row.map(Funko::from))
 }
 
-/// Sets the image only (uploads) and bumps the version.
+/// Sets the image only (uploads) and bumps the version; returns the Funko, `None` if no
+/// Funko has that id.
 pub async fn set_image(
     conn: &mut AnyConnection,
     id: i64,
     image: &str,
     now: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(concat!(
         "UPDATE funkos SET image = $1, updated_at = $2, version = version + 1 WHERE id = $3",
-    )
+        returning!()
+    ))
     .bind(image)
     .bind(now)
     .bind(id)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(row.map(Funko::from))
 }
 
-pub async fn soft_delete(conn: &mut AnyConnection, id: i64, now: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Marks Funko `id` deleted and bumps the version; returns it, `None` if no Funko has that id.
+pub async fn soft_delete(
+    conn: &mut AnyConnection,
+    id: i64,
+    now: &str,
+) -> Result<Option<Funko>, sqlx::Error> {
+    let row: Option<FunkoRow> = sqlx::query_as(concat!(
         "UPDATE funkos SET is_deleted = 1, updated_at = $1, version = version + 1 WHERE id = $2",
-    )
+        returning!()
+    ))
     .bind(now)
     .bind(id)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(row.map(Funko::from))
 }
 
 /// How many live Funkos use this category.

@@ -1,12 +1,14 @@
 //! Storage through sqlx's `Any` driver: one set of SQL (with `$n` placeholders, integers for
 //! booleans, RFC 3339 text for timestamps) that runs on SQLite and on PostgreSQL.
-//! One file per table; nothing outside `db/` writes SQL.
+//! One file per table, and [`writer`] for SQLite's group commit; nothing outside `db/`
+//! writes SQL.
 
 pub mod categories;
 pub mod events;
 pub mod funkos;
+pub mod writer;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sqlx::{
@@ -14,6 +16,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     pool::PoolConnection,
 };
+use writer::{Change, WriteError, WriteQueue};
 
 /// Which database engine is behind the pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +27,8 @@ pub enum Backend {
 
 /// The pools. Writes are serialised on both engines, so a write sees every write committed
 /// before it and event ids commit in order (see [`events::append`]):
-/// - SQLite: all writes go through a single connection (SQLite has one writer anyway);
+/// - SQLite: all writes go through a single connection (SQLite has one writer anyway); the
+///   writes of [`Db::write`] share transactions there, a batch at a time ([`writer`]);
 /// - PostgreSQL: every write transaction begins with [`WRITE_LOCK`]: a transaction-level
 ///   advisory lock shared by every instance on the database, held until commit or rollback.
 ///
@@ -38,6 +42,9 @@ pub struct Db {
     /// Writes: on SQLite exactly one connection; on PostgreSQL a few, which queue on
     /// [`WRITE_LOCK`] without taking connections from readers.
     pub writer: AnyPool,
+    /// SQLite only: the queue that runs the writes of [`Db::write`] in shared transactions
+    /// on `writer`'s connection (group commit).
+    writes: Option<Arc<WriteQueue>>,
     /// The URL the pools were opened with (PostgreSQL's LISTEN needs it).
     pub url: String,
 }
@@ -100,6 +107,7 @@ impl Db {
                 Ok(Self {
                     backend,
                     reader,
+                    writes: Some(Arc::new(WriteQueue::start(writer.clone()))),
                     writer,
                     url: url.to_owned(),
                 })
@@ -131,6 +139,7 @@ impl Db {
                     backend,
                     reader,
                     writer,
+                    writes: None,
                     url: url.to_owned(),
                 })
             }
@@ -160,6 +169,29 @@ impl Db {
         }
     }
 
+    /// Runs `change` in a write transaction, appends its event, commits, and returns what
+    /// it returned with the event's id, once committed. It sees every write committed before
+    /// it, as in [`Db::begin_write`].
+    ///
+    /// On SQLite the transaction is shared with the writes queued beside this one (see
+    /// [`writer`]): `change` must fail only in ways [`WriteError::changed_nothing`] tells
+    /// apart. On PostgreSQL it is this write's own, under [`WRITE_LOCK`]; a failed statement
+    /// there aborts the transaction, which a shared one could not survive.
+    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
+    where
+        T: Send + 'static,
+        E: WriteError,
+    {
+        if let Some(queue) = &self.writes {
+            return queue.write(change).await;
+        }
+        let mut tx = self.begin_write().await?;
+        let (done, event) = change(&mut tx).await?;
+        let id = events::append(&mut tx, self.backend, &event).await?;
+        tx.commit().await?;
+        Ok((done, id))
+    }
+
     /// Begins a read-only transaction whose statements all see one snapshot (SQLite's
     /// deferred transaction does this; PostgreSQL's default, `READ COMMITTED`, would give
     /// each statement a newer one, and a list's cursor could then run ahead of its rows).
@@ -182,6 +214,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(queue) = &self.writes {
+            queue.close().await;
+        }
         self.writer.close().await;
         self.reader.close().await;
     }

@@ -2,9 +2,11 @@
 
 use serde_json::Value;
 
-use super::{Read, Written, commit_with_event, on_unique};
+use sqlx::AnyConnection;
+
+use super::{Change, Read, Written, on_unique, write};
 use crate::{
-    db::{self, Tx},
+    db,
     domain::category::CategoryDraft,
     error::ApiError,
     events::{ChangeBus, Entity, EventKind},
@@ -44,44 +46,57 @@ pub async fn list(bus: &ChangeBus, include_deleted: bool) -> Result<Read<Vec<Cat
 
 pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Category>, ApiError> {
     let draft = CategoryDraft::parse(body).map_err(ApiError::Validation)?;
-    let mut tx = bus.db().begin_write().await?;
-    ensure_name_free(&mut tx, &draft.name, None).await?;
-    let id = db::categories::insert(&mut tx, &draft.name, &now_rfc3339())
-        .await
-        .map_err(on_unique(|| name_conflict(&draft.name)))?;
-    let category = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Categories, EventKind::Create, category).await
+    let change: Change<Category> = Box::new(move |conn| {
+        Box::pin(async move {
+            ensure_name_free(conn, &draft.name, None).await?;
+            let id = db::categories::insert(conn, &draft.name, &now_rfc3339())
+                .await
+                .map_err(on_unique(|| name_conflict(&draft.name)))?;
+            fetch(conn, id).await
+        })
+    });
+    write(bus, Entity::Categories, EventKind::Create, change).await
 }
 
 pub async fn update(bus: &ChangeBus, id: i64, body: &Value) -> Result<Written<Category>, ApiError> {
     let draft = CategoryDraft::parse(body).map_err(ApiError::Validation)?;
-    let mut tx = bus.db().begin_write().await?;
-    fetch_live(&mut tx, id).await?;
-    ensure_name_free(&mut tx, &draft.name, Some(id)).await?;
-    db::categories::rename(&mut tx, id, &draft.name, &now_rfc3339())
-        .await
-        .map_err(on_unique(|| name_conflict(&draft.name)))?;
-    let category = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Categories, EventKind::Update, category).await
+    let change: Change<Category> = Box::new(move |conn| {
+        Box::pin(async move {
+            fetch_live(conn, id).await?;
+            ensure_name_free(conn, &draft.name, Some(id)).await?;
+            db::categories::rename(conn, id, &draft.name, &now_rfc3339())
+                .await
+                .map_err(on_unique(|| name_conflict(&draft.name)))?;
+            fetch(conn, id).await
+        })
+    });
+    write(bus, Entity::Categories, EventKind::Update, change).await
 }
 
 pub async fn delete(bus: &ChangeBus, id: i64) -> Result<Written<Category>, ApiError> {
-    let mut tx = bus.db().begin_write().await?;
-    let current = fetch_live(&mut tx, id).await?;
-    let in_use = db::funkos::count_live_in_category(&mut tx, id).await?;
-    if in_use > 0 {
-        return Err(ApiError::Conflict(format!(
-            "category {:?} is used by {in_use} Funko(s); move or delete them first",
-            current.name
-        )));
-    }
-    db::categories::soft_delete(&mut tx, id, &now_rfc3339()).await?;
-    let category = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Categories, EventKind::Delete, category).await
+    let change: Change<Category> = Box::new(move |conn| {
+        Box::pin(async move {
+            let current = fetch_live(conn, id).await?;
+            let in_use = db::funkos::count_live_in_category(conn, id).await?;
+            if in_use > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "category {:?} is used by {in_use} Funko(s); move or delete them first",
+                    current.name
+                )));
+            }
+            db::categories::soft_delete(conn, id, &now_rfc3339()).await?;
+            fetch(conn, id).await
+        })
+    });
+    write(bus, Entity::Categories, EventKind::Delete, change).await
 }
 
-async fn ensure_name_free(tx: &mut Tx, name: &str, this: Option<i64>) -> Result<(), ApiError> {
-    match db::categories::find_live_by_name(tx, name).await? {
+async fn ensure_name_free(
+    conn: &mut AnyConnection,
+    name: &str,
+    this: Option<i64>,
+) -> Result<(), ApiError> {
+    match db::categories::find_live_by_name(conn, name).await? {
         Some(other) if Some(other.id) != this => Err(ApiError::Conflict(name_conflict(name))),
         _ => Ok(()),
     }
@@ -91,14 +106,14 @@ fn name_conflict(name: &str) -> String {
     format!("a category named {name:?} already exists")
 }
 
-async fn fetch(tx: &mut Tx, id: i64) -> Result<Category, ApiError> {
-    db::categories::get(tx, id).await?.ok_or_else(|| {
+async fn fetch(conn: &mut AnyConnection, id: i64) -> Result<Category, ApiError> {
+    db::categories::get(conn, id).await?.ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!("category {id} vanished inside its write"))
     })
 }
 
-async fn fetch_live(tx: &mut Tx, id: i64) -> Result<Category, ApiError> {
-    db::categories::get(tx, id)
+async fn fetch_live(conn: &mut AnyConnection, id: i64) -> Result<Category, ApiError> {
+    db::categories::get(conn, id)
         .await?
         .filter(|c| !c.is_deleted)
         .ok_or_else(|| ApiError::not_found(ENTITY, id))

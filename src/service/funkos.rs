@@ -2,9 +2,11 @@
 
 use serde_json::Value;
 
-use super::{IfMatch, Read, Written, commit_with_event, on_unique};
+use sqlx::AnyConnection;
+
+use super::{Change, IfMatch, Read, Written, on_unique, write, write_with};
 use crate::{
-    db::{self, Tx},
+    db,
     domain::{FieldErrors, funko::FunkoDraft, merge_patch, query::FunkoListQuery},
     error::ApiError,
     events::{ChangeBus, Entity, EventKind, cache::FunkoJson},
@@ -60,13 +62,17 @@ pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<FunkoP
 
 pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Funko>, ApiError> {
     let draft = FunkoDraft::parse(body).map_err(ApiError::Validation)?;
-    let mut tx = bus.db().begin_write().await?;
-    let category_id = check_draft(&mut tx, &draft, None).await?;
-    let id = db::funkos::insert(&mut tx, &draft, category_id, &now_rfc3339())
-        .await
-        .map_err(on_unique(|| name_conflict(&draft.name)))?;
-    let funko = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Funkos, EventKind::Create, funko).await
+    let change: Change<Funko> = Box::new(move |conn| {
+        Box::pin(async move {
+            // One statement checks the category (422), the name (409, by the unique index)
+            // and inserts.
+            db::funkos::insert(conn, &draft, &now_rfc3339())
+                .await
+                .map_err(on_unique(|| name_conflict(&draft.name)))?
+                .ok_or_else(|| unknown_category(&draft.category))
+        })
+    });
+    write(bus, Entity::Funkos, EventKind::Create, change).await
 }
 
 /// How an update reads its body.
@@ -105,24 +111,30 @@ pub async fn update(
         }
     }
     .map_err(ApiError::Validation)?;
-    let mut tx = bus.db().begin_write().await?;
-    let current = fetch_live(&mut tx, id).await?;
-    IfMatch::check(if_match, current.version)?;
-    let draft = match mode {
-        UpdateMode::Replace => FunkoDraft::parse(body),
-        UpdateMode::Merge => {
-            let mut merged = writable_json(&current);
-            merge_patch(&mut merged, body);
-            FunkoDraft::parse(&merged)
-        }
-    }
-    .map_err(ApiError::Validation)?;
-    let category_id = check_draft(&mut tx, &draft, Some(id)).await?;
-    db::funkos::update(&mut tx, id, &draft, category_id, &now_rfc3339())
-        .await
-        .map_err(on_unique(|| name_conflict(&draft.name)))?;
-    let funko = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Funkos, EventKind::Update, funko).await
+    let body = body.clone();
+    let if_match = if_match.cloned();
+    let change: Change<Funko> = Box::new(move |conn| {
+        Box::pin(async move {
+            let current = fetch_live(conn, id).await?;
+            IfMatch::check(if_match.as_ref(), current.version)?;
+            let draft = match mode {
+                UpdateMode::Replace => FunkoDraft::parse(&body),
+                UpdateMode::Merge => {
+                    let mut merged = writable_json(&current);
+                    merge_patch(&mut merged, &body);
+                    FunkoDraft::parse(&merged)
+                }
+            }
+            .map_err(ApiError::Validation)?;
+            // One statement checks the category (422), the name (409, by the unique index)
+            // and updates; the row is live (just read, and this write runs alone).
+            db::funkos::update(conn, id, &draft, &now_rfc3339())
+                .await
+                .map_err(on_unique(|| name_conflict(&draft.name)))?
+                .ok_or_else(|| unknown_category(&draft.category))
+        })
+    });
+    write(bus, Entity::Funkos, EventKind::Update, change).await
 }
 
 pub async fn delete(
@@ -130,12 +142,16 @@ pub async fn delete(
     id: i64,
     if_match: Option<&IfMatch>,
 ) -> Result<Written<Funko>, ApiError> {
-    let mut tx = bus.db().begin_write().await?;
-    let current = fetch_live(&mut tx, id).await?;
-    IfMatch::check(if_match, current.version)?;
-    db::funkos::soft_delete(&mut tx, id, &now_rfc3339()).await?;
-    let funko = fetch(&mut tx, id).await?;
-    commit_with_event(tx, bus, Entity::Funkos, EventKind::Delete, funko).await
+    let if_match = if_match.cloned();
+    let change: Change<Funko> = Box::new(move |conn| {
+        Box::pin(async move {
+            let current = fetch_live(conn, id).await?;
+            IfMatch::check(if_match.as_ref(), current.version)?;
+            let deleted = db::funkos::soft_delete(conn, id, &now_rfc3339()).await?;
+            deleted.ok_or_else(|| vanished(id))
+        })
+    });
+    write(bus, Entity::Funkos, EventKind::Delete, change).await
 }
 
 /// Sets the image of a live Funko (uploads); returns the Funko and the image it replaced.
@@ -144,12 +160,15 @@ pub async fn set_image(
     id: i64,
     image: &str,
 ) -> Result<(Written<Funko>, String), ApiError> {
-    let mut tx = bus.db().begin_write().await?;
-    let current = fetch_live(&mut tx, id).await?;
-    db::funkos::set_image(&mut tx, id, image, &now_rfc3339()).await?;
-    let funko = fetch(&mut tx, id).await?;
-    let written = commit_with_event(tx, bus, Entity::Funkos, EventKind::Update, funko).await?;
-    Ok((written, current.image))
+    let image = image.to_owned();
+    let change: Change<(Funko, String)> = Box::new(move |conn| {
+        Box::pin(async move {
+            let current = fetch_live(conn, id).await?;
+            let funko = db::funkos::set_image(conn, id, &image, &now_rfc3339()).await?;
+            Ok((funko.ok_or_else(|| vanished(id))?, current.image))
+        })
+    });
+    write_with(bus, Entity::Funkos, EventKind::Update, change).await
 }
 
 /// Checks a live Funko exists (for uploads, before reading a body).
@@ -157,38 +176,24 @@ pub async fn exists_live(bus: &ChangeBus, id: i64) -> Result<(), ApiError> {
     get(bus, id, false).await.map(|_| ())
 }
 
-/// The rules that need the database: a live category by that name, and a free name.
-/// Returns the category's id.
-async fn check_draft(tx: &mut Tx, draft: &FunkoDraft, this: Option<i64>) -> Result<i64, ApiError> {
-    let category = db::categories::find_live_by_name(tx, &draft.category).await?;
-    let mut errors = FieldErrors::default();
-    if category.is_none() {
-        errors.add(
-            "category",
-            format!("no category named {:?} exists", draft.category),
-        );
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    if db::funkos::name_taken(tx, &draft.name, this).await? {
-        return Err(ApiError::Conflict(name_conflict(&draft.name)));
-    }
-    Ok(category.expect("checked above").id)
+fn unknown_category(name: &str) -> ApiError {
+    ApiError::Validation(FieldErrors::single(
+        "category",
+        format!("no category named {name:?} exists"),
+    ))
 }
 
 fn name_conflict(name: &str) -> String {
     format!("a Funko named {name:?} already exists")
 }
 
-async fn fetch(tx: &mut Tx, id: i64) -> Result<Funko, ApiError> {
-    db::funkos::get(tx, id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("funko {id} vanished inside its write")))
+/// A write found the live Funko, then could not change it: it runs alone, so a bug.
+fn vanished(id: i64) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("funko {id} vanished inside its write"))
 }
 
-async fn fetch_live(tx: &mut Tx, id: i64) -> Result<Funko, ApiError> {
-    db::funkos::get(tx, id)
+async fn fetch_live(conn: &mut AnyConnection, id: i64) -> Result<Funko, ApiError> {
+    db::funkos::get(conn, id)
         .await?
         .filter(|f| !f.is_deleted)
         .ok_or_else(|| ApiError::not_found(ENTITY, id))

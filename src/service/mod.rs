@@ -4,12 +4,14 @@
 pub mod categories;
 pub mod funkos;
 
+use futures_util::future::BoxFuture;
 use poem_openapi::types::ToJSON;
+use sqlx::AnyConnection;
 
 use crate::{
-    db::{self, Tx},
+    db::{self, events::NewEvent},
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind, StoredEvent},
+    events::{ChangeBus, Entity, EventKind},
 };
 
 /// A committed write: the resource after it and the cursor of its event.
@@ -26,28 +28,74 @@ pub struct Read<T> {
     pub cursor: i64,
 }
 
-/// Appends the event for `resource`, commits, and wakes the bus. Nothing is announced
-/// before the commit, and a failed commit leaves no event.
-async fn commit_with_event<T: ToJSON>(
-    mut tx: Tx,
+/// A write's change: the rows it changes through the connection of its transaction, and the
+/// resource after it (the event's data). It may fail with a 4xx only before changing a row or
+/// in the one statement that changes it (see [`db::writer`]).
+type Change<T> =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, ApiError>> + Send>;
+
+/// The write path: begin, change the row, append the event, commit, then wake the bus.
+/// [`db::Db::write`] does the first four (on SQLite in a batch shared with other writes);
+/// nothing is announced before the commit, and a failed commit leaves no event.
+async fn write<T>(
     bus: &ChangeBus,
     entity: Entity,
     kind: EventKind,
-    resource: T,
-) -> Result<Written<T>, ApiError> {
-    let data = resource.to_json_string();
-    let event: StoredEvent =
-        db::events::append(&mut tx, bus.db().backend, entity, kind, &data).await?;
-    tx.commit().await?;
-    bus.committed(event.id);
-    crate::metrics::METRICS.events_appended.inc();
-    Ok(Written {
-        resource,
-        cursor: event.id,
-    })
+    change: Change<T>,
+) -> Result<Written<T>, ApiError>
+where
+    T: ToJSON + Send + 'static,
+{
+    let change: Change<(T, ())> =
+        Box::new(move |conn| Box::pin(async move { Ok((change(conn).await?, ())) }));
+    let (written, ()) = write_with(bus, entity, kind, change).await?;
+    Ok(written)
 }
 
-/// Turns a unique-index violation (a race the pre-check lost) into 409; other errors stay.
+/// [`write`] for a change that also returns something besides the resource (`X`).
+async fn write_with<T, X>(
+    bus: &ChangeBus,
+    entity: Entity,
+    kind: EventKind,
+    change: Change<(T, X)>,
+) -> Result<(Written<T>, X), ApiError>
+where
+    T: ToJSON + Send + 'static,
+    X: Send + 'static,
+{
+    let ((resource, extra), cursor) = bus
+        .db()
+        .write::<_, ApiError>(Box::new(move |conn| {
+            Box::pin(async move {
+                let (resource, extra) = change(conn).await?;
+                let event = NewEvent {
+                    entity,
+                    kind,
+                    data: resource.to_json_string(),
+                };
+                Ok(((resource, extra), event))
+            })
+        }))
+        .await?;
+    bus.committed(cursor);
+    crate::metrics::METRICS.events_appended.inc();
+    Ok((Written { resource, cursor }, extra))
+}
+
+impl db::writer::WriteError for ApiError {
+    /// Every refusal (4xx) is decided before a write changes a row or by the one statement
+    /// that changes it; a 5xx may come midway.
+    fn changed_nothing(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    fn batch_failed() -> Self {
+        Self::Unavailable("the write could not be committed and changed nothing; retry".to_owned())
+    }
+}
+
+/// Turns a unique-index violation (a taken name, where the index is the check or a race a
+/// pre-check lost) into 409; other errors stay.
 fn on_unique(message: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |err| {
         if db::is_unique_violation(&err) {

@@ -498,6 +498,123 @@ async fn concurrent_conditional_updates_let_one_win(backend: Backend) {
     assert_eq!(app.head().await, cursor);
 }
 
+/// Writes that succeed and writes that fail, all at once (on SQLite they share transactions:
+/// group commit): every success has exactly one event, its own cursor, in cursor order;
+/// every failure has none and says why with a 4xx problem.
+async fn concurrent_mixed_writes_keep_one_event_per_success(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let gone = app.post("/categories", json!({"name": "GONE"})).await;
+    assert_eq!(gone.status(), StatusCode::CREATED);
+    let gone: Value = gone.json().await.unwrap();
+    let deleted = app.delete(&format!("/categories/{}", gone["id"])).await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let target = app.create_funko("Target").await;
+    let target_path = format!("/funkos/{}", target["id"]);
+    let before = app.head().await;
+
+    // (request, the statuses it may answer)
+    let mut requests = Vec::new();
+    let mut allowed: Vec<&[StatusCode]> = Vec::new();
+    for i in 0..12 {
+        requests.push((
+            Method::POST,
+            "/funkos".to_owned(),
+            None,
+            Some(funko_body(&format!("Mixed {i}"))),
+        ));
+        allowed.push(&[StatusCode::CREATED, StatusCode::CONFLICT]);
+        // The same name, another case and padding: one of each pair wins.
+        let twin = if i % 2 == 0 {
+            format!("  MIXED {i} ")
+        } else {
+            format!("mixed {i}")
+        };
+        requests.push((
+            Method::POST,
+            "/funkos".to_owned(),
+            None,
+            Some(funko_body(&twin)),
+        ));
+        allowed.push(&[StatusCode::CREATED, StatusCode::CONFLICT]);
+        let mut unknown = funko_body(&format!("Orphan {i}"));
+        unknown["category"] = json!(if i % 2 == 0 { "nope" } else { "gone" });
+        requests.push((Method::POST, "/funkos".to_owned(), None, Some(unknown)));
+        allowed.push(&[StatusCode::UNPROCESSABLE_ENTITY]);
+        requests.push((
+            Method::PATCH,
+            target_path.clone(),
+            Some("\"999\""),
+            Some(json!({"stock": i})),
+        ));
+        allowed.push(&[StatusCode::PRECONDITION_FAILED]);
+        requests.push((
+            Method::PATCH,
+            "/funkos/987654321".to_owned(),
+            None,
+            Some(json!({"stock": i})),
+        ));
+        allowed.push(&[StatusCode::NOT_FOUND]);
+    }
+    // Taken by an existing live Funko.
+    requests.push((
+        Method::POST,
+        "/funkos".to_owned(),
+        None,
+        Some(funko_body("target")),
+    ));
+    allowed.push(&[StatusCode::CONFLICT]);
+    let results = concurrently(&app, requests).await;
+
+    let mut successes = std::collections::HashMap::new();
+    for ((status, cursor, body), allowed) in results.iter().zip(&allowed) {
+        assert!(
+            allowed.contains(status),
+            "{status} not in {allowed:?}: {body}"
+        );
+        if status.is_success() {
+            let cursor: i64 = cursor.as_deref().expect("Stream-Cursor").parse().unwrap();
+            assert!(
+                successes.insert(cursor, body.clone()).is_none(),
+                "distinct cursors"
+            );
+        } else {
+            assert_eq!(body["status"], status.as_u16(), "a problem body: {body}");
+            assert!(
+                body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{body}"
+            );
+        }
+    }
+    // One of each twin pair.
+    let names: HashSet<String> = successes
+        .values()
+        .map(|f| f["name"].as_str().unwrap().to_lowercase())
+        .collect();
+    assert_eq!((successes.len(), names.len()), (12, 12), "{results:?}");
+    let last = successes.keys().max().unwrap().to_string();
+    let events = app.events_through(&before, &last).await;
+    let ids = cursors(&events);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(
+        ids.iter().copied().collect::<HashSet<_>>(),
+        successes.keys().copied().collect::<HashSet<_>>(),
+        "one event per success, none for a failure"
+    );
+    for event in &events {
+        let cursor: i64 = event["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(event["type"], "CREATE");
+        assert_eq!(event["data"], successes[&cursor], "the event of that write");
+    }
+    assert_eq!(app.head().await, last, "nothing after the last success");
+    let list: Value = app.get("/funkos?limit=100").await.json().await.unwrap();
+    assert_eq!(list["meta"]["total"], 13, "the successes and the target");
+    assert_eq!(
+        fetch(&app, &target_path).await["version"],
+        1,
+        "no PATCH applied"
+    );
+}
+
 crate::backend_tests!(
     funko_writes_append_one_event_each,
     category_writes_append_one_event_each,
@@ -506,4 +623,5 @@ crate::backend_tests!(
     concurrent_creates_get_one_event_each,
     concurrent_creates_of_one_name_let_one_win,
     concurrent_conditional_updates_let_one_win,
+    concurrent_mixed_writes_keep_one_event_per_success,
 );

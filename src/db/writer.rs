@@ -1,0 +1,367 @@
+//! Group commit for SQLite: the writes waiting at a moment run one after another in ONE
+//! transaction on the single writer connection, their events are appended together, and one
+//! `COMMIT` (one WAL append) commits them all.
+//!
+//! Every statement is a round trip to sqlx's worker thread of that connection; on a busy core
+//! each round trip waits to be scheduled. A write of a batch costs the statements that change
+//! its rows; `BEGIN`, the events' `INSERT` and `COMMIT` are shared by the batch. The queue
+//! also keeps the connection busy instead of handing it from request to request.
+//!
+//! # What a write may do, and what its neighbours see
+//! The writes of a batch run one at a time, in arrival order, each seeing the ones before
+//! it, exactly as if each had its own transaction on the single writer. Their events are
+//! appended in the same order after the last of them, so event ids follow that order, and
+//! all of them become visible at the one commit.
+//!
+//! A write that refuses (see [`WriteError::changed_nothing`]) must leave the transaction as it
+//! found it: it refused before changing a row, or its one changing statement failed and SQLite
+//! undid that statement alone (a constraint violation aborts the statement, not the
+//! transaction). Any other failure may have left half a write behind, so the whole batch rolls
+//! back and every write in it fails with [`WriteError::batch_failed`]: nothing is committed,
+//! no event exists.
+//!
+//! No write of a batch is answered before the batch's `COMMIT` returns, refusals included
+//! (a 409 may rest on a row an earlier write of the batch staged): if the commit fails,
+//! every write of the batch fails, and the caller announces nothing.
+
+use std::{panic::AssertUnwindSafe, sync::Mutex};
+
+use futures_util::{FutureExt, future::BoxFuture};
+use sqlx::{AnyConnection, AnyPool};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::events::{self, NewEvent};
+
+/// What a write can fail with, as the queue needs to know it.
+pub trait WriteError: From<sqlx::Error> + Send + 'static {
+    /// Whether the write refused and left the transaction as it found it; if not, its
+    /// batch is rolled back.
+    fn changed_nothing(&self) -> bool;
+    /// The error of a write whose batch was not committed (its `BEGIN` or `COMMIT` failed, or
+    /// another write of the batch failed): nothing it did was kept, and it may be retried.
+    fn batch_failed() -> Self;
+}
+
+/// A write: the rows it changes through the connection of its batch's transaction; it
+/// returns its result and the event that describes the change.
+pub type Change<T, E> = Box<
+    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, NewEvent), E>> + Send,
+>;
+
+/// A write with its result type erased, so writes of every type share the queue. Dropping a
+/// job unrun drops its reply channel: its caller gets [`WriteError::batch_failed`].
+type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+
+/// Answers a write that ran, once its batch's fate is known.
+type Answer = Box<dyn FnOnce(Fate) + Send>;
+
+/// How a batch ended, for one of its writes.
+enum Fate {
+    /// Committed; `event` is the id of the write's event (`None` when it refused).
+    Committed { event: Option<i64> },
+    /// Rolled back, or its commit failed.
+    Failed,
+}
+
+/// A write that ran in its batch's transaction.
+struct Ran {
+    /// It failed in a way that may have left part of it behind: the batch must roll back.
+    breaks_batch: bool,
+    /// Its event, when it succeeded.
+    event: Option<NewEvent>,
+    answer: Answer,
+}
+
+/// Most writes in one transaction: bounds how long the first of them waits for its answer.
+const MAX_BATCH: usize = 128;
+/// Writes that may wait for the writer before callers wait to enqueue (backpressure).
+const QUEUE: usize = 1024;
+
+/// The queue of SQLite writes and the task that commits them in batches.
+#[derive(Debug)]
+pub struct WriteQueue {
+    /// Writes waiting for the batch task; bounded by [`QUEUE`].
+    jobs: mpsc::Sender<Job>,
+    /// Stops the batch task (after the batch it is running) at [`WriteQueue::close`].
+    closing: CancellationToken,
+    /// The batch task, owned here and awaited at close.
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WriteQueue {
+    /// Starts the batch task on `writer`, a pool of exactly one connection (the transaction
+    /// of a batch takes it, so other users of the pool wait between batches).
+    pub fn start(writer: AnyPool) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(run(writer, queue, closing.clone()));
+        Self {
+            jobs,
+            closing,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Runs `change` in the next batch and answers after that batch committed (or failed),
+    /// with the id of the change's event. Once queued, the write runs and commits even if
+    /// the caller stops waiting (a client that hung up), like a write that reached `COMMIT`.
+    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
+    where
+        T: Send + 'static,
+        E: WriteError,
+    {
+        let (reply, answer) = oneshot::channel::<Result<(T, i64), E>>();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let (result, event) = match change(conn).await {
+                    Ok((value, event)) => (Ok(value), Some(event)),
+                    Err(err) => (Err(err), None),
+                };
+                let breaks_batch = result.as_ref().is_err_and(|err| !err.changed_nothing());
+                Ran {
+                    breaks_batch,
+                    event,
+                    answer: Box::new(move |fate| {
+                        // The write that broke its batch answers its own error; the others
+                        // of a failed batch, the batch's failure. The caller may have gone
+                        // (client disconnected): nothing to tell then.
+                        let _ = reply.send(match (fate, result) {
+                            (Fate::Committed { event: Some(id) }, Ok(value)) => Ok((value, id)),
+                            (Fate::Committed { .. }, Err(err)) => Err(err),
+                            (Fate::Failed, Err(err)) if breaks_batch => Err(err),
+                            _ => Err(E::batch_failed()),
+                        });
+                    }),
+                }
+            })
+        });
+        if self.jobs.send(job).await.is_err() {
+            return Err(E::batch_failed());
+        }
+        // Dropped unanswered only if the task ended (closed, or a bug): nothing committed.
+        answer.await.unwrap_or_else(|_| Err(E::batch_failed()))
+    }
+
+    /// Stops the batch task once its current batch is done; later writes fail.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The batch task: takes every write waiting (up to [`MAX_BATCH`]), runs them in one
+/// transaction, commits, then answers them all.
+async fn run(writer: AnyPool, mut queue: mpsc::Receiver<Job>, closing: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = closing.cancelled() => return,
+            job = queue.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut ran = Vec::with_capacity(batch.len());
+        let committed = run_batch(&writer, batch.drain(..), &mut ran).await;
+        match committed {
+            Some(ids) => {
+                let mut ids = ids.into_iter();
+                for (answer, has_event) in ran {
+                    let event = if has_event { ids.next() } else { None };
+                    answer(Fate::Committed { event });
+                }
+            }
+            None => {
+                for (answer, _) in ran {
+                    answer(Fate::Failed);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one batch, pushing the answer of each write that ran (and whether it has an event)
+/// to `ran`; returns the ids of its events, in order, when it committed. Jobs left unrun (the
+/// `BEGIN` failed, or an earlier job broke the batch) are dropped with `jobs`, which answers
+/// them as failed.
+async fn run_batch(
+    writer: &AnyPool,
+    mut jobs: impl Iterator<Item = Job>,
+    ran: &mut Vec<(Answer, bool)>,
+) -> Option<Vec<i64>> {
+    let mut tx = match writer.begin().await {
+        Ok(tx) => tx,
+        Err(err) => {
+            tracing::error!(error = %err, "could not begin a write transaction");
+            return None;
+        }
+    };
+    let mut events = Vec::with_capacity(ran.capacity());
+    for job in jobs.by_ref() {
+        // A panicking write must not end the task that every other write depends on (its
+        // reply channel is dropped while unwinding: its caller gets a failure).
+        let Ok(done) = AssertUnwindSafe(job(&mut tx)).catch_unwind().await else {
+            tracing::error!("a write panicked inside its batch: rolling it back");
+            return None;
+        };
+        ran.push((done.answer, done.event.is_some()));
+        events.extend(done.event);
+        if done.breaks_batch {
+            tracing::error!(
+                writes = ran.len(),
+                "a write failed midway: rolling back its batch"
+            );
+            return None;
+        }
+    }
+    drop(jobs);
+    // Returning early drops `tx`, which rolls the batch back.
+    let ids = match events::append_all(&mut tx, &events).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::error!(error = %err, writes = ran.len(), "appending a batch's events");
+            return None;
+        }
+    };
+    if let Err(err) = tx.commit().await {
+        tracing::error!(error = %err, writes = ran.len(), "a batch's commit failed");
+        return None;
+    }
+    Some(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        db::Db,
+        events::{Entity, EventKind},
+    };
+
+    #[derive(Debug, PartialEq)]
+    enum Failure {
+        Refused,
+        Broke,
+        BatchFailed,
+        Database(String),
+    }
+
+    impl From<sqlx::Error> for Failure {
+        fn from(err: sqlx::Error) -> Self {
+            Self::Database(err.to_string())
+        }
+    }
+
+    impl WriteError for Failure {
+        fn changed_nothing(&self) -> bool {
+            *self == Self::Refused
+        }
+
+        fn batch_failed() -> Self {
+            Self::BatchFailed
+        }
+    }
+
+    /// Inserts a category named `name`, then fails with `then` if given.
+    fn insert(name: &'static str, then: Option<Failure>) -> Change<&'static str, Failure> {
+        Box::new(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO categories (name, name_key, created_at, updated_at) \
+                     VALUES ($1, $1, 'now', 'now')",
+                )
+                .bind(name)
+                .execute(&mut *conn)
+                .await?;
+                if let Some(failure) = then {
+                    return Err(failure);
+                }
+                let event = NewEvent {
+                    entity: Entity::Categories,
+                    kind: EventKind::Create,
+                    data: format!("{{\"name\":\"{name}\"}}"),
+                };
+                Ok((name, event))
+            })
+        })
+    }
+
+    fn refuse() -> Change<&'static str, Failure> {
+        Box::new(|_| Box::pin(async { Err(Failure::Refused) }))
+    }
+
+    async fn names(db: &Db) -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM categories WHERE name LIKE 'w-%' ORDER BY id")
+            .fetch_all(&db.reader)
+            .await
+            .unwrap()
+    }
+
+    async fn event_count(db: &Db) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&db.reader)
+            .await
+            .unwrap()
+    }
+
+    /// One current-thread runtime: the writes of one `join!` are all queued before the
+    /// batch task runs, so they share one batch, in this order.
+    #[tokio::test]
+    async fn a_batch_commits_its_writes_in_order_and_keeps_refusals_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let (a, refused, b) = tokio::join!(
+            db.write(insert("w-a", None)),
+            db.write(refuse()),
+            db.write(insert("w-b", None)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(refused, Err(Failure::Refused));
+        assert_eq!((a.0, b.0), ("w-a", "w-b"));
+        assert_eq!(b.1, a.1 + 1, "event ids in the writes' order");
+        assert_eq!(names(&db).await, ["w-a", "w-b"]);
+        assert_eq!(event_count(&db).await, 2);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_midway_rolls_its_whole_batch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let (before, broke, after) = tokio::join!(
+            db.write(insert("w-before", None)),
+            db.write(insert("w-half", Some(Failure::Broke))),
+            db.write(insert("w-after", None)),
+        );
+        assert_eq!(before, Err(Failure::BatchFailed));
+        assert_eq!(broke, Err(Failure::Broke), "its own error");
+        assert_eq!(after, Err(Failure::BatchFailed));
+        assert!(names(&db).await.is_empty(), "nothing committed");
+        assert_eq!(event_count(&db).await, 0, "no event");
+        // The queue goes on with the next batch.
+        assert_eq!(db.write(insert("w-next", None)).await.unwrap().0, "w-next");
+        assert_eq!(names(&db).await, ["w-next"]);
+        db.close().await;
+    }
+}
