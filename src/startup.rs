@@ -59,6 +59,11 @@ impl App {
                 },
             )),
         ];
+        if db.backend == Backend::Sqlite {
+            tasks.push(tokio::spawn(
+                db.clone().run_checkpoints(Duration::from_secs(1)),
+            ));
+        }
         if db.backend == Backend::Postgres {
             // Stops when the bus closes (shutdown), like the tailer and the pruner.
             tasks.push(tokio::spawn(listener::run(bus.clone())));

@@ -92,9 +92,13 @@ impl Db {
                             Box::pin(async move {
                                 // WAL: readers never block the writer. NORMAL: a commit survives a
                                 // process crash (SIGKILL); only a power cut may lose the last ones.
+                                // No automatic checkpoint: it would run (and fsync) inside the
+                                // commit of whichever write crossed the threshold, stalling the
+                                // whole write queue; [`Db::run_checkpoints`] does it aside.
                                 conn.execute(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                                     PRAGMA wal_autocheckpoint = 0;",
                                 )
                                 .await?;
                                 Ok(())
@@ -202,6 +206,26 @@ impl Db {
                 self.reader
                     .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await
+            }
+        }
+    }
+
+    /// SQLite: copies the WAL into the database file every `every`, off the writers' path
+    /// (a `PASSIVE` checkpoint waits for no reader and no writer, and its fsync blocks only the
+    /// connection running it). Runs until aborted at shutdown; closing the last connection
+    /// checkpoints what is left.
+    pub async fn run_checkpoints(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result = async {
+                let mut conn = self.reader.acquire().await?;
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await
+            }
+            .await;
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "checkpointing the WAL failed; retrying");
             }
         }
     }

@@ -618,3 +618,29 @@ async fn sigkill_under_write_load_loses_nothing_acknowledged(backend: Backend) {
 }
 
 crate::backend_tests!(sigkill_under_write_load_loses_nothing_acknowledged);
+
+/// SQLite: the WAL is copied into the database file while the server runs (aside from the
+/// writes, which have automatic checkpoints off), not only when the last connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_the_wal_while_serving() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let file = app
+        .database_url
+        .strip_prefix("sqlite://")
+        .and_then(|rest| rest.split('?').next())
+        .map(std::path::PathBuf::from)
+        .expect("a SQLite file URL");
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    for i in 0..300 {
+        app.create_funko(&format!("Checkpointed {i}")).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while size() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the database file stayed at {before} bytes: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
