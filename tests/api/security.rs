@@ -1,5 +1,7 @@
 //! Who may write, what a client may hold open, and what `/metrics` shows.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -337,6 +339,59 @@ async fn oversized_request_headers_get_431() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "a 64 KiB head gets 431 or a close: {answer}"
     );
+}
+
+/// Running out of file descriptors (EMFILE) does not stop the server: it keeps retrying to
+/// accept and serves the waiting client once descriptors are available again.
+#[tokio::test]
+async fn accept_survives_running_out_of_file_descriptors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = Backend::Sqlite.fresh_database(dir.path()).await;
+    let server = crate::crash::ServerProcess::start(&database_url, dir.path(), &[]).await;
+    let pid = server.pid().to_string();
+    let prlimit = |soft: String| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .status()
+            .expect("running prlimit");
+        assert!(status.success(), "prlimit --nofile={soft}:");
+    };
+    // No descriptor to spare: every accept now fails with EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    prlimit(open.to_string());
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut waiting = tokio::net::TcpStream::connect(&address).await.unwrap();
+    waiting
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    while !server.output().contains("accept failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server logs the failed accept; its output:\n{}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    prlimit("1024".to_owned());
+    let mut answer = String::new();
+    tokio::time::timeout(crate::helpers::WAIT, waiting.read_to_string(&mut answer))
+        .await
+        .expect("the waiting client is served once descriptors are free")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 crate::backend_tests!(
