@@ -85,7 +85,9 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 120)]
     pub idle_timeout_seconds: u64,
 
-    /// Seconds a new connection has to send its request headers.
+    /// Seconds a request's headers may take to arrive, counted from when the server starts
+    /// waiting for them: on a kept-alive connection, from the end of the previous response,
+    /// so a connection idle between requests is closed after this too.
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
 

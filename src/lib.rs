@@ -5,6 +5,8 @@
 //! - [`config`]: flags and environment variables.
 //! - [`startup`]: opens the database, starts the stream's tasks, builds the routes, serves
 //!   until told to stop.
+//! - [`server`]: the accept loop and hyper's HTTP/1.1 connections, with their limits and
+//!   graceful shutdown; [`net`]: the idle and write-stall deadlines on each socket.
 //! - [`api`]: the HTTP surface, one `#[OpenApi]` impl per resource plus the stream adapters
 //!   (SSE and long-poll); handlers stay thin.
 //! - [`service`]: each read and write of the store, shared by every transport. A write
@@ -18,8 +20,7 @@
 //! - [`model`]: the resources as clients see them.
 //! - [`error`]: what a request can fail with, rendered as `application/problem+json`.
 //! - [`auth`]: who may write; [`limits`]: how much a client may hold open;
-//!   [`metrics`]: what `/metrics` counts; [`storage`]: uploaded images on disk;
-//!   [`net`]: the header-read deadline for slow clients.
+//!   [`metrics`]: what `/metrics` counts; [`storage`]: uploaded images on disk.
 
 pub mod api;
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod server;
 pub mod service;
 pub mod startup;
 pub mod storage;

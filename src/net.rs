@@ -1,12 +1,16 @@
-//! Connection-level protection against slow clients (poem exposes neither hyper's header-read
-//! timeout nor its buffer sizes):
-//! - a connection must finish sending its first request's headers within a deadline (the idle
-//!   timeout alone does not stop a client that trickles a byte now and then);
+//! What the server does to each connection's socket, below HTTP (hyper's own header-read
+//! timeout, in [`crate::server`], is the slow-loris guard):
+//! - a connection that carries no byte either way for the idle timeout is closed;
 //! - a connection whose writes make no progress for a while is closed. This is what cuts off
 //!   a stream client that stopped reading: hyper stops polling a response body once its own
 //!   buffer is full, so the stream (and the subscriber queue bound inside it) never runs
 //!   again; failing the stalled write makes hyper drop the connection and free its buffers.
 //!   The client resumes by cursor.
+//!
+//! Both deadlines share one timer per connection, armed lazily: a read or a write only stores
+//! the time (no wake-up, no timer work); when the timer fires, it compares that time with the
+//! deadline and either closes the connection or re-arms for the new deadline. So a busy
+//! stream costs the timer wheel one entry per idle period, not one per delivery.
 
 use std::{
     io,
@@ -15,128 +19,150 @@ use std::{
     time::Duration,
 };
 
-use poem::{
-    http::uri::Scheme,
-    listener::Acceptor,
-    web::{LocalAddr, RemoteAddr},
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Wraps an acceptor so that each connection's first header block has a deadline.
-pub struct HeaderTimeout<A> {
-    inner: A,
-    timeout: Duration,
-    write_stall: Duration,
+/// How long a connection may stay silent and how long a write may wait for the peer.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub write_stall: Duration,
 }
 
-impl<A> HeaderTimeout<A> {
-    /// `timeout`: for the first header block; `write_stall`: how long a write may wait for the
-    /// peer to read before the connection is closed.
-    pub fn new(inner: A, timeout: Duration, write_stall: Duration) -> Self {
+/// A socket whose reads fail with `TimedOut` once it has been silent for the idle timeout, and
+/// whose writes fail with `TimedOut` once one has waited for the peer for the write-stall time.
+/// An error is how hyper (or the WebSocket after an upgrade) is told to drop the connection.
+pub struct Guarded<T> {
+    inner: T,
+    deadlines: Deadlines,
+    /// The last read or write that moved bytes (or saw the peer close).
+    last_activity: Instant,
+    /// When the current write started to wait for the peer; `None` while writes progress.
+    stalled_since: Option<Instant>,
+    /// The one timer, created on first need and re-armed only when it fires (or when a stall
+    /// needs an earlier deadline). Boxed because hyper wants an `Unpin` socket.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Which deadline passed.
+enum Expired {
+    Idle,
+    WriteStall,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(inner: T, deadlines: Deadlines) -> Self {
         Self {
             inner,
-            timeout,
-            write_stall,
+            deadlines,
+            last_activity: Instant::now(),
+            stalled_since: None,
+            timer: None,
         }
     }
-}
 
-impl<A: Acceptor> Acceptor for HeaderTimeout<A> {
-    type Io = HeaderDeadline<A::Io>;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
+    /// The earliest deadline in force: the write stall's while a write waits, else idleness.
+    fn due(&self) -> Instant {
+        let idle = self.last_activity + self.deadlines.idle;
+        match self.stalled_since {
+            Some(since) => idle.min(since + self.deadlines.write_stall),
+            None => idle,
+        }
     }
 
-    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let (io, local, remote, scheme) = self.inner.accept().await?;
-        let io = HeaderDeadline {
-            inner: io,
-            deadline: Some(Box::pin(tokio::time::sleep(self.timeout))),
-            tail: [0; 3],
-            write_stall: self.write_stall,
-            stalled: None,
-        };
-        Ok((io, local, remote, scheme))
+    /// Polls the timer (registering the task for its expiry) after an I/O call returned
+    /// `Pending`; says which deadline passed, if one did.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        loop {
+            let due = self.due();
+            let timer = match &mut self.timer {
+                Some(timer) => {
+                    // Only an earlier deadline (a stall starting) moves the timer now; a later
+                    // one (new activity) waits until the timer fires.
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
+                    }
+                    timer
+                }
+                None => self.timer.insert(Box::pin(tokio::time::sleep_until(due))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some(since) = self.stalled_since
+                && now >= since + self.deadlines.write_stall
+            {
+                return Some(Expired::WriteStall);
+            }
+            if now >= self.last_activity + self.deadlines.idle {
+                return Some(Expired::Idle);
+            }
+            // Fired for a deadline that activity has since moved: re-arm for the new one
+            // (`due` is in the future, since neither deadline has passed).
+            timer.as_mut().reset(due);
+        }
     }
-}
 
-/// A connection whose reads fail with `TimedOut` if the end of the first header block
-/// (`\r\n\r\n`) has not arrived by the deadline.
-pub struct HeaderDeadline<T> {
-    inner: T,
-    /// `None` once the headers are in.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The last bytes read, to find a `\r\n\r\n` split across reads.
-    tail: [u8; 3],
-    write_stall: Duration,
-    /// Running while a write is waiting for the peer; reset by any progress.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
+    /// Watches the deadlines after an I/O call returned `Pending`, turning an expired one
+    /// into the error that closes the connection. Either side reports either deadline: the
+    /// timer wakes the task once, and hyper may then poll only one side.
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match self.poll_deadline(cx) {
+            None => Poll::Pending,
+            Some(Expired::WriteStall) => {
+                tracing::info!("closing a connection whose peer stopped reading");
+                crate::metrics::METRICS.slow_cut_off.inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer stopped reading",
+                )))
+            }
+            Some(Expired::Idle) => {
+                tracing::debug!("closing an idle connection");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection was idle too long",
+                )))
+            }
+        }
+    }
 
-impl<T> HeaderDeadline<T> {
-    /// Tracks a write's outcome: progress clears the stall timer; `Pending` starts it (and
-    /// registers for its expiry, so the connection is woken to fail); expiry is an error.
+    /// Tracks a write's outcome: progress clears the stall; `Pending` starts it.
     fn watch_write<R>(
         &mut self,
         cx: &mut Context<'_>,
         result: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if result.is_ready() {
-            self.stalled = None;
+            self.stalled_since = None;
+            self.last_activity = Instant::now();
             return result;
         }
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.write_stall)));
-        if timer.as_mut().poll(cx).is_ready() {
-            tracing::info!("closing a connection whose peer stopped reading");
-            crate::metrics::METRICS.slow_cut_off.inc();
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer stopped reading",
-            )));
-        }
-        Poll::Pending
+        self.stalled_since.get_or_insert_with(Instant::now);
+        self.pending(cx)
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for HeaderDeadline<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request headers took too long",
-            )));
-        }
-        let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.deadline.is_some() && result.is_ready() {
-            let new = &buf.filled()[before..];
-            let mut window = this.tail.to_vec();
-            window.extend_from_slice(new);
-            if window.windows(4).any(|w| w == b"\r\n\r\n") {
-                this.deadline = None;
-            } else {
-                let keep = window.len().saturating_sub(3);
-                let mut tail = [0u8; 3];
-                let last = &window[keep..];
-                tail[3 - last.len()..].copy_from_slice(last);
-                this.tail = tail;
-            }
+        if result.is_ready() {
+            this.last_activity = Instant::now();
+            return result;
         }
-        result
+        this.pending(cx)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -166,5 +192,86 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    const DEADLINES: Deadlines = Deadlines {
+        idle: Duration::from_secs(120),
+        write_stall: Duration::from_secs(10),
+    };
+
+    /// A guarded end and its peer; the pipe holds `capacity` unread bytes.
+    fn pair(capacity: usize) -> (Guarded<DuplexStream>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(capacity);
+        (Guarded::new(ours, DEADLINES), theirs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_at_the_idle_timeout() {
+        let (mut guarded, _peer) = pair(64);
+        let started = Instant::now();
+        let err = guarded.read(&mut [0; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), DEADLINES.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_keeps_a_connection_open_until_it_stops() {
+        let (mut guarded, mut peer) = pair(64);
+        let started = Instant::now();
+        // The peer says something every 15 s for 300 s, then falls silent (but stays).
+        let talking = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                peer.write_all(b":\n\n").await.unwrap();
+            }
+            peer
+        };
+        let listening = async {
+            let mut frame = [0; 3];
+            for _ in 0..20 {
+                guarded.read_exact(&mut frame).await.unwrap();
+            }
+            guarded.read(&mut frame).await.unwrap_err()
+        };
+        let (_peer, err) = tokio::join!(talking, listening);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(300) + DEADLINES.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_does_not_read_fails_after_the_stall_time() {
+        let (mut guarded, _peer) = pair(16);
+        guarded.write_all(&[0; 16]).await.unwrap();
+        let started = Instant::now();
+        let err = guarded.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), DEADLINES.write_stall);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+        let (mut guarded, mut peer) = pair(16);
+        let started = Instant::now();
+        let writing = async {
+            // 64 bytes through a 16-byte pipe: every write waits for the peer.
+            guarded.write_all(&[0; 64]).await.unwrap();
+            guarded.flush().await.unwrap();
+        };
+        let reading = async {
+            let mut buf = [0; 16];
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                peer.read_exact(&mut buf).await.unwrap();
+            }
+        };
+        tokio::join!(writing, reading);
+        assert!(started.elapsed() >= Duration::from_secs(27));
     }
 }

@@ -3,9 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use poem::{
-    EndpointExt, Route, Server, endpoint::make_sync, listener::TcpAcceptor, middleware::Cors,
-};
+use poem::{EndpointExt, Route, endpoint::make_sync, middleware::Cors};
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -19,7 +17,8 @@ use crate::{
         retention::{self, Retention},
     },
     limits::{StreamLimits, StreamSlots},
-    net::HeaderTimeout,
+    net::Deadlines,
+    server::{self, Limits},
     storage::ImageStore,
 };
 
@@ -102,30 +101,25 @@ impl App {
         tracing::info!("listening on http://{address}");
         let bus = self.state.bus.clone();
         let routes = routes(self.state.clone(), &self.config);
-        let acceptor = HeaderTimeout::new(
-            TcpAcceptor::from_tokio(listener)?,
-            Duration::from_secs(self.config.header_timeout_seconds.max(1)),
-            Duration::from_secs(self.config.write_stall_seconds.max(1)),
-        );
         let grace = self.config.shutdown_grace();
+        let limits = Limits {
+            header_timeout: Duration::from_secs(self.config.header_timeout_seconds.max(1)),
+            deadlines: Deadlines {
+                idle: Duration::from_secs(self.config.idle_timeout_seconds.max(61)),
+                write_stall: Duration::from_secs(self.config.write_stall_seconds.max(1)),
+            },
+            grace,
+        };
         let closing = bus.clone();
-        Server::new_with_acceptor(acceptor)
-            .idle_timeout(Duration::from_secs(
-                self.config.idle_timeout_seconds.max(61),
-            ))
-            .run_with_graceful_shutdown(
-                routes,
-                async move {
-                    shutdown.await;
-                    tracing::info!("shutting down: closing streams, finishing requests");
-                    closing.close();
-                },
-                Some(grace),
-            )
-            .await
-            .context("serving")?;
+        server::serve(listener, routes, limits, async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing streams, finishing requests");
+            closing.close();
+        })
+        .await
+        .context("serving")?;
         bus.close();
-        // Upgraded sockets outlive poem's connection tracking: give them the grace period to
+        // Upgraded sockets outlive hyper's connections: give them the grace period to
         // send their close frames.
         let sockets = self.state.sockets.clone();
         sockets.close();

@@ -13,6 +13,7 @@ use poem_openapi::{
     registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
+use tokio::time::Instant;
 
 use super::{ApiTags, AppState, RawJson};
 use crate::{
@@ -94,16 +95,28 @@ impl poem::IntoResponse for SseStream {
             mut frames,
             keep_alive,
         } = self;
-        // A keep-alive comment only after `keep_alive` without any frame.
+        // A keep-alive comment only after `keep_alive` without any frame. One timer for the
+        // connection's life, re-armed only when it fires: a frame just notes the time, so a
+        // delivery costs no timer-wheel work (a fresh `sleep` per frame did).
         let body = async_stream::stream! {
+            let timer = tokio::time::sleep(keep_alive);
+            tokio::pin!(timer);
+            let mut last_sent = Instant::now();
             loop {
                 tokio::select! {
                     frame = frames.next() => match frame {
-                        Some(frame) => yield Ok::<_, std::io::Error>(frame),
+                        Some(frame) => {
+                            last_sent = Instant::now();
+                            yield Ok::<_, std::io::Error>(frame);
+                        }
                         None => break,
                     },
-                    () = tokio::time::sleep(keep_alive) => {
-                        yield Ok(Bytes::from_static(KEEP_ALIVE));
+                    () = &mut timer => {
+                        if last_sent.elapsed() >= keep_alive {
+                            last_sent = Instant::now();
+                            yield Ok(Bytes::from_static(KEEP_ALIVE));
+                        }
+                        timer.as_mut().reset(last_sent + keep_alive);
                     }
                 }
             }
@@ -227,6 +240,7 @@ fn sse_frames(
     async_stream::stream! {
         // Holds this connection's place until the stream ends.
         let _slot = slot;
+        let delivered = METRICS.delivered_counter("sse");
         yield retry_frame();
         if let Some(reset) = reset {
             yield reset_frame(&reset);
@@ -238,7 +252,7 @@ fn sse_frames(
                     if events.is_empty() {
                         yield cursor_frame(cursor);
                     }
-                    METRICS.delivered("sse", events.len());
+                    delivered.inc_by(events.len() as u64);
                     if events.len() == 1 {
                         // Live: the frame every subscriber shares, not copied.
                         yield events.into_iter().next().expect("one event").sse;

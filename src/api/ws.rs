@@ -751,9 +751,12 @@ impl Session {
         let keepalive = self.state.settings.keepalive;
         let mut last_heard = Instant::now();
         let mut pinged = false;
+        // One heartbeat timer for the socket's life, re-armed only when it fires: a frame
+        // just notes the time, so traffic costs no timer-wheel work.
+        let heartbeat = tokio::time::sleep(keepalive);
+        tokio::pin!(heartbeat);
 
         let end = loop {
-            let silence_limit = if pinged { 2 * keepalive } else { keepalive };
             tokio::select! {
                 flushed = out.flush(), if out.has_work() => {
                     if flushed.is_err() {
@@ -793,7 +796,14 @@ impl Session {
                     }
                 },
                 Some(answer) = writes.next(), if !writes.is_empty() => out.push(answer),
-                () = tokio::time::sleep_until(last_heard + silence_limit) => {
+                () = &mut heartbeat => {
+                    let silence_limit = if pinged { 2 * keepalive } else { keepalive };
+                    let due = last_heard + silence_limit;
+                    if Instant::now() < due {
+                        // The client spoke since the timer was set.
+                        heartbeat.as_mut().reset(due);
+                        continue;
+                    }
                     if pinged {
                         break End::ByServer(CloseReason::Unresponsive);
                     }
@@ -801,6 +811,7 @@ impl Session {
                     // a dead one.
                     out.queue.push_front(Message::Ping(Vec::new()));
                     pinged = true;
+                    heartbeat.as_mut().reset(last_heard + 2 * keepalive);
                 }
                 () = closing.cancelled() => break End::ByServer(CloseReason::Shutdown),
             }

@@ -1,5 +1,7 @@
 //! Who may write, what a client may hold open, and what `/metrics` shows.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -256,6 +258,139 @@ async fn slow_headers_are_cut_off() {
         .unwrap();
     let mut answer = String::new();
     prompt.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Every request's headers have the deadline, not only a connection's first: a client that
+/// trickles the headers of its second request on a kept-alive connection is closed too.
+#[tokio::test]
+async fn slow_headers_on_a_kept_alive_connection_are_cut_off() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let app = spawn_app_with(Backend::Sqlite, |c| c.header_timeout_seconds = 1).await;
+    let mut conn = BufReader::new(tokio::net::TcpStream::connect(app.address).await.unwrap());
+    conn.get_mut()
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The first answer, read to its end so that the connection is kept alive and idle.
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(value.trim().parse::<usize>().unwrap());
+        }
+        assert!(!line.is_empty(), "the first request is answered");
+    }
+    let mut body = vec![0; length.expect("a sized answer")];
+    conn.read_exact(&mut body).await.unwrap();
+    // The second request never finishes its headers.
+    conn.get_mut()
+        .write_all(b"GET /funkos HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(crate::helpers::WAIT, conn.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a kept-alive connection whose next headers never end"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 5"),
+        "no 5xx: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+/// A request head over the server's buffer bound is answered 431 (or the connection closed),
+/// never a 5xx; a head of a size browsers send is served.
+#[tokio::test]
+async fn oversized_request_headers_get_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(Backend::Sqlite).await;
+    let head = |cookie: usize| {
+        format!(
+            "GET /health/live HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            "c".repeat(cookie)
+        )
+    };
+    let address = app.address;
+    let send = |request: String| async move {
+        let mut conn = tokio::net::TcpStream::connect(address).await.unwrap();
+        // The server may answer and close before it has read all of a too-large head, so a
+        // failed write is not a failure; the answer is what counts.
+        let _ = conn.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(crate::helpers::WAIT, conn.read_to_end(&mut answer))
+            .await
+            .expect("the server answers or closes");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = send(head(8 * 1024)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "an 8 KiB head is served: {answer}"
+    );
+    let answer = send(head(64 * 1024)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 64 KiB head gets 431 or a close: {answer}"
+    );
+}
+
+/// Running out of file descriptors (EMFILE) does not stop the server: it keeps retrying to
+/// accept and serves the waiting client once descriptors are available again.
+#[tokio::test]
+async fn accept_survives_running_out_of_file_descriptors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = Backend::Sqlite.fresh_database(dir.path()).await;
+    let server = crate::crash::ServerProcess::start(&database_url, dir.path(), &[]).await;
+    let pid = server.pid().to_string();
+    let prlimit = |soft: String| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .status()
+            .expect("running prlimit");
+        assert!(status.success(), "prlimit --nofile={soft}:");
+    };
+    // No descriptor to spare: every accept now fails with EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    prlimit(open.to_string());
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut waiting = tokio::net::TcpStream::connect(&address).await.unwrap();
+    waiting
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    while !server.output().contains("accept failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server logs the failed accept; its output:\n{}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    prlimit("1024".to_owned());
+    let mut answer = String::new();
+    tokio::time::timeout(crate::helpers::WAIT, waiting.read_to_string(&mut answer))
+        .await
+        .expect("the waiting client is served once descriptors are free")
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 

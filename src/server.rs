@@ -1,0 +1,198 @@
+//! The HTTP server: our own accept loop on hyper's HTTP/1.1 connection, in place of
+//! `poem::Server`, so that the connection's limits are ours to set (hyper's header-read
+//! timeout and buffer size; see [`Limits`]) and a connection costs one task and no more.
+//!
+//! HTTP/1.1 only: `poem::Server` also spoke HTTP/2 with prior knowledge (h2c), which no
+//! browser uses without TLS and no client of this server needs; TLS (and so HTTP/2) belongs
+//! to the proxy in front.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use http_body_util::combinators::BoxBody;
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use poem::{
+    Endpoint,
+    http::uri::Scheme,
+    web::{LocalAddr, RemoteAddr},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::task::TaskTracker;
+
+use crate::net::{Deadlines, Guarded};
+
+/// hyper's buffer bound per connection, for reading a request head and for queueing response
+/// bytes the peer has not read yet. hyper's default (~400 KiB) let 1,000 stream clients that
+/// stopped reading hold ~570 MiB until the write-stall deadline cut them off. 16 KiB is twice
+/// hyper's minimum: it caps a request head at 16 KiB (a larger one gets 431), which is well
+/// above what browsers send (a few KiB, cookies included) and equal to the HTTP/2 header-list
+/// limit poem used to set. A stalled stream then holds at most this plus one body chunk.
+pub const MAX_BUF_SIZE: usize = 16 * 1024;
+
+/// How long the accept loop waits after an error such as EMFILE before it accepts again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Per-connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A request head must arrive whole within this, counted from when hyper starts waiting
+    /// for it (on a kept-alive connection: from the end of the previous response).
+    pub header_timeout: Duration,
+    /// Idleness and write-stall deadlines, enforced on the socket.
+    pub deadlines: Deadlines,
+    /// How long open connections get to finish at shutdown before they are dropped.
+    pub grace: Duration,
+}
+
+/// Where the server is in its life; every connection watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the request in flight, then close.
+    Draining,
+    /// Close now.
+    Dropping,
+}
+
+/// Serves `endpoint` on `listener` until `shutdown` resolves; then stops accepting, asks every
+/// connection to close after its request in flight, and drops those still open after
+/// `limits.grace`. Upgraded connections (WebSocket) are no longer hyper's: their owner tracks
+/// them.
+pub async fn serve<E>(
+    listener: TcpListener,
+    endpoint: E,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    E: Endpoint + 'static,
+{
+    let endpoint = Arc::new(endpoint);
+    let local = LocalAddr(listener.local_addr()?.into());
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BUF_SIZE);
+    let (phase, watching) = watch::channel(Phase::Serving);
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, remote)) => {
+                let connection = http
+                    .serve_connection(
+                        TokioIo::new(Guarded::new(socket, limits.deadlines)),
+                        Service {
+                            endpoint: endpoint.clone(),
+                            local: local.clone(),
+                            remote,
+                        },
+                    )
+                    .with_upgrades();
+                connections.spawn(drive(connection, remote, watching.clone()));
+            }
+            // The peer gave up before we accepted: nothing to do.
+            Err(err) if is_connection_error(&err) => {}
+            // Out of file descriptors (EMFILE, ENFILE) or memory: existing connections go on;
+            // wait for some to close instead of spinning.
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed; retrying shortly");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    phase.send_replace(Phase::Draining);
+    if tokio::time::timeout(limits.grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the grace period; dropping them"
+        );
+        phase.send_replace(Phase::Dropping);
+        connections.wait().await;
+    }
+    Ok(())
+}
+
+/// Errors that concern one connection, not the listener.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+type Connection<E> = hyper::server::conn::http1::UpgradeableConnection<
+    TokioIo<Guarded<tokio::net::TcpStream>>,
+    Service<E>,
+>;
+
+/// Runs one connection to its end, following the server's phase.
+async fn drive<E: Endpoint + 'static>(
+    connection: Connection<E>,
+    remote: SocketAddr,
+    mut phase: watch::Receiver<Phase>,
+) {
+    tokio::pin!(connection);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(err) = result {
+                    // Peers that vanish, time out or send garbage are routine.
+                    tracing::debug!(%remote, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                match *phase.borrow_and_update() {
+                    Phase::Serving => {}
+                    Phase::Draining => connection.as_mut().graceful_shutdown(),
+                    Phase::Dropping => return,
+                }
+            }
+        }
+    }
+}
+
+/// Turns hyper's requests into poem's and back; one per connection.
+struct Service<E> {
+    endpoint: Arc<E>,
+    local: LocalAddr,
+    remote: SocketAddr,
+}
+
+impl<E: Endpoint + 'static> hyper::service::Service<hyper::Request<Incoming>> for Service<E> {
+    type Response = hyper::Response<BoxBody<bytes::Bytes, io::Error>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let endpoint = self.endpoint.clone();
+        // Carries hyper's `OnUpgrade`, so a WebSocket handler can take the connection over.
+        let request = poem::Request::from((
+            request,
+            self.local.clone(),
+            RemoteAddr(self.remote.into()),
+            Scheme::HTTP,
+        ));
+        Box::pin(async move { Ok(endpoint.get_response(request).await.into()) })
+    }
+}
