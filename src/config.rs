@@ -96,6 +96,14 @@ pub struct Config {
     #[arg(long, env = "WRITE_STALL_SECONDS", default_value_t = 10)]
     pub write_stall_seconds: u64,
 
+    /// The kernel send buffer of each connection, in bytes (0: the kernel's autotuning, which
+    /// lets one connection queue up to 4 MiB, `net.ipv4.tcp_wmem`). It bounds what a client
+    /// that stopped reading can absorb before its writes stall, and so how long the server
+    /// keeps doing its share of the fan-out for it; it also caps one connection's throughput
+    /// at about this much per round trip (64 KiB is ~1.3 MB/s at 100 ms, thousands of events/s).
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub send_buffer_bytes: usize,
+
     /// Seconds given to in-flight requests and streams at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,

@@ -40,6 +40,11 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Idleness and write-stall deadlines, enforced on the socket.
     pub deadlines: Deadlines,
+    /// The kernel send buffer of each connection (`None`: the kernel's autotuning, up to
+    /// 4 MiB by default). A client that stops reading absorbs this plus its own receive
+    /// buffer before its writes stall; until then the server delivers to it like to any
+    /// reader, so this bounds how long a non-reading client costs the fan-out.
+    pub send_buffer: Option<usize>,
     /// How long open connections get to finish at shutdown before they are dropped.
     pub grace: Duration,
 }
@@ -83,6 +88,11 @@ where
         };
         match accepted {
             Ok((socket, remote)) => {
+                if let Some(bytes) = limits.send_buffer
+                    && let Err(err) = socket2::SockRef::from(&socket).set_send_buffer_size(bytes)
+                {
+                    tracing::debug!(%remote, error = %err, "setting the send buffer failed");
+                }
                 let connection = http
                     .serve_connection(
                         TokioIo::new(Guarded::new(socket, limits.deadlines)),

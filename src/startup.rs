@@ -108,6 +108,8 @@ impl App {
                 idle: Duration::from_secs(self.config.idle_timeout_seconds.max(61)),
                 write_stall: Duration::from_secs(self.config.write_stall_seconds.max(1)),
             },
+            send_buffer: (self.config.send_buffer_bytes > 0)
+                .then_some(self.config.send_buffer_bytes),
             grace,
         };
         let closing = bus.clone();

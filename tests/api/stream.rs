@@ -513,6 +513,38 @@ async fn stalled_connection_is_closed(backend: Backend) {
     );
 }
 
+/// The same for a client with an ordinary receive window: the server's send buffer is capped
+/// (`--send-buffer-bytes`), so a client that stops reading stalls the server's writes after a
+/// few hundred KiB instead of the kernel's autotuned 4 MiB, and is then cut off. (The events
+/// here, ~2.8 MiB, fit in an uncapped buffer: without the cap nothing stalls.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stalls_within_the_send_buffer() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.subscriber_queue = 100_000;
+        c.write_stall_seconds = 1;
+    })
+    .await;
+    let start = app.head().await;
+    let mut stalled = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    app.create_big_funkos("Capped", 1200).await;
+    // The client keeps not reading for twice the write-stall deadline: not a synchronisation,
+    // the behaviour under test.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, stalled.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the stalled connection was closed");
+    assert!(
+        String::from_utf8_lossy(&raw).contains("id: "),
+        "it got events first"
+    );
+}
+
 async fn shutdown_closes_streams_promptly(backend: Backend) {
     let app: TestApp = spawn_app(backend).await;
     let mut sse = app.sse("/events", None).await;
