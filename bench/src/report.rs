@@ -313,7 +313,8 @@ fn ratio_word(a: Option<f64>, b: Option<f64>, good: &str, bad: &str) -> String {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.1}x", a / b),
+        // Two decimals: a ratio near a threshold (1.97x against 2x) must not print as met.
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}x", a / b),
         _ => "n/a".into(),
     }
 }
