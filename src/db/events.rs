@@ -27,8 +27,8 @@ pub struct NewEvent {
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
 pub const NOTIFY_CHANNEL: &str = "funko_events";
 
-/// Appends one event inside the caller's write transaction (`conn` is in it) and returns its
-/// id, the cursor.
+/// PostgreSQL: appends one event inside the caller's write transaction (`conn` is in it) and
+/// returns its id, the cursor. (SQLite appends a batch's events at once: [`append_all`].)
 ///
 /// # Commit order is cursor order
 /// A reader asks for "events after my cursor" and must never skip one. On SQLite that is
@@ -47,7 +47,7 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 ///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
 ///   and a slow transaction holds back every subscriber on every instance.
 ///
-/// We serialise: the transaction comes from [`Db::write`] or [`Db::begin_write`], which took a transaction-level
+/// We serialise: the transaction comes from [`Db::write`], which took a transaction-level
 /// advisory lock first (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
 /// committed transaction visible before it releases its locks, so when the next writer gets
 /// the lock and its id, every smaller id is already visible. The lock covers the whole
@@ -57,31 +57,19 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 /// On PostgreSQL the same statement queues a `NOTIFY` (`pg_notify`), which PostgreSQL
 /// delivers only if and when the transaction commits, after the commit is visible; the
 /// payload is the new id. It is only a wake-up: listeners read the table.
-pub async fn append(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    event: &NewEvent,
-) -> Result<i64, sqlx::Error> {
-    let sql = match backend {
-        Backend::Sqlite => {
-            "INSERT INTO events (entity, type, data, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id"
-        }
-        Backend::Postgres => {
-            "WITH e AS (INSERT INTO events (entity, type, data, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id) \
-             SELECT id, pg_notify($5, id::text) FROM e"
-        }
-    };
-    let mut query = sqlx::query_scalar(sql)
-        .bind(event.entity.as_str())
-        .bind(event.kind.as_str())
-        .bind(&event.data)
-        .bind(now_rfc3339());
-    if backend == Backend::Postgres {
-        query = query.bind(NOTIFY_CHANNEL);
-    }
-    query.fetch_one(conn).await
+pub async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH e AS (INSERT INTO events (entity, type, data, created_at) \
+         VALUES ($1, $2, $3, $4) RETURNING id) \
+         SELECT id, pg_notify($5, id::text) FROM e",
+    )
+    .bind(event.entity.as_str())
+    .bind(event.kind.as_str())
+    .bind(&event.data)
+    .bind(now_rfc3339())
+    .bind(NOTIFY_CHANNEL)
+    .fetch_one(conn)
+    .await
 }
 
 /// SQLite: appends the events of a batch of writes ([`super::writer`]) in one statement and

@@ -189,9 +189,10 @@ impl Db {
         if let Some(queue) = &self.writes {
             return queue.write(change).await;
         }
+        // PostgreSQL (only SQLite has a queue).
         let mut tx = self.begin_write().await?;
         let (done, event) = change(&mut tx).await?;
-        let id = events::append(&mut tx, self.backend, &event).await?;
+        let id = events::append(&mut tx, &event).await?;
         tx.commit().await?;
         Ok((done, id))
     }
