@@ -65,9 +65,9 @@ pub struct ChangeBus {
     /// Every event above this id is in the log (raised when this process prunes). With
     /// `committed`, the range of cursors this database issued and still serves.
     log_floor: AtomicI64,
-    /// Funkos by id as of the tail's head, for reads that need no database (SQLite only:
-    /// see [`FunkoCache`]).
-    funkos: FunkoCache,
+    /// Funkos by id as of the tail's head, for reads that need no database. SQLite only
+    /// (`None` on PostgreSQL, where other instances write: see [`FunkoCache`]).
+    funkos: Option<FunkoCache>,
 }
 
 impl ChangeBus {
@@ -76,6 +76,7 @@ impl ChangeBus {
         let mut conn = db.reader.acquire().await?;
         let (floor, head) = db::events::bounds(&mut conn).await?;
         drop(conn);
+        let funkos = (db.backend == Backend::Sqlite).then(|| FunkoCache::new(head));
         Ok(Arc::new(Self {
             db,
             tail: RwLock::new(Tail {
@@ -89,7 +90,7 @@ impl ChangeBus {
             closing: CancellationToken::new(),
             committed: AtomicI64::new(head),
             log_floor: AtomicI64::new(floor),
-            funkos: FunkoCache::new(head),
+            funkos,
         }))
     }
 
@@ -139,13 +140,13 @@ impl ChangeBus {
     /// unless the cache holds every write committed so far (and always on PostgreSQL).
     pub fn cached_funko(&self, id: i64) -> Option<(FunkoJson, i64)> {
         let (_, committed) = self.local_bounds()?;
-        self.funkos.get(id, committed)
+        self.funkos.as_ref()?.get(id, committed)
     }
 
     /// Offers a Funko read from the database in a snapshot at `cursor` to the cache.
     pub fn offer_funko(&self, id: i64, funko: &FunkoJson, cursor: i64) {
-        if self.db.backend == Backend::Sqlite {
-            self.funkos.fill(id, funko, cursor);
+        if let Some(funkos) = &self.funkos {
+            funkos.fill(id, funko, cursor);
         }
     }
 
@@ -183,8 +184,8 @@ impl ChangeBus {
             };
             let full = batch.len() as i64 == TAIL_BATCH;
             added += batch.len();
-            if self.db.backend == Backend::Sqlite {
-                self.funkos.apply(&batch, last);
+            if let Some(funkos) = &self.funkos {
+                funkos.apply(&batch, last);
             }
             {
                 let mut tail = self.tail.write().expect("tail lock poisoned");
