@@ -376,6 +376,28 @@ async fn concurrently(
         .collect()
 }
 
+/// The one request of `results` that answered `won`, every other having answered `lost`:
+/// its `Stream-Cursor` and body.
+fn the_one_winner(
+    results: &[(StatusCode, Option<String>, Value)],
+    won: StatusCode,
+    lost: StatusCode,
+) -> (String, Value) {
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(status, _, _)| *status == won)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (status, _, body) in results {
+        assert!(*status == won || *status == lost, "{status} {body}");
+    }
+    let (_, cursor, body) = winners[0];
+    (
+        cursor.clone().expect("a write's Stream-Cursor"),
+        body.clone(),
+    )
+}
+
 async fn concurrent_creates_get_one_event_each(backend: Backend) {
     let app = spawn_app(backend).await;
     let before = app.head().await;
@@ -443,21 +465,10 @@ async fn concurrent_creates_of_one_name_let_one_win(backend: Backend) {
         })
         .collect();
     let results = concurrently(&app, requests).await;
-    let winners: Vec<_> = results
-        .iter()
-        .filter(|(status, _, _)| *status == StatusCode::CREATED)
-        .collect();
-    assert_eq!(winners.len(), 1, "{results:?}");
-    for (status, _, body) in &results {
-        assert!(
-            *status == StatusCode::CREATED || *status == StatusCode::CONFLICT,
-            "{status} {body}"
-        );
-    }
-    let cursor = winners[0].1.clone().unwrap();
+    let (cursor, winner) = the_one_winner(&results, StatusCode::CREATED, StatusCode::CONFLICT);
     let events = app.events_through(&before, &cursor).await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["data"], winners[0].2);
+    assert_eq!(events[0]["data"], winner);
     assert_eq!(app.head().await, cursor);
 }
 
@@ -477,24 +488,14 @@ async fn concurrent_conditional_updates_let_one_win(backend: Backend) {
         })
         .collect();
     let results = concurrently(&app, requests).await;
-    let winners: Vec<_> = results
-        .iter()
-        .filter(|(status, _, _)| *status == StatusCode::OK)
-        .collect();
-    assert_eq!(winners.len(), 1, "{results:?}");
-    for (status, _, body) in &results {
-        assert!(
-            *status == StatusCode::OK || *status == StatusCode::PRECONDITION_FAILED,
-            "{status} {body}"
-        );
-    }
-    let cursor = winners[0].1.clone().unwrap();
+    let (cursor, winner) =
+        the_one_winner(&results, StatusCode::OK, StatusCode::PRECONDITION_FAILED);
     let events = app.events_through(&before, &cursor).await;
     assert_eq!(events.len(), 1);
     let current = fetch(&app, &path).await;
     assert_eq!(current["version"], 2);
     assert_eq!(events[0]["data"], current);
-    assert_eq!(winners[0].2, current);
+    assert_eq!(winner, current);
     assert_eq!(app.head().await, cursor);
 }
 
