@@ -6,8 +6,7 @@
 //! PostgreSQL only: skipped, like every PostgreSQL test, when it is not installed.
 
 use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,12 +14,10 @@ use funko_live::Config;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::{mpsc, watch},
-};
+use tokio::sync::watch;
 
 use crate::{
+    crash::ServerProcess,
     helpers::{Backend, SseClient, TestApp, WAIT, cursors, spawn_app, spawn_on, stream_cursor},
     postgres::{self, Cluster},
 };
@@ -367,84 +364,14 @@ async fn writers_on_both_instances_give_every_subscriber_the_table() {
     }
 }
 
-/// `funko-live` in its own OS process, so that it can be killed for real.
-struct ServerProcess {
-    child: tokio::process::Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    async fn spawn(database_url: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_funko-live"))
-            .args(["--bind", "127.0.0.1:0", "--database-url", database_url])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env_remove("API_TOKENS")
-            .env_remove("LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting funko-live");
-        // Read both outputs to the end (a full pipe would block the server's logging) and
-        // pick up the address it reports.
-        let (address_tx, mut address_rx) = mpsc::channel::<String>(2);
-        let output = Arc::new(Mutex::new(Vec::<String>::new()));
-        let readers: [Box<dyn tokio::io::AsyncRead + Unpin + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for reader in readers {
-            let (address_tx, output) = (address_tx.clone(), output.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some((_, rest)) = line.split_once("listening on http://") {
-                        let address: String = rest
-                            .chars()
-                            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                            .collect();
-                        let _ = address_tx.try_send(address);
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let address = tokio::time::timeout(Duration::from_secs(30), address_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
-                panic!(
-                    "funko-live did not report its address; its output:\n{}",
-                    output.lock().unwrap().join("\n")
-                )
-            });
-        Self {
-            child,
-            base: format!("http://{address}"),
-            _dir: dir,
-        }
-    }
-
-    /// SIGKILL: no shutdown, no goodbye to its clients.
-    async fn kill(&mut self) {
-        self.child.kill().await.expect("SIGKILL");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_a_killed_instance_resume_on_the_other() {
     if !postgres::available() {
         return;
     }
     let database_url = postgres::fresh_database().await;
-    let mut a = ServerProcess::spawn(&database_url).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut a = ServerProcess::start(&database_url, dir.path(), &[]).await;
     let b = Arc::new(instance_on(&database_url).await);
     let b_base = b.url("");
     let start = b.head().await;

@@ -6,7 +6,8 @@
 //! with `Last-Event-ID` after each restart, has received exactly the log. Writes in flight at
 //! a kill may or may not have committed; either is fine as long as the log and the rows agree.
 //!
-//! [`ServerProcess`], the writers and [`verify_store`] are shared with `shutdown.rs`.
+//! [`ServerProcess`] (also used by `cluster.rs`), the writers and [`verify_store`] are shared
+//! with `shutdown.rs`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
