@@ -657,6 +657,28 @@ async fn version_and_etag_follow_every_change(backend: Backend) {
     assert_eq!(fetch(&app, id).await["version"], version + 1);
 }
 
+/// PUT, PATCH and DELETE of `path` with this `If-Match` each answer `status` and change
+/// nothing.
+async fn assert_conditional_writes_rejected(
+    app: &TestApp,
+    path: &str,
+    if_match: &str,
+    status: u16,
+) {
+    app.assert_rejected(
+        app.if_match(Method::PUT, path, if_match, Some(valid_body("Other"))),
+        status,
+    )
+    .await;
+    app.assert_rejected(
+        app.if_match(Method::PATCH, path, if_match, Some(json!({"stock": 1}))),
+        status,
+    )
+    .await;
+    app.assert_rejected(app.if_match(Method::DELETE, path, if_match, None), status)
+        .await;
+}
+
 async fn stale_if_match_is_412_and_changes_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let id = app.create_funko("Groot").await["id"].as_i64().unwrap();
@@ -665,18 +687,7 @@ async fn stale_if_match_is_412_and_changes_nothing(backend: Backend) {
     assert_eq!(etag(&response), "\"2\"");
 
     for stale in ["\"1\"", "\"3\"", "\"1\", \"3\"", "W/\"2\""] {
-        app.assert_rejected(
-            app.if_match(Method::PUT, &path, stale, Some(valid_body("Other"))),
-            412,
-        )
-        .await;
-        app.assert_rejected(
-            app.if_match(Method::PATCH, &path, stale, Some(json!({"stock": 1}))),
-            412,
-        )
-        .await;
-        app.assert_rejected(app.if_match(Method::DELETE, &path, stale, None), 412)
-            .await;
+        assert_conditional_writes_rejected(&app, &path, stale, 412).await;
     }
     let current = fetch(&app, id).await;
     assert_eq!(current["version"], 2);
@@ -729,18 +740,7 @@ async fn malformed_if_match_is_400(backend: Backend) {
     let id = app.create_funko("Groot").await["id"].as_i64().unwrap();
     let path = format!("/funkos/{id}");
     for bad in ["1", "\"1", "1\"", "abc", "", "\"1\", 2"] {
-        app.assert_rejected(
-            app.if_match(Method::PUT, &path, bad, Some(valid_body("Groot"))),
-            400,
-        )
-        .await;
-        app.assert_rejected(
-            app.if_match(Method::PATCH, &path, bad, Some(json!({"stock": 1}))),
-            400,
-        )
-        .await;
-        app.assert_rejected(app.if_match(Method::DELETE, &path, bad, None), 400)
-            .await;
+        assert_conditional_writes_rejected(&app, &path, bad, 400).await;
     }
     assert_eq!(fetch(&app, id).await["version"], 1);
 }
