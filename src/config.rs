@@ -125,6 +125,10 @@ impl Config {
         }
     }
 
+    pub fn write_stall(&self) -> Duration {
+        Duration::from_secs(self.write_stall_seconds.max(1))
+    }
+
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_seconds.max(1))
     }

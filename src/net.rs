@@ -11,18 +11,211 @@
 //! the time (no wake-up, no timer work); when the timer fires, it compares that time with the
 //! deadline and either closes the connection or re-arms for the new deadline. So a busy
 //! stream costs the timer wheel one entry per idle period, not one per delivery.
+//!
+//! A socket is [`Shared`]: hyper reads and writes it, and once a Server-Sent Events response
+//! is streaming live, the fan-out ([`crate::events::hub`]) writes that response's chunks to it
+//! directly through its [`Outlet`], without waking the connection's task. The two never
+//! write at once: the fan-out writes only while hyper has nothing buffered and the response's
+//! body is not handing hyper bytes.
 
 use std::{
     io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
+use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     time::{Instant, Sleep},
 };
+
+/// What a socket tells its [`Guarded`] about writes made outside hyper.
+pub trait Outside {
+    /// When bytes were last written to the socket by someone other than hyper.
+    fn last_outside_write(&self) -> Option<Instant> {
+        None
+    }
+
+    /// hyper's flush completed: it holds no unwritten bytes.
+    fn flushed(&self) {}
+}
+
+/// A connection's TCP socket, shared between hyper (through `AsyncRead`/`AsyncWrite`) and
+/// the fan-out (through its [`Outlet`]).
+pub struct Shared {
+    read: OwnedReadHalf,
+    outlet: Arc<Outlet>,
+}
+
+impl Shared {
+    pub fn new(stream: TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        Self {
+            read,
+            outlet: Arc::new(Outlet {
+                write,
+                hyper_idle: AtomicBool::new(true),
+                flushed: AtomicWaker::new(),
+                opened: Instant::now(),
+                last_write: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn outlet(&self) -> &Arc<Outlet> {
+        &self.outlet
+    }
+}
+
+/// The write side of a [`Shared`] socket, for a writer outside hyper.
+///
+/// The rule that keeps the two writers' bytes apart: hyper writes only what a response body
+/// hands it, so a body that writes through the outlet must (1) mark hyper busy
+/// ([`hand_to_hyper`](Self::hand_to_hyper)) before it hands hyper anything, and (2) write
+/// through the outlet only while [`hyper_idle`](Self::hyper_idle), which hyper's completed
+/// flush sets again.
+pub struct Outlet {
+    write: OwnedWriteHalf,
+    hyper_idle: AtomicBool,
+    /// Woken when hyper's flush completes.
+    flushed: AtomicWaker,
+    opened: Instant,
+    /// Nanoseconds after `opened` of the last write through the outlet.
+    last_write: AtomicU64,
+}
+
+impl Outlet {
+    fn socket(&self) -> &TcpStream {
+        self.write.as_ref()
+    }
+
+    /// Whether hyper has written everything it was given.
+    pub fn hyper_idle(&self) -> bool {
+        self.hyper_idle.load(Ordering::Acquire)
+    }
+
+    /// Records that the response body is about to hand hyper bytes.
+    pub fn hand_to_hyper(&self) {
+        self.hyper_idle.store(false, Ordering::Release);
+    }
+
+    /// Like [`hyper_idle`](Self::hyper_idle), registering the task to be woken when hyper's
+    /// flush completes if it is not.
+    pub fn poll_hyper_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.hyper_idle() {
+            return Poll::Ready(());
+        }
+        self.flushed.register(cx.waker());
+        if self.hyper_idle() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Writes without waiting: `WouldBlock` when the socket's buffer is full. Only while
+    /// hyper is idle (see the type's rule).
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.socket().try_write(bytes)?;
+        let since = Instant::now().saturating_duration_since(self.opened);
+        self.last_write
+            .store(since.as_nanos() as u64, Ordering::Release);
+        Ok(written)
+    }
+
+    /// Registers the task for the socket's next writability.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket().poll_write_ready(cx)
+    }
+
+    /// When the outlet last wrote, if it ever did.
+    pub fn last_write(&self) -> Option<Instant> {
+        match self.last_write.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.opened + Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+impl Outside for Shared {
+    fn last_outside_write(&self) -> Option<Instant> {
+        self.outlet.last_write()
+    }
+
+    fn flushed(&self) {
+        if !self.outlet.hyper_idle.swap(true, Ordering::AcqRel) {
+            self.outlet.flushed.wake();
+        }
+    }
+}
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+/// hyper's writes: the same readiness loop as tokio's own `poll_write`, through the shared
+/// half.
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let socket = self.outlet.socket();
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let socket = self.outlet.socket();
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write_vectored(bufs) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(
+            socket2::SockRef::from(self.outlet.socket()).shutdown(std::net::Shutdown::Write),
+        )
+    }
+}
 
 /// How long a connection may stay silent and how long a write may wait for the peer.
 #[derive(Clone, Copy, Debug)]
@@ -63,9 +256,23 @@ impl<T> Guarded<T> {
         }
     }
 
+    /// The last read or write that moved bytes, hyper's or another writer's.
+    fn last_activity(&self) -> Instant
+    where
+        T: Outside,
+    {
+        match self.inner.last_outside_write() {
+            Some(outside) => outside.max(self.last_activity),
+            None => self.last_activity,
+        }
+    }
+
     /// The earliest deadline in force: the write stall's while a write waits, else idleness.
-    fn due(&self) -> Instant {
-        let idle = self.last_activity + self.deadlines.idle;
+    fn due(&self) -> Instant
+    where
+        T: Outside,
+    {
+        let idle = self.last_activity() + self.deadlines.idle;
         match self.stalled_since {
             Some(since) => idle.min(since + self.deadlines.write_stall),
             None => idle,
@@ -74,9 +281,13 @@ impl<T> Guarded<T> {
 
     /// Polls the timer (registering the task for its expiry) after an I/O call returned
     /// `Pending`; says which deadline passed, if one did.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Option<Expired>
+    where
+        T: Outside,
+    {
         loop {
             let due = self.due();
+            let last_activity = self.last_activity();
             let timer = match &mut self.timer {
                 Some(timer) => {
                     // Only an earlier deadline (a stall starting) moves the timer now; a later
@@ -97,7 +308,7 @@ impl<T> Guarded<T> {
             {
                 return Some(Expired::WriteStall);
             }
-            if now >= self.last_activity + self.deadlines.idle {
+            if now >= last_activity + self.deadlines.idle {
                 return Some(Expired::Idle);
             }
             // Fired for a deadline that activity has since moved: re-arm for the new one
@@ -109,7 +320,10 @@ impl<T> Guarded<T> {
     /// Watches the deadlines after an I/O call returned `Pending`, turning an expired one
     /// into the error that closes the connection. Either side reports either deadline: the
     /// timer wakes the task once, and hyper may then poll only one side.
-    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>>
+    where
+        T: Outside,
+    {
         match self.poll_deadline(cx) {
             None => Poll::Pending,
             Some(Expired::WriteStall) => {
@@ -135,7 +349,10 @@ impl<T> Guarded<T> {
         &mut self,
         cx: &mut Context<'_>,
         result: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
+    ) -> Poll<io::Result<R>>
+    where
+        T: Outside,
+    {
         if result.is_ready() {
             self.stalled_since = None;
             self.last_activity = Instant::now();
@@ -146,7 +363,7 @@ impl<T> Guarded<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+impl<T: AsyncRead + Outside + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -162,7 +379,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+impl<T: AsyncWrite + Outside + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,6 +391,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = result {
+            // hyper flushes its IO only after writing out its own buffer.
+            self.inner.flushed();
+        }
         self.watch_write(cx, result)
     }
 
@@ -200,6 +421,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+
+    impl Outside for DuplexStream {}
 
     const DEADLINES: Deadlines = Deadlines {
         idle: Duration::from_secs(120),

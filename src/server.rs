@@ -19,7 +19,7 @@ use poem::{
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::task::TaskTracker;
 
-use crate::net::{Deadlines, Guarded};
+use crate::net::{Deadlines, Guarded, Outlet, Shared};
 
 /// hyper's buffer bound per connection, for reading a request head and for queueing response
 /// bytes the peer has not read yet. hyper's default (~400 KiB) let 1,000 stream clients that
@@ -93,14 +93,17 @@ where
                 {
                     tracing::debug!(%remote, error = %err, "setting the send buffer failed");
                 }
+                let socket = Shared::new(socket);
+                let service = Service {
+                    endpoint: endpoint.clone(),
+                    local: local.clone(),
+                    remote,
+                    outlet: socket.outlet().clone(),
+                };
                 let connection = http
                     .serve_connection(
                         TokioIo::new(Guarded::new(socket, limits.deadlines)),
-                        Service {
-                            endpoint: endpoint.clone(),
-                            local: local.clone(),
-                            remote,
-                        },
+                        service,
                     )
                     .with_upgrades();
                 connections.spawn(drive(connection, remote, watching.clone()));
@@ -145,10 +148,8 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
-type Connection<E> = hyper::server::conn::http1::UpgradeableConnection<
-    TokioIo<Guarded<tokio::net::TcpStream>>,
-    Service<E>,
->;
+type Connection<E> =
+    hyper::server::conn::http1::UpgradeableConnection<TokioIo<Guarded<Shared>>, Service<E>>;
 
 /// Runs one connection to its end, following the server's phase.
 async fn drive<E: Endpoint + 'static>(
@@ -185,6 +186,9 @@ struct Service<E> {
     endpoint: Arc<E>,
     local: LocalAddr,
     remote: SocketAddr,
+    /// The connection's socket, for a response that writes to it outside hyper (the SSE
+    /// fan-out); in every request's extensions.
+    outlet: Arc<Outlet>,
 }
 
 impl<E: Endpoint + 'static> hyper::service::Service<hyper::Request<Incoming>> for Service<E> {
@@ -197,12 +201,13 @@ impl<E: Endpoint + 'static> hyper::service::Service<hyper::Request<Incoming>> fo
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let endpoint = self.endpoint.clone();
         // Carries hyper's `OnUpgrade`, so a WebSocket handler can take the connection over.
-        let request = poem::Request::from((
+        let mut request = poem::Request::from((
             request,
             self.local.clone(),
             RemoteAddr(self.remote.into()),
             Scheme::HTTP,
         ));
+        request.extensions_mut().insert(self.outlet.clone());
         Box::pin(async move { Ok(endpoint.get_response(request).await.into()) })
     }
 }

@@ -13,7 +13,9 @@ use crate::{
     db::{Backend, Db},
     error::render_any_error,
     events::{
-        ChangeBus, listener,
+        ChangeBus,
+        hub::Hub,
+        listener,
         retention::{self, Retention},
     },
     limits::{StreamLimits, StreamSlots},
@@ -70,7 +72,13 @@ impl App {
         let settings = Settings {
             max_body_bytes: config.max_body_bytes,
             keepalive: config.keepalive(),
+            write_stall: config.write_stall(),
         };
+        // One shard per worker thread: a busy fan-out spreads over the cores it may use.
+        let hub = Hub::start(
+            bus.clone(),
+            tokio::runtime::Handle::current().metrics().num_workers(),
+        );
         let slots = StreamSlots::new(StreamLimits {
             max_streams: config.max_streams,
             max_streams_per_ip: config.max_streams_per_ip,
@@ -79,6 +87,7 @@ impl App {
         Ok(Self {
             state: AppState {
                 bus,
+                hub,
                 settings: Arc::new(settings),
                 policy: Arc::new(policy),
                 slots,
@@ -106,7 +115,7 @@ impl App {
             header_timeout: Duration::from_secs(self.config.header_timeout_seconds.max(1)),
             deadlines: Deadlines {
                 idle: Duration::from_secs(self.config.idle_timeout_seconds.max(61)),
-                write_stall: Duration::from_secs(self.config.write_stall_seconds.max(1)),
+                write_stall: self.config.write_stall(),
             },
             send_buffer: (self.config.send_buffer_bytes > 0)
                 .then_some(self.config.send_buffer_bytes),

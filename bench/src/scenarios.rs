@@ -631,9 +631,13 @@ impl Ctx {
             eprintln!("   {label}: idle server CPU {pct:.2} % with {n} waiting");
             self.record("fanout", kind, transport.name(), n, "idle_cpu", "%", pct);
         }
+        let cpu0 = server.cpu_seconds();
         let publ = self.publish(&server, events, rate, 4, 0.0, "fan").await?;
         let drain = Duration::from_secs(30);
         let sub = Self::collect(&mut workers, drain).await?;
+        // The server's CPU per delivery while the events went out (the writes included):
+        // what the fan-out costs, less sensitive to a noisy machine than the latencies.
+        let cpu_us = (server.cpu_seconds() - cpu0) * 1e6 / sub.events.max(1) as f64;
         let expected = publ.ok * ready.connected as u64;
         let lost = expected.saturating_sub(sub.events);
         let window = sub.last_event_ns.saturating_sub(publ.first_send_ns) as f64 / 1e9;
@@ -643,7 +647,7 @@ impl Ctx {
             0.0
         };
         eprintln!(
-            "   {label}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  deliveries {} ({:.0}/s)  lost {lost}  ended early {}{}",
+            "   {label}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  deliveries {} ({:.0}/s, {cpu_us:.2} µs of server CPU each)  lost {lost}  ended early {}{}",
             sub.latency.quantile_ms(0.5),
             sub.latency.quantile_ms(0.99),
             sub.latency.max_ms(),
@@ -676,6 +680,7 @@ impl Ctx {
         );
         self.record("fanout", kind, t, n, "max", "ms", sub.latency.max_ms());
         self.record("fanout", kind, t, n, "deliveries_per_s", "1/s", dps);
+        self.record("fanout", kind, t, n, "cpu_per_delivery", "µs", cpu_us);
         self.record("fanout", kind, t, n, "lost", "count", lost as f64);
         if lost > 0 || publ.errors > 0 {
             let mut server = server;

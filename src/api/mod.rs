@@ -32,6 +32,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub bus: Arc<ChangeBus>,
+    /// Writes live events to SSE subscribers' sockets.
+    pub hub: Arc<crate::events::hub::Hub>,
     pub settings: Arc<Settings>,
     /// Who may write.
     pub policy: Arc<WritePolicy>,
@@ -50,6 +52,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Interval of SSE keep-alive comments.
     pub keepalive: std::time::Duration,
+    /// How long a stream's write may wait for the client before the stream is cut off.
+    pub write_stall: std::time::Duration,
 }
 
 #[derive(Tags)]

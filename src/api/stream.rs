@@ -1,11 +1,13 @@
 //! `/events` (Server-Sent Events) and `/events/poll` (long-polling): two thin adapters that
 //! turn a [`Subscription`]'s steps into frames.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, stream::BoxStream};
-use poem::web::Data;
+use poem::{
+    http::{Method, Version},
+    web::Data,
+};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Query},
@@ -19,9 +21,12 @@ use super::{ApiTags, AppState, RawJson};
 use crate::{
     error::{ApiError, ApiResult, StreamErrors},
     events::{
-        ChangeEventDoc, Filter, Reset, Start, StoredEvent, Subscription, parse_cursor,
+        ChangeEventDoc, Filter, Reset, Start, StoredEvent, Subscription,
+        hub::{Ending, Hub},
+        parse_cursor,
         subscription::Next,
     },
+    net::Outlet,
 };
 use crate::{
     limits::{StreamSlot, client_ip},
@@ -68,10 +73,34 @@ const KEEP_ALIVE: &[u8] = b":\n\n";
 ///
 /// The body is written by hand rather than through poem's SSE adapter: each change event's
 /// frame is rendered once (`StoredEvent::sse`) and every subscriber gets the same bytes, where
-/// the adapter would copy and re-format the JSON for each delivery.
+/// the adapter would copy and re-format the JSON for each delivery. Once the subscription is
+/// live, the [`Hub`] writes the frames to the socket itself, when it can (see [`Fanout`]).
 pub struct SseStream {
-    frames: BoxStream<'static, Bytes>,
+    subscription: Subscription,
+    reset: Option<Reset>,
+    slot: StreamSlot,
     keep_alive: Duration,
+    fanout: Option<Fanout>,
+}
+
+/// The hub's access to a response's socket: present when the server accepted the connection
+/// (not in poem's test client) and hyper frames the body with chunked encoding (an HTTP/1.1
+/// `GET`), which is how the hub writes it.
+pub struct Fanout {
+    hub: Arc<Hub>,
+    outlet: Arc<Outlet>,
+    write_stall: Duration,
+}
+
+impl Fanout {
+    fn for_request(state: &AppState, request: &poem::Request) -> Option<Self> {
+        let outlet = request.extensions().get::<Arc<Outlet>>()?;
+        (request.version() == Version::HTTP_11 && request.method() == Method::GET).then(|| Self {
+            hub: state.hub.clone(),
+            outlet: outlet.clone(),
+            write_stall: state.settings.write_stall,
+        })
+    }
 }
 
 impl Payload for SseStream {
@@ -91,41 +120,116 @@ impl Payload for SseStream {
 
 impl poem::IntoResponse for SseStream {
     fn into_response(self) -> poem::Response {
-        let Self {
-            mut frames,
-            keep_alive,
-        } = self;
-        // A keep-alive comment only after `keep_alive` without any frame. One timer for the
-        // connection's life, re-armed only when it fires: a frame just notes the time, so a
-        // delivery costs no timer-wheel work (a fresh `sleep` per frame did).
-        let body = async_stream::stream! {
-            let timer = tokio::time::sleep(keep_alive);
-            tokio::pin!(timer);
-            let mut last_sent = Instant::now();
-            loop {
-                tokio::select! {
-                    frame = frames.next() => match frame {
-                        Some(frame) => {
-                            last_sent = Instant::now();
-                            yield Ok::<_, std::io::Error>(frame);
-                        }
-                        None => break,
-                    },
-                    () = &mut timer => {
-                        if last_sent.elapsed() >= keep_alive {
-                            last_sent = Instant::now();
-                            yield Ok(Bytes::from_static(KEEP_ALIVE));
-                        }
-                        timer.as_mut().reset(last_sent + keep_alive);
-                    }
-                }
-            }
-        };
         poem::Response::builder()
             .content_type("text/event-stream")
             .header("Cache-Control", "no-cache")
             .header("X-Accel-Buffering", "no")
-            .body(poem::Body::from_bytes_stream(body))
+            .body(poem::Body::from_bytes_stream(self.body()))
+    }
+}
+
+impl SseStream {
+    /// The response body: the frames of the replay and of live events until the subscription
+    /// is live, through hyper; then the hub's, when there is a [`Fanout`].
+    fn body(self) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let Self {
+            mut subscription,
+            reset,
+            slot,
+            keep_alive,
+            fanout,
+        } = self;
+        // Every frame handed to hyper is announced to the outlet first, so the hub never
+        // writes while hyper holds bytes.
+        let handing = fanout.as_ref().map(|f| f.outlet.clone());
+        let hand = move || {
+            if let Some(outlet) = &handing {
+                outlet.hand_to_hyper();
+            }
+        };
+        async_stream::stream! {
+            // Holds this connection's place until the stream ends.
+            let _slot = slot;
+            let delivered = METRICS.delivered_counter("sse");
+            hand();
+            yield Ok(retry_frame());
+            if let Some(reset) = reset {
+                hand();
+                yield Ok(reset_frame(&reset));
+                hand();
+                yield Ok(cursor_frame(subscription.cursor()));
+            }
+            // A keep-alive comment only after `keep_alive` without any frame. One timer for
+            // the connection's life, re-armed only when it fires: a frame just notes the
+            // time, so a delivery costs no timer-wheel work.
+            let timer = tokio::time::sleep(keep_alive);
+            tokio::pin!(timer);
+            let mut last_sent = Instant::now();
+            loop {
+                match subscription.poll_now(BATCH).await {
+                    Ok(Some(Next::Events { events, cursor })) => {
+                        last_sent = Instant::now();
+                        delivered.inc_by(events.len() as u64);
+                        hand();
+                        if events.is_empty() {
+                            yield Ok(cursor_frame(cursor));
+                        } else if events.len() == 1 {
+                            // The frame every subscriber shares, not copied.
+                            yield Ok(events.into_iter().next().expect("one event").sse);
+                        } else {
+                            // Replaying or catching up: one body chunk (and one write) per
+                            // batch instead of one per event.
+                            let mut batch =
+                                BytesMut::with_capacity(events.iter().map(|e| e.sse.len()).sum());
+                            for event in &events {
+                                batch.extend_from_slice(&event.sse);
+                            }
+                            yield Ok(batch.freeze());
+                        }
+                    }
+                    Ok(Some(Next::Reset(reset))) => {
+                        last_sent = Instant::now();
+                        hand();
+                        yield Ok(reset_frame(&reset));
+                        hand();
+                        yield Ok(cursor_frame(subscription.cursor()));
+                    }
+                    // The client reconnects with Last-Event-ID and resumes from the log.
+                    Ok(Some(Next::CutOff { .. } | Next::Closed { .. })) => break,
+                    Err(err) => {
+                        tracing::warn!(error = %err, cursor = subscription.cursor(), "SSE stream failed");
+                        break;
+                    }
+                    // Live: the hub takes over, or this task waits for the next commit.
+                    Ok(None) => {
+                        if let Some(fanout) = &fanout {
+                            let membership = fanout.hub.join(
+                                fanout.outlet.clone(),
+                                subscription.filter().clone(),
+                                subscription.cursor(),
+                            );
+                            drop(subscription);
+                            if let Ending::Abort(err) =
+                                membership.run(keep_alive, fanout.write_stall).await
+                            {
+                                yield Err(err);
+                            }
+                            break;
+                        }
+                        tokio::select! {
+                            () = subscription.wait() => {}
+                            () = &mut timer => {
+                                if last_sent.elapsed() >= keep_alive {
+                                    last_sent = Instant::now();
+                                    yield Ok(Bytes::from_static(KEEP_ALIVE));
+                                }
+                                timer.as_mut().reset(last_sent + keep_alive);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -231,58 +335,6 @@ fn cursor_param(name: &str, raw: Option<&str>) -> Result<Start, ApiError> {
     }
 }
 
-/// The frames of one SSE connection.
-fn sse_frames(
-    mut subscription: Subscription,
-    reset: Option<Reset>,
-    slot: StreamSlot,
-) -> BoxStream<'static, Bytes> {
-    async_stream::stream! {
-        // Holds this connection's place until the stream ends.
-        let _slot = slot;
-        let delivered = METRICS.delivered_counter("sse");
-        yield retry_frame();
-        if let Some(reset) = reset {
-            yield reset_frame(&reset);
-            yield cursor_frame(subscription.cursor());
-        }
-        loop {
-            match subscription.next(BATCH).await {
-                Ok(Next::Events { events, cursor }) => {
-                    if events.is_empty() {
-                        yield cursor_frame(cursor);
-                    }
-                    delivered.inc_by(events.len() as u64);
-                    if events.len() == 1 {
-                        // Live: the frame every subscriber shares, not copied.
-                        yield events.into_iter().next().expect("one event").sse;
-                    } else if !events.is_empty() {
-                        // Replaying or catching up: one body chunk (and one write) per batch
-                        // instead of one per event.
-                        let mut batch =
-                            BytesMut::with_capacity(events.iter().map(|e| e.sse.len()).sum());
-                        for event in &events {
-                            batch.extend_from_slice(&event.sse);
-                        }
-                        yield batch.freeze();
-                    }
-                }
-                Ok(Next::Reset(reset)) => {
-                    yield reset_frame(&reset);
-                    yield cursor_frame(subscription.cursor());
-                }
-                // The client reconnects with Last-Event-ID and resumes from the log.
-                Ok(Next::CutOff { .. } | Next::Closed { .. }) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, cursor = subscription.cursor(), "SSE stream failed");
-                    break;
-                }
-            }
-        }
-    }
-    .boxed()
-}
-
 #[OpenApi(tag = "ApiTags::Stream")]
 impl StreamApi {
     /// Change stream (Server-Sent Events)
@@ -318,8 +370,11 @@ impl StreamApi {
         let slot = state.slots.acquire("sse", client_ip(request))?;
         let (subscription, reset) = Subscription::open(state.bus.clone(), start, filter).await?;
         Ok(SseStream {
-            frames: sse_frames(subscription, reset, slot),
+            subscription,
+            reset,
+            slot,
             keep_alive: state.settings.keepalive,
+            fanout: Fanout::for_request(&state, request),
         })
     }
 

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod cache;
+pub mod hub;
 pub mod listener;
 pub mod retention;
 pub mod subscription;

@@ -280,8 +280,11 @@ async fn a_write_on_one_instance_reaches_every_transport_on_the_other() {
         .expect("the long-poll on B is woken by the write on A")
         .unwrap()
         .unwrap();
-    assert_eq!(page["events"], json!([log[0]]));
-    assert_eq!(page["cursor"], written[0].as_str());
+    // It answers with what had committed when it woke: the first write, or more if the poll
+    // reached B after the next write (a busy machine); always a prefix of the log.
+    let answered = page["events"].as_array().expect("events");
+    assert!(!answered.is_empty() && log.starts_with(answered), "{page}");
+    assert_eq!(page["cursor"], written[answered.len() - 1].as_str());
     // And B's reads report the same head.
     assert_eq!(b.head().await, written[2]);
 }

@@ -392,7 +392,7 @@ impl SseFrame {
 
 /// A minimal SSE reader over a real HTTP response.
 pub struct SseClient {
-    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
     buffer: String,
     pub headers: reqwest::header::HeaderMap,
 }
@@ -402,9 +402,74 @@ impl SseClient {
     pub fn new(response: Response) -> Self {
         let headers = response.headers().clone();
         Self {
-            stream: response.bytes_stream().boxed(),
+            stream: response
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(|e| e.to_string()))
+                .boxed(),
             buffer: String::new(),
             headers,
+        }
+    }
+
+    /// Sends `GET path` on a raw socket (one with a small receive window, say) and reads the
+    /// response's SSE stream, decoding the chunked body by hand: so a broken chunk fails
+    /// here, where an HTTP client might paper over it.
+    pub async fn over(mut socket: tokio::net::TcpStream, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        socket
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut raw = bytes::BytesMut::new();
+        let head_end = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(
+                socket.read_buf(&mut raw).await.unwrap() > 0,
+                "a response head"
+            );
+        };
+        let head = String::from_utf8_lossy(&raw.split_to(head_end)).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let body = async_stream::stream! {
+            loop {
+                // A chunk: its size in hex, CRLF, that many bytes, CRLF.
+                let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
+                    match socket.read_buf(&mut raw).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    }
+                };
+                let size = std::str::from_utf8(&raw[..line_end])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s, 16).ok());
+                let Some(size) = size else {
+                    yield Err(format!("not a chunk size: {:?}", String::from_utf8_lossy(&raw[..line_end])));
+                    return;
+                };
+                while raw.len() < line_end + 2 + size + 2 {
+                    match socket.read_buf(&mut raw).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+                let mut chunk = raw.split_to(line_end + 2 + size + 2);
+                if &chunk[line_end + 2 + size..] != b"\r\n" {
+                    yield Err("a chunk does not end with CRLF".to_owned());
+                    return;
+                }
+                if size == 0 {
+                    return;
+                }
+                yield Ok(chunk.split_off(line_end + 2).split_to(size).freeze());
+            }
+        };
+        Self {
+            stream: body.boxed(),
+            buffer: String::new(),
+            headers: reqwest::header::HeaderMap::new(),
         }
     }
 
@@ -446,7 +511,11 @@ impl SseClient {
             }
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Err(_) => return Err(()),
-                Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(err))) => {
+                    assert!(!err.contains("chunk"), "a malformed response: {err}");
+                    return Ok(None);
+                }
                 Ok(Some(Ok(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
             }
         }

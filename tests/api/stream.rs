@@ -545,6 +545,68 @@ async fn a_client_that_stops_reading_stalls_within_the_send_buffer() {
     );
 }
 
+/// A reader that falls behind, here by not reading while 300 big events commit, makes the
+/// server's writes to it block part-way through a chunk. It then gets every event whole and
+/// in order, and stays live afterwards.
+async fn a_reader_that_falls_behind_gets_every_event_whole(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.write_stall_seconds = 120).await;
+    let start = app.head().await;
+    let socket = app.small_window_connection().await;
+    let mut sse = SseClient::over(socket, &format!("/events?lastEventId={start}")).await;
+    let behind = 300;
+    app.create_big_funkos("Behind", behind).await;
+    let log = app.events_after(&start).await;
+    assert_eq!(log.len(), behind);
+    assert_eq!(sse.take_events(behind).await, log);
+    // Caught up, it follows live writes again.
+    let live = app.create_funko("After").await;
+    assert_eq!(sse.next_event().await["data"], live);
+}
+
+/// An HTTP/1.0 client gets the stream without chunked framing (the connection's end ends
+/// the body), so nothing may write chunks to it.
+#[tokio::test]
+async fn an_http_1_0_client_gets_an_unchunked_stream() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let start = app.head().await;
+    let mut socket = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    socket
+        .write_all(format!("GET /events?lastEventId={start} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        app.create_funko(&format!("Old {i}")).await;
+    }
+    let log = app.events_after(&start).await;
+    let last = format!("id: {}\n", log[2]["id"].as_str().unwrap());
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        // Until the last event's frame is whole.
+        while !String::from_utf8_lossy(&raw)
+            .split_once(&last)
+            .is_some_and(|(_, rest)| rest.contains("\n\n"))
+        {
+            assert!(
+                socket.read_buf(&mut raw).await.unwrap() > 0,
+                "the stream ended"
+            );
+        }
+    })
+    .await
+    .expect("three events in time");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+    assert!(body.starts_with("retry: "), "{body:?}");
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|frame| frame.strip_prefix("id: "))
+        .filter_map(|frame| frame.split_once("\ndata: "))
+        .map(|(_, data)| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events, log);
+}
+
 async fn shutdown_closes_streams_promptly(backend: Backend) {
     let app: TestApp = spawn_app(backend).await;
     let mut sse = app.sse("/events", None).await;
@@ -577,4 +639,5 @@ crate::backend_tests!(
     shutdown_closes_streams_promptly,
     retention_prunes_in_the_background,
     stalled_connection_is_closed,
+    a_reader_that_falls_behind_gets_every_event_whole,
 );
