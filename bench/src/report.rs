@@ -654,30 +654,33 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
         s,
         "\n![SSE fan-out latency vs N](bench/results/fanout.png)\n"
     );
-    let floor: Vec<(usize, f64, f64)> = r
+    let floor: Vec<(usize, f64, f64, Option<f64>)> = r
         .rows
         .iter()
         .filter(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
         .filter_map(|(k, _)| {
             let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(k.n), m);
-            Some((k.n, get("write_us")?, get("write_us_best")?))
+            Some((k.n, get("write_us")?, get("write_us_best")?, get("p99")))
         })
         .collect();
-    if let Some(&(n, median, _)) = floor.last() {
+    if let Some(&(n, median, ..)) = floor.last() {
         let steps: Vec<String> = floor
             .iter()
-            .map(|(n, median, best)| {
-                format!("{median:.1} µs at {n} sockets (best round {best:.1})")
+            .map(|(n, median, best, p99)| {
+                let p99 = p99.map_or(String::new(), |p| format!(", frame p99 {p:.1} ms"));
+                format!("{median:.1} µs at {n} sockets (best round {best:.1}{p99})")
             })
             .collect();
         let _ = writeln!(
             s,
             "**Kernel floor** (`bench floor`: one {}-byte `write()` to each of N connected loopback \
-             sockets from core 0 while core 1 reads them, median of 21 rounds): {}. On loopback the \
-             writing core also runs the receiver's TCP input and wake-up, so this is what one delivery \
-             costs before any server code runs: one event to 10,000 subscribers needs at least \
-             10,000 × {median:.1} µs ≈ {:.0} ms of the server's core here (per-write cost at {n} \
-             sockets), and one to {} subscribers at least {:.1} ms.\n",
+             sockets from core 0 while core 1 reads them, median of 21 rounds; the frame p99 is \
+             each frame's time from the start of its round to its reader, over every round): {}. \
+             On loopback the writing core also runs the receiver's TCP input and wake-up, so this \
+             is what one delivery costs before any server code runs, and the frame p99 is the \
+             fan-out p99 of a server with no code of its own and no commit: one event to 10,000 \
+             subscribers needs at least 10,000 × {median:.1} µs ≈ {:.0} ms of the server's core \
+             here (per-write cost at {n} sockets), and one to {} subscribers at least {:.1} ms.\n",
             400,
             steps.join(", "),
             10_000.0 * median / 1000.0,

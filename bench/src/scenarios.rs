@@ -259,15 +259,22 @@ impl Ctx {
             let core = self.launch.pin.then_some(0);
             for &n in &self.plan.floor_ns.clone() {
                 match crate::floor::measure(n, core).await {
-                    Ok((median, best)) => {
+                    Ok(floor) => {
                         eprintln!(
-                            "   {n} sockets: {median:.2} µs per write (median round), best {best:.2}"
+                            "   {n} sockets: {:.2} µs per write (median round), best {:.2}; \
+                             latency p50 {:.2} ms, p99 {:.2} ms",
+                            floor.write_us, floor.write_us_best, floor.p50_ms, floor.p99_ms
                         );
                         let server = "kernel";
-                        self.results
-                            .add("floor", server, "tcp", n, "write_us", "µs", median);
-                        self.results
-                            .add("floor", server, "tcp", n, "write_us_best", "µs", best);
+                        for (metric, unit, value) in [
+                            ("write_us", "µs", floor.write_us),
+                            ("write_us_best", "µs", floor.write_us_best),
+                            ("p50", "ms", floor.p50_ms),
+                            ("p99", "ms", floor.p99_ms),
+                        ] {
+                            self.results
+                                .add("floor", server, "tcp", n, metric, unit, value);
+                        }
                     }
                     Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
