@@ -225,7 +225,9 @@ async fn run(
                     .map(|(_, has_event)| has_event.then(|| ids.next()).flatten())
                     .collect();
                 // Sent before answering; a gone receiver (the bus closed) needs nothing.
-                let _ = commits.send(Commit::Events { created_at, events }).await;
+                if !events.is_empty() {
+                    let _ = commits.send(Commit::Events { created_at, events }).await;
+                }
                 for ((answer, _), event) in ran.into_iter().zip(fates) {
                     answer(Fate::Committed { event });
                 }
