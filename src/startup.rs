@@ -39,7 +39,8 @@ impl App {
         let db = Db::connect(&config.database_url()).await?;
         db.migrate().await?;
         let bus = ChangeBus::new(db.clone(), config.subscriber_queue).await?;
-        // SQLite: this process is the only writer, and every write wakes the tailer itself.
+        // SQLite: this process is the only writer, and its write queue hands the tailer every
+        // committed batch.
         // PostgreSQL: other instances write too; the listener wakes the tailer on their
         // commits (LISTEN/NOTIFY) and after each reconnect. The poll is only the safety net
         // for a wake-up lost while the listener's connection still looks alive (a silent

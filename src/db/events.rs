@@ -72,14 +72,15 @@ pub async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, s
     .await
 }
 
-/// SQLite: appends the events of a batch of writes ([`super::writer`]) in one statement and
-/// returns their ids, in the order of `events`. Same ordering argument as [`append`]: one
+/// SQLite: appends the events of a batch of writes ([`super::writer`]), all created at
+/// `created_at`, in one statement and returns their ids, in the order of `events`. Same ordering argument as [`append`]: one
 /// writer, and the rows of one `INSERT` take increasing ids in the order of its `VALUES`
 /// (`AUTOINCREMENT`), so sorting the returned ids (SQLite returns them in no promised order)
 /// gives each event its own.
 pub async fn append_all(
     conn: &mut AnyConnection,
     events: &[NewEvent],
+    created_at: &str,
 ) -> Result<Vec<i64>, sqlx::Error> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -97,7 +98,7 @@ pub async fn append_all(
     }
     sql.push_str(" RETURNING id");
     // Built from placeholders only: every value is bound.
-    let mut query = sqlx::query_scalar(AssertSqlSafe(sql)).bind(now_rfc3339());
+    let mut query = sqlx::query_scalar(AssertSqlSafe(sql)).bind(created_at);
     for event in events {
         query = query
             .bind(event.entity.as_str())

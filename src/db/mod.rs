@@ -16,7 +16,8 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     pool::PoolConnection,
 };
-use writer::{Change, WriteError, WriteQueue};
+use tokio::sync::mpsc;
+use writer::{Change, Commit, WriteError, WriteQueue};
 
 /// Which database engine is behind the pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +196,13 @@ impl Db {
         let id = events::append(&mut tx, &event).await?;
         tx.commit().await?;
         Ok((done, id))
+    }
+
+    /// SQLite: what the write queue commits, batch by batch in commit order, for the one
+    /// tailer of this database's bus; `None` on PostgreSQL (other instances write: the log
+    /// is read) and once taken.
+    pub fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
+        self.writes.as_ref()?.take_commits()
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot (SQLite's

@@ -23,6 +23,12 @@
 //! No write of a batch is answered before the batch's `COMMIT` returns, refusals included
 //! (a 409 may rest on a row an earlier write of the batch staged): if the commit fails,
 //! every write of the batch fails, and the caller announces nothing.
+//!
+//! # What the bus learns
+//! After each batch, and before answering its writes, the task sends a [`Commit`] to the
+//! bus's tailer: the events it committed, with their ids, or that the log must be read (a
+//! failed batch). The channel is FIFO and this task is the only writer of SQLite's log, so
+//! the tailer gets every committed event in id order without reading it back.
 
 use std::{panic::AssertUnwindSafe, sync::Mutex};
 
@@ -35,6 +41,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::events::{self, NewEvent};
+use crate::model::now_rfc3339;
 
 /// What a write can fail with, as the queue needs to know it.
 pub trait WriteError: From<sqlx::Error> + Send + 'static {
@@ -76,10 +83,27 @@ struct Ran {
     answer: Answer,
 }
 
+/// What a batch left in the log, sent to the bus's tailer in commit order.
+#[derive(Debug)]
+pub enum Commit {
+    /// The batch committed these events, ids increasing, all created at `created_at`
+    /// (exactly the rows it inserted).
+    Events {
+        created_at: String,
+        events: Vec<(i64, NewEvent)>,
+    },
+    /// A batch failed; its `COMMIT` may have failed after SQLite kept it, so the log, not
+    /// this channel, says what is there: read it.
+    ReadLog,
+}
+
 /// Most writes in one transaction: bounds how long the first of them waits for its answer.
 const MAX_BATCH: usize = 128;
 /// Writes that may wait for the writer before callers wait to enqueue (backpressure).
 const QUEUE: usize = 1024;
+/// Batches committed but not yet taken by the tailer before the batch task waits for it
+/// (backpressure: the tail never falls unboundedly behind the log).
+const COMMITS: usize = 64;
 
 /// The queue of SQLite writes and the task that commits them in batches.
 #[derive(Debug)]
@@ -90,6 +114,8 @@ pub struct WriteQueue {
     closing: CancellationToken,
     /// The batch task, owned here and awaited at close.
     task: Mutex<Option<JoinHandle<()>>>,
+    /// What the batch task committed, until the bus takes it ([`WriteQueue::take_commits`]).
+    commits: Mutex<Option<mpsc::Receiver<Commit>>>,
 }
 
 impl WriteQueue {
@@ -97,13 +123,21 @@ impl WriteQueue {
     /// of a batch takes it, so other users of the pool wait between batches).
     pub fn start(writer: AnyPool) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let (committed, commits) = mpsc::channel(COMMITS);
         let closing = CancellationToken::new();
-        let task = tokio::spawn(run(writer, queue, closing.clone()));
+        let task = tokio::spawn(run(writer, queue, committed, closing.clone()));
         Self {
             jobs,
             closing,
             task: Mutex::new(Some(task)),
+            commits: Mutex::new(Some(commits)),
         }
+    }
+
+    /// The batches' [`Commit`]s, in commit order; `None` once taken. The taker must keep
+    /// receiving (or drop the receiver): past [`COMMITS`] unread, writes wait.
+    pub fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
+        self.commits.lock().expect("not poisoned").take()
     }
 
     /// Runs `change` in the next batch and answers after that batch committed (or failed),
@@ -158,7 +192,12 @@ impl WriteQueue {
 
 /// The batch task: takes every write waiting (up to [`MAX_BATCH`]), runs them in one
 /// transaction, commits, then answers them all.
-async fn run(writer: AnyPool, mut queue: mpsc::Receiver<Job>, closing: CancellationToken) {
+async fn run(
+    writer: AnyPool,
+    mut queue: mpsc::Receiver<Job>,
+    commits: mpsc::Sender<Commit>,
+    closing: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -179,14 +218,22 @@ async fn run(writer: AnyPool, mut queue: mpsc::Receiver<Job>, closing: Cancellat
         let mut ran = Vec::with_capacity(batch.len());
         let committed = run_batch(&writer, batch.drain(..), &mut ran).await;
         match committed {
-            Some(ids) => {
-                let mut ids = ids.into_iter();
-                for (answer, has_event) in ran {
-                    let event = if has_event { ids.next() } else { None };
+            Some((created_at, events)) => {
+                let mut ids = events.iter().map(|(id, _)| *id);
+                let fates: Vec<_> = ran
+                    .iter()
+                    .map(|(_, has_event)| has_event.then(|| ids.next()).flatten())
+                    .collect();
+                // Sent before answering; a gone receiver (the bus closed) needs nothing.
+                if !events.is_empty() {
+                    let _ = commits.send(Commit::Events { created_at, events }).await;
+                }
+                for ((answer, _), event) in ran.into_iter().zip(fates) {
                     answer(Fate::Committed { event });
                 }
             }
             None => {
+                let _ = commits.send(Commit::ReadLog).await;
                 for (answer, _) in ran {
                     answer(Fate::Failed);
                 }
@@ -196,14 +243,15 @@ async fn run(writer: AnyPool, mut queue: mpsc::Receiver<Job>, closing: Cancellat
 }
 
 /// Runs one batch, pushing the answer of each write that ran (and whether it has an event)
-/// to `ran`; returns the ids of its events, in order, when it committed. Jobs left unrun (the
+/// to `ran`; returns its events with their ids, in order, and their creation time, when it
+/// committed. Jobs left unrun (the
 /// `BEGIN` failed, or an earlier job broke the batch) are dropped with `jobs`, which answers
 /// them as failed.
 async fn run_batch(
     writer: &AnyPool,
     mut jobs: impl Iterator<Item = Job>,
     ran: &mut Vec<(Answer, bool)>,
-) -> Option<Vec<i64>> {
+) -> Option<(String, Vec<(i64, NewEvent)>)> {
     let mut tx = match writer.begin().await {
         Ok(tx) => tx,
         Err(err) => {
@@ -231,7 +279,8 @@ async fn run_batch(
     }
     drop(jobs);
     // Returning early drops `tx`, which rolls the batch back.
-    let ids = match events::append_all(&mut tx, &events).await {
+    let now = now_rfc3339();
+    let ids = match events::append_all(&mut tx, &events, &now).await {
         Ok(ids) => ids,
         Err(err) => {
             tracing::error!(error = %err, writes = ran.len(), "appending a batch's events");
@@ -242,7 +291,7 @@ async fn run_batch(
         tracing::error!(error = %err, writes = ran.len(), "a batch's commit failed");
         return None;
     }
-    Some(ids)
+    Some((now, ids.into_iter().zip(events).collect()))
 }
 
 #[cfg(test)]
@@ -328,6 +377,10 @@ mod tests {
             .await
             .unwrap();
         db.migrate().await.unwrap();
+        let mut commits = db
+            .take_commits()
+            .expect("SQLite hands out its commits once");
+        assert!(db.take_commits().is_none());
         let (a, refused, b) = tokio::join!(
             db.write(insert("w-a", None)),
             db.write(refuse()),
@@ -339,6 +392,18 @@ mod tests {
         assert_eq!(b.1, a.1 + 1, "event ids in the writes' order");
         assert_eq!(names(&db).await, ["w-a", "w-b"]);
         assert_eq!(event_count(&db).await, 2);
+        // The bus is handed the same events, ids and data, in the same order.
+        let Some(Commit::Events { events, .. }) = commits.recv().await else {
+            panic!("a committed batch hands over its events");
+        };
+        let handed: Vec<_> = events
+            .iter()
+            .map(|(id, e)| (*id, e.data.as_str()))
+            .collect();
+        assert_eq!(
+            handed,
+            [(a.1, r#"{"name":"w-a"}"#), (b.1, r#"{"name":"w-b"}"#)]
+        );
         db.close().await;
     }
 
@@ -349,6 +414,7 @@ mod tests {
             .await
             .unwrap();
         db.migrate().await.unwrap();
+        let mut commits = db.take_commits().unwrap();
         let (before, broke, after) = tokio::join!(
             db.write(insert("w-before", None)),
             db.write(insert("w-half", Some(Failure::Broke))),
@@ -359,6 +425,10 @@ mod tests {
         assert_eq!(after, Err(Failure::BatchFailed));
         assert!(names(&db).await.is_empty(), "nothing committed");
         assert_eq!(event_count(&db).await, 0, "no event");
+        assert!(
+            matches!(commits.recv().await, Some(Commit::ReadLog)),
+            "after a failed batch the bus reads the log"
+        );
         // The queue goes on with the next batch.
         assert_eq!(db.write(insert("w-next", None)).await.unwrap().0, "w-next");
         assert_eq!(names(&db).await, ["w-next"]);

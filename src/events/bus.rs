@@ -1,11 +1,14 @@
 //! [`ChangeBus`]: the process's view of the log's recent tail, and the wake-up of every
 //! subscriber when it grows.
 //!
-//! Writers never push events here. After a commit they call [`ChangeBus::wake`]; one tailer
-//! task reads the log after the newest id it holds and appends what it finds. Because ids
-//! become visible in increasing order (see `db::events::append`), "read after my head" never
-//! skips an event, and every instance that tails the same database (PostgreSQL) holds the same
-//! sequence with the same cursors. The database is the truth; this is a cache of its end.
+//! One tailer task appends to the tail, in id order. On PostgreSQL, after a commit (this
+//! instance's, or another's through `LISTEN`) it is woken and reads the log after the newest
+//! id it holds. Because ids become visible in increasing order (see `db::events::append`),
+//! "read after my head" never skips an event, and every instance that tails the same database
+//! holds the same sequence with the same cursors. On SQLite this process is the only writer,
+//! and its write queue hands the tailer each committed batch's events, in commit order
+//! (`db::writer::Commit`): the same rows, without reading them back; after a failed batch the
+//! tailer reads the log instead. The database is the truth; this is a cache of its end.
 
 use std::{
     collections::VecDeque,
@@ -16,14 +19,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     StoredEvent,
     cache::{FunkoCache, FunkoJson},
 };
-use crate::db::{self, Backend, Db};
+use crate::db::{self, Backend, Db, writer::Commit};
 
 /// How many events the tailer reads from the log per query.
 const TAIL_BATCH: i64 = 1000;
@@ -54,8 +57,15 @@ pub struct ChangeBus {
     capacity: usize,
     /// The head cursor. Each subscriber holds a receiver and sleeps on `changed()`.
     head: watch::Sender<i64>,
-    /// Wakes the tailer: after a local commit, on a PostgreSQL notification, or at shutdown.
+    /// Wakes the tailer: after a local commit (PostgreSQL), on a PostgreSQL notification, or
+    /// at shutdown.
     wake: Notify,
+    /// SQLite: the write queue's committed batches, taken by the tailer when it starts.
+    /// Bounded by the queue: past its capacity unread, writes wait for the tailer.
+    commits: std::sync::Mutex<Option<mpsc::Receiver<Commit>>>,
+    /// Whether this process's commits reach the tailer through `commits` (so they need no
+    /// wake-up and no read of the log).
+    pushed: bool,
     /// Cancelled at shutdown: streams end so their clients reconnect elsewhere.
     closing: CancellationToken,
     /// The newest event id known to be committed: raised by this process's writes (before
@@ -77,7 +87,10 @@ impl ChangeBus {
         let (floor, head) = db::events::bounds(&mut conn).await?;
         drop(conn);
         let funkos = (db.backend == Backend::Sqlite).then(|| FunkoCache::new(head));
+        let commits = db.take_commits();
         Ok(Arc::new(Self {
+            pushed: commits.is_some(),
+            commits: std::sync::Mutex::new(commits),
             db,
             tail: RwLock::new(Tail {
                 events: VecDeque::with_capacity(capacity.min(65_536)),
@@ -112,11 +125,14 @@ impl ChangeBus {
         self.wake.notify_one();
     }
 
-    /// Records a commit of this process that appended event `id`, and wakes the tailer.
-    /// Called after the commit and before the write answers.
+    /// Records a commit of this process that appended event `id`, and wakes the tailer
+    /// unless the write queue hands it the event. Called after the commit and before the
+    /// write answers.
     pub fn committed(&self, id: i64) {
         self.committed.fetch_max(id, Ordering::AcqRel);
-        self.wake();
+        if !self.pushed {
+            self.wake();
+        }
     }
 
     /// Records that the log now starts after `floor` (this process pruned it).
@@ -179,30 +195,74 @@ impl ChangeBus {
             let mut conn = self.db.reader.acquire().await?;
             let batch = db::events::read_after(&mut conn, after, TAIL_BATCH).await?;
             drop(conn);
-            let Some(last) = batch.last().map(|e| e.id) else {
+            if batch.is_empty() {
                 return Ok(added);
-            };
+            }
             let full = batch.len() as i64 == TAIL_BATCH;
             added += batch.len();
-            if let Some(funkos) = &self.funkos {
-                funkos.apply(&batch, last);
-            }
-            {
-                let mut tail = self.tail.write().expect("tail lock poisoned");
-                // Only this task appends, so `head` is still `after`.
-                debug_assert_eq!(tail.head, after);
-                tail.events.extend(batch);
-                while tail.events.len() > self.capacity {
-                    let dropped = tail.events.pop_front().expect("longer than capacity");
-                    tail.floor = dropped.id;
-                }
-                tail.head = last;
-            }
-            self.committed.fetch_max(last, Ordering::AcqRel);
-            // Published after the tail holds the events: a woken subscriber finds them.
-            self.head.send_replace(last);
+            self.extend(batch);
             if !full {
                 return Ok(added);
+            }
+        }
+    }
+
+    /// Appends events newer than the tail's head, in id order, and publishes the new head.
+    /// Only the tailer calls this, so the head moves only here. Older events are skipped: the
+    /// tail has them (a log read after a failed batch may run ahead of the pushed batches).
+    fn extend(&self, mut batch: Vec<StoredEvent>) {
+        let after = self.tail.read().expect("tail lock poisoned").head;
+        batch.retain(|e| e.id > after);
+        let Some(last) = batch.last().map(|e| e.id) else {
+            return;
+        };
+        if let Some(funkos) = &self.funkos {
+            funkos.apply(&batch, last);
+        }
+        {
+            let mut tail = self.tail.write().expect("tail lock poisoned");
+            tail.events.extend(batch);
+            while tail.events.len() > self.capacity {
+                let dropped = tail.events.pop_front().expect("longer than capacity");
+                tail.floor = dropped.id;
+            }
+            tail.head = last;
+        }
+        self.committed.fetch_max(last, Ordering::AcqRel);
+        // Published after the tail holds the events: a woken subscriber finds them.
+        self.head.send_replace(last);
+    }
+
+    /// The tailer on SQLite: appends each batch the write queue committed, in commit order;
+    /// after a failed batch, reads the log (retrying until it can) before the next batch, so
+    /// nothing committed is skipped. Runs until [`close`](Self::close).
+    async fn follow_commits(&self, mut commits: mpsc::Receiver<Commit>) {
+        loop {
+            let commit = tokio::select! {
+                biased;
+                () = self.closing.cancelled() => return,
+                commit = commits.recv() => commit,
+            };
+            match commit {
+                Some(Commit::Events { created_at, events }) => self.extend(
+                    events
+                        .into_iter()
+                        .map(|(id, e)| StoredEvent::new(id, e.entity, e.kind, &e.data, &created_at))
+                        .collect(),
+                ),
+                Some(Commit::ReadLog) => {
+                    let mut backoff = Duration::from_millis(50);
+                    while let Err(err) = self.catch_up().await {
+                        tracing::warn!(error = %err, "reading new events failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = self.closing.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                // The write queue closed (shutdown).
+                None => return,
             }
         }
     }
@@ -211,6 +271,10 @@ impl ChangeBus {
     /// committed elsewhere may be seen if its wake-up is lost (PostgreSQL); `None` when this
     /// process is the only writer (SQLite).
     pub async fn run_tailer(self: Arc<Self>, poll_every: Option<Duration>) {
+        let commits = self.commits.lock().expect("not poisoned").take();
+        if let Some(commits) = commits {
+            return self.follow_commits(commits).await;
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.closing.is_cancelled() {
