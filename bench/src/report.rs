@@ -326,6 +326,21 @@ pub struct Thresholds {
     pub replay_k: usize,
 }
 
+/// Why an absolute latency target cannot be met on this machine, when the kernel floor
+/// measured in the same run says so: a server with no code of its own and no commit would
+/// already miss it (its frame p99 at the nearest socket count not above `n` is over `limit`).
+pub fn floor_forbids(r: &Results, n: usize, limit_ms: f64) -> Option<String> {
+    let (floor_n, p99) = r
+        .rows
+        .iter()
+        .filter(|(k, _)| k.scenario == "floor" && k.metric == "p99" && k.n <= n)
+        .filter_map(|(k, _)| Some((k.n, r.get("floor", KERNEL, "tcp", Some(k.n), "p99")?)))
+        .max_by_key(|(floor_n, _)| *floor_n)?;
+    (p99 > limit_ms).then(|| {
+        format!("impossible here: the kernel floor alone has p99 {p99:.1} ms at {floor_n} sockets")
+    })
+}
+
 pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
     let g = |s: &str, server: &str, tr: &str, n: Option<usize>, m: &str| r.get(s, server, tr, n, m);
     let mut rows = Vec::new();
@@ -639,10 +654,21 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for row in targets(r, t) {
-        let met = match row.met {
-            Some(true) => "**met**",
-            Some(false) => "**missed**",
-            None => "not measured",
+        let forbids = match row.scenario {
+            "SSE fan-out to 10,000 subscribers" => floor_forbids(r, 10_000, 50.0).map(|why| {
+                let p99 = |server| r.get("fanout", server, "sse", Some(10_000), "p99");
+                let quarter = p99(OURS).zip(p99(PEER)).is_some_and(|(o, p)| o * 4.0 <= p);
+                let quarter = if quarter { "met" } else { "missed" };
+                format!("≤ 50 ms {why}; ≤ 1/4 of the peer's p99: {quarter}")
+            }),
+            "SSE fan-out to 1,000 subscribers" => floor_forbids(r, 1_000, 10.0),
+            _ => None,
+        };
+        let met = match (row.met, forbids) {
+            (Some(true), _) => "**met**".to_owned(),
+            (Some(false), Some(why)) => format!("**missed**: {why}"),
+            (Some(false), None) => "**missed**".to_owned(),
+            (None, _) => "not measured".to_owned(),
         };
         let _ = writeln!(
             s,
