@@ -354,6 +354,16 @@ mod tests {
         Box::new(|_| Box::pin(async { Err(Failure::Refused) }))
     }
 
+    /// A migrated SQLite database in a temp dir (kept as long as the dir is).
+    async fn fresh_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        (dir, db)
+    }
+
     async fn names(db: &Db) -> Vec<String> {
         sqlx::query_scalar("SELECT name FROM categories WHERE name LIKE 'w-%' ORDER BY id")
             .fetch_all(&db.reader)
@@ -372,11 +382,7 @@ mod tests {
     /// batch task runs, so they share one batch, in this order.
     #[tokio::test]
     async fn a_batch_commits_its_writes_in_order_and_keeps_refusals_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
-            .await
-            .unwrap();
-        db.migrate().await.unwrap();
+        let (_dir, db) = fresh_db().await;
         let mut commits = db
             .take_commits()
             .expect("SQLite hands out its commits once");
@@ -409,11 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_failing_midway_rolls_its_whole_batch_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite://{}/w.db?mode=rwc", dir.path().display()))
-            .await
-            .unwrap();
-        db.migrate().await.unwrap();
+        let (_dir, db) = fresh_db().await;
         let mut commits = db.take_commits().unwrap();
         let (before, broke, after) = tokio::join!(
             db.write(insert("w-before", None)),

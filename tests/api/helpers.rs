@@ -415,11 +415,8 @@ impl SseClient {
     /// response's SSE stream, decoding the chunked body by hand: so a broken chunk fails
     /// here, where an HTTP client might paper over it.
     pub async fn over(mut socket: tokio::net::TcpStream, path: &str) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        socket
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        use tokio::io::AsyncReadExt;
+        send_get(&mut socket, path, "").await;
         let mut raw = bytes::BytesMut::new();
         let head_end = loop {
             if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -545,6 +542,16 @@ impl SseClient {
         }
         events
     }
+}
+
+/// Sends `GET path` over HTTP/1.1 on a raw connection, with `headers` (whole lines, each
+/// ending in CRLF) after `Host`; reads nothing.
+pub async fn send_get(socket: &mut tokio::net::TcpStream, path: &str, headers: &str) {
+    use tokio::io::AsyncWriteExt;
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
 }
 
 /// The cursors of a list of events, as numbers.

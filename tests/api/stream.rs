@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    Backend, SseClient, TestApp, WAIT, assert_problem, cursors, spawn_app, spawn_app_with,
-    stream_cursor,
+    Backend, SseClient, TestApp, WAIT, assert_problem, cursors, send_get, spawn_app,
+    spawn_app_with, stream_cursor,
 };
 
 async fn sse_headers_retry_and_live_events(backend: Backend) {
@@ -435,15 +435,8 @@ async fn slow_consumer_is_cut_off_and_resumes(backend: Backend) {
 
     // A raw socket with a tiny receive window that sends the request and then reads nothing.
     let mut stalled = app.small_window_connection().await;
-    stalled
-        .write_all(
-            format!(
-                "GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let path = format!("/events?lastEventId={start}");
+    send_get(&mut stalled, &path, "Connection: close\r\n").await;
 
     // Big events fill the socket buffers quickly.
     app.create_big_funkos("Bulk", writes).await;
@@ -495,12 +488,7 @@ async fn stalled_connection_is_closed(backend: Backend) {
     .await;
     let start = app.head().await;
     let mut stalled = app.small_window_connection().await;
-    stalled
-        .write_all(
-            format!("GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_get(&mut stalled, &format!("/events?lastEventId={start}"), "").await;
     // Enough to fill both sides' socket buffers, then the server's write waits.
     app.create_big_funkos("Stall", 2500).await;
     // Without a Connection: close, only the server giving up ends this read.
@@ -526,12 +514,7 @@ async fn a_client_that_stops_reading_stalls_within_the_send_buffer() {
     .await;
     let start = app.head().await;
     let mut stalled = tokio::net::TcpStream::connect(app.address).await.unwrap();
-    stalled
-        .write_all(
-            format!("GET /events?lastEventId={start} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_get(&mut stalled, &format!("/events?lastEventId={start}"), "").await;
     app.create_big_funkos("Capped", 1200).await;
     // The client keeps not reading for twice the write-stall deadline: not a synchronisation,
     // the behaviour under test.
