@@ -365,17 +365,34 @@ async fn accept_survives_running_out_of_file_descriptors() {
             .expect("running prlimit");
         assert!(status.success(), "prlimit --nofile={soft}:");
     };
-    // No descriptor to spare: every accept now fails with EMFILE.
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    prlimit(open.to_string());
     let address = server.base.trim_start_matches("http://").to_owned();
-    let mut waiting = tokio::net::TcpStream::connect(&address).await.unwrap();
-    waiting
-        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    let mut waiting = loop {
+        // No descriptor to spare: the limit is the lowest free descriptor number (a new one
+        // takes the lowest free number, and open ones above a limit stay open), so every
+        // accept now fails with EMFILE. One the server held only while they were listed
+        // (SQLite closes a connection on its worker thread, a moment later) frees a number
+        // below the limit: then this client is served at once, and they are listed again.
+        let open: std::collections::BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| fd.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+        prlimit(lowest_free.to_string());
+        let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
+        client
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0; 1];
+        match tokio::time::timeout(Duration::from_millis(500), client.read(&mut first)).await {
+            Err(_) => break client,
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "every client was served: a descriptor stayed free"
+            ),
+        }
+    };
     let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
     while !server.output().contains("accept failed") {
         assert!(
