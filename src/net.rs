@@ -133,6 +133,23 @@ impl Outlet {
         Ok(written)
     }
 
+    /// hyper's write: waits for the socket to be writable, then `write` (a `try_write`), as
+    /// tokio's own `poll_write` does.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let socket = self.socket();
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match write(socket) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
     /// Registers the task for the socket's next writability.
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.socket().poll_write_ready(cx)
@@ -169,22 +186,15 @@ impl AsyncRead for Shared {
     }
 }
 
-/// hyper's writes: the same readiness loop as tokio's own `poll_write`, through the shared
-/// half.
+/// hyper's writes, through the shared half.
 impl AsyncWrite for Shared {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let socket = self.outlet.socket();
-        loop {
-            std::task::ready!(socket.poll_write_ready(cx))?;
-            match socket.try_write(buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.outlet
+            .poll_write_with(cx, |socket| socket.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -192,14 +202,8 @@ impl AsyncWrite for Shared {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let socket = self.outlet.socket();
-        loop {
-            std::task::ready!(socket.poll_write_ready(cx))?;
-            match socket.try_write_vectored(bufs) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.outlet
+            .poll_write_with(cx, |socket| socket.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
