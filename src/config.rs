@@ -96,12 +96,19 @@ pub struct Config {
     #[arg(long, env = "WRITE_STALL_SECONDS", default_value_t = 10)]
     pub write_stall_seconds: u64,
 
-    /// The kernel send buffer of each connection, in bytes (0: the kernel's autotuning, which
-    /// lets one connection queue up to 4 MiB, `net.ipv4.tcp_wmem`). It bounds what a client
-    /// that stopped reading can absorb before its writes stall, and so how long the server
-    /// keeps doing its share of the fan-out for it; it also caps one connection's throughput
-    /// at about this much per round trip (64 KiB is ~1.3 MB/s at 100 ms, thousands of events/s).
-    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    /// The most of a connection's data its kernel socket holds unsent, in bytes
+    /// (`TCP_NOTSENT_LOWAT`; 0: no bound). Data in flight to a reading client does not count,
+    /// so this caps no throughput over long links; a client that stops reading absorbs its own
+    /// receive window plus this before the server's writes to it stall (about 143 KiB on
+    /// loopback), and only then does the server stop doing its share of the fan-out for it.
+    #[arg(long, env = "NOTSENT_LOWAT_BYTES", default_value_t = 16 * 1024)]
+    pub notsent_lowat_bytes: u32,
+
+    /// The kernel send buffer of each connection, in bytes (0: the kernel's autotuning, up to
+    /// 4 MiB, `net.ipv4.tcp_wmem`). A cap here also caps one connection's throughput at about
+    /// this much per round trip; `--notsent-lowat-bytes` already bounds what a client that
+    /// stopped reading absorbs.
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 0)]
     pub send_buffer_bytes: usize,
 
     /// Seconds given to in-flight requests and streams at shutdown.

@@ -16,7 +16,10 @@ use poem::{
     http::uri::Scheme,
     web::{LocalAddr, RemoteAddr},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tokio_util::task::TaskTracker;
 
 use crate::net::{Deadlines, Guarded, Outlet, Shared};
@@ -40,13 +43,32 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Idleness and write-stall deadlines, enforced on the socket.
     pub deadlines: Deadlines,
+    /// The most of a connection's data the kernel holds unsent (`TCP_NOTSENT_LOWAT`; `None`:
+    /// no bound). A client that stops reading absorbs this plus its own receive window before
+    /// the server's writes to it stall; until then the server delivers to it like to any
+    /// reader, so this bounds how long a non-reading client costs the fan-out. Data in flight
+    /// does not count, so it caps no throughput.
+    pub notsent_lowat: Option<u32>,
     /// The kernel send buffer of each connection (`None`: the kernel's autotuning, up to
-    /// 4 MiB by default). A client that stops reading absorbs this plus its own receive
-    /// buffer before its writes stall; until then the server delivers to it like to any
-    /// reader, so this bounds how long a non-reading client costs the fan-out.
+    /// 4 MiB by default).
     pub send_buffer: Option<usize>,
     /// How long open connections get to finish at shutdown before they are dropped.
     pub grace: Duration,
+}
+
+/// Applies the per-connection socket options; a failure only loses the option.
+fn tune(socket: &TcpStream, limits: &Limits, remote: SocketAddr) {
+    let socket = socket2::SockRef::from(socket);
+    if let Some(bytes) = limits.notsent_lowat
+        && let Err(err) = socket.set_tcp_notsent_lowat(bytes)
+    {
+        tracing::debug!(%remote, error = %err, "setting TCP_NOTSENT_LOWAT failed");
+    }
+    if let Some(bytes) = limits.send_buffer
+        && let Err(err) = socket.set_send_buffer_size(bytes)
+    {
+        tracing::debug!(%remote, error = %err, "setting the send buffer failed");
+    }
 }
 
 /// Where the server is in its life; every connection watches it.
@@ -88,11 +110,7 @@ where
         };
         match accepted {
             Ok((socket, remote)) => {
-                if let Some(bytes) = limits.send_buffer
-                    && let Err(err) = socket2::SockRef::from(&socket).set_send_buffer_size(bytes)
-                {
-                    tracing::debug!(%remote, error = %err, "setting the send buffer failed");
-                }
+                tune(&socket, &limits, remote);
                 let socket = Shared::new(socket);
                 let service = Service {
                     endpoint: endpoint.clone(),

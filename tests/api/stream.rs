@@ -507,12 +507,13 @@ async fn assert_closed_after_events(stalled: &mut tokio::net::TcpStream) {
     );
 }
 
-/// The same for a client with an ordinary receive window: the server's send buffer is capped
-/// (`--send-buffer-bytes`), so a client that stops reading stalls the server's writes after a
-/// few hundred KiB instead of the kernel's autotuned 4 MiB, and is then cut off. (The events
-/// here, ~2.8 MiB, fit in an uncapped buffer: without the cap nothing stalls.)
+/// The same for a client with an ordinary receive window: the kernel holds at most
+/// `--notsent-lowat-bytes` of a connection's data unsent, so a client that stops reading
+/// stalls the server's writes once its receive window is full, instead of after the kernel's
+/// autotuned send buffer (4 MiB), and is then cut off. (The events here, ~2.8 MiB, fit in an
+/// autotuned send buffer: without the bound nothing stalls.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_stalls_within_the_send_buffer() {
+async fn a_client_that_stops_reading_stalls_once_its_window_is_full() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.subscriber_queue = 100_000;
         c.write_stall_seconds = 1;
