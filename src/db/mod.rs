@@ -16,7 +16,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     pool::PoolConnection,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use writer::{Change, Commit, WriteError, WriteQueue};
 
 /// Which database engine is behind the pools.
@@ -219,15 +219,15 @@ impl Db {
         }
     }
 
-    /// SQLite: copies the WAL into the database file every `every`, off the writers' path
-    /// (a `PASSIVE` checkpoint waits for no reader and no writer, and its fsync blocks only the
-    /// connection running it). Runs until aborted at shutdown; closing the last connection
+    /// SQLite: copies the WAL into the database file `every` after a write (the bus's head
+    /// moving), off the writers' path: a `PASSIVE` checkpoint waits for no reader and no
+    /// writer, and its fsync blocks only the connection running it. An idle store is not
+    /// checkpointed (no wake-ups). Runs until aborted at shutdown; closing the last connection
     /// checkpoints what is left.
-    pub async fn run_checkpoints(self, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+    pub async fn run_checkpoints(self, every: Duration, mut writes: watch::Receiver<i64>) {
+        while writes.changed().await.is_ok() {
+            tokio::time::sleep(every).await;
+            writes.borrow_and_update();
             let result = async {
                 let mut conn = self.reader.acquire().await?;
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await
