@@ -486,11 +486,28 @@ pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
         g("slow", OURS, "sse", None, "rss_max"),
         g("slow", PEER, "sse", None, "rss_max"),
     );
+    // Where the readers' tail comes from: the steady state after the first second, and how
+    // much of the stream one non-reader's socket took before writes to it stalled.
+    let settled = |kind: &str| {
+        let (a, b, held, held_s) = (
+            g("slow", kind, "sse", None, "readers_p99_settled_alone"),
+            g("slow", kind, "sse", None, "readers_p99_settled"),
+            g("slow", kind, "sse", None, "nonreader_held"),
+            g("slow", kind, "sse", None, "nonreader_held_s"),
+        );
+        format!(
+            "; after the 1st second {} → {}; each non-reader took {} ({})",
+            num(a, "ms"),
+            num(b, "ms"),
+            num(held, "KiB"),
+            num(held_s, "s of the stream"),
+        )
+    };
     rows.push(TargetRow {
         scenario: "1,000 non-reading subscribers, 1,000 writes/s for 30 s",
         target: "RSS bounded (grows < 8 MiB in the 2nd half); readers' p99 unchanged (≤ 1.5x alone + 2 ms)",
-        ours: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(om, "MiB"), num(og, "MiB"), num(oa, "ms"), num(ob, "ms")),
-        peer: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}", num(pm, "MiB"), num(pg, "MiB"), num(pa, "ms"), num(pb, "ms")),
+        ours: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}{}", num(om, "MiB"), num(og, "MiB"), num(oa, "ms"), num(ob, "ms"), settled(OURS)),
+        peer: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}{}", num(pm, "MiB"), num(pg, "MiB"), num(pa, "ms"), num(pb, "ms"), settled(PEER)),
         ratio: ratio_word(pm, om, "less peak RSS", "more peak RSS"),
         met: match (og, oa, ob) {
             (Some(g), Some(a), Some(b)) => Some(g < 8.0 && b <= 1.5 * a + 2.0),

@@ -531,7 +531,11 @@ impl Ctx {
             total.connected += r.connected;
             total.failed += r.failed;
             total.latency.merge(&r.latency);
+            total.settled.merge(&r.settled);
             total.events += r.events;
+            total.frame_bytes += r.frame_bytes;
+            total.unread_bytes += r.unread_bytes;
+            total.unread_sockets += r.unread_sockets;
             total.complete += r.complete;
             total.ended_early += r.ended_early;
             total.start_ns = if total.start_ns == 0 {
@@ -1055,7 +1059,7 @@ impl Ctx {
         let b = Self::collect(&mut readers, Duration::from_secs(30)).await?;
         let rss_end = server.rss();
         Self::stop_all(&mut slow).await;
-        let _ = Self::collect(&mut slow, Duration::from_secs(30)).await;
+        let unread = Self::collect(&mut slow, Duration::from_secs(30)).await.ok();
         let cut = if kind == Kind::Ours {
             // Cut off by the subscriber queue bound, or by the write-stall deadline (a
             // connection whose peer stopped reading).
@@ -1092,7 +1096,46 @@ impl Ctx {
             count,
             b_pub.ok as f64 / p.slow_s,
         );
+        // What one non-reading client's socket took before the server's writes to it stalled,
+        // and how much of the stream that is: for that long every batch went to all of them.
+        let held = unread
+            .filter(|u| u.unread_sockets > 0)
+            .map(|u| u.unread_bytes as f64 / u.unread_sockets as f64);
+        let frame = b.frame_bytes as f64 / b.events.max(1) as f64;
+        let held_s = held.map(|h| h / frame / p.slow_rate);
+        eprintln!(
+            "   after the first second: readers p99 {:.2} ms alone, {:.2} ms beside; each non-reader held {} unread",
+            a.settled.quantile_ms(0.99),
+            b.settled.quantile_ms(0.99),
+            held.zip(held_s).map_or("n/a".into(), |(h, s)| format!(
+                "{:.0} KiB, {s:.2} s of the stream ({:.1} % of the run)",
+                h / 1024.0,
+                s / p.slow_s * 100.0
+            )),
+        );
         let m = p.slow_m;
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p99_settled_alone",
+            "ms",
+            a.settled.quantile_ms(0.99),
+        );
+        self.record(
+            "slow",
+            kind,
+            "sse",
+            m,
+            "readers_p99_settled",
+            "ms",
+            b.settled.quantile_ms(0.99),
+        );
+        if let Some((h, s)) = held.zip(held_s) {
+            self.record("slow", kind, "sse", m, "nonreader_held", "KiB", h / 1024.0);
+            self.record("slow", kind, "sse", m, "nonreader_held_s", "s", s);
+        }
         self.record(
             "slow",
             kind,

@@ -17,7 +17,7 @@ use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::AsyncBufReadExt,
-    sync::{Semaphore, mpsc, watch},
+    sync::{Notify, Semaphore, mpsc, watch},
     time::Instant,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -85,7 +85,16 @@ pub struct SubscribeReport {
     pub connected: usize,
     pub failed: usize,
     pub latency: Hist,
+    /// The latency of events sent at least [`SETTLED_AFTER_NS`] after the first event the
+    /// worker received: the steady state, without the start.
+    pub settled: Hist,
     pub events: u64,
+    /// Bytes of SSE frames received.
+    pub frame_bytes: u64,
+    /// Non-reading subscribers: the bytes their sockets held unread when they were stopped,
+    /// summed, and how many were measured.
+    pub unread_bytes: u64,
+    pub unread_sockets: usize,
     /// Subscribers that received `expect` events.
     pub complete: usize,
     /// Streams the server ended (or that failed) before `expect` or `stop`.
@@ -219,13 +228,18 @@ fn emit<T: Serialize>(tag: &str, value: &T) -> anyhow::Result<()> {
 }
 
 /// Shared by one worker's subscribers (single-threaded).
+/// See [`SubscribeReport::settled`].
+const SETTLED_AFTER_NS: u64 = 1_000_000_000;
+
 #[derive(Default)]
 struct SubState {
     report: SubscribeReport,
+    /// When the first event received was sent.
+    first_stamp: Option<u64>,
 }
 
 impl SubState {
-    fn record(&mut self, now: u64, scan: http::Scan, stamps: &[u64]) {
+    fn record(&mut self, now: u64, scan: http::Scan, stamps: &[u64], bytes: usize) {
         let r = &mut self.report;
         if scan.events > 0 {
             if r.first_event_ns == 0 {
@@ -233,9 +247,15 @@ impl SubState {
             }
             r.last_event_ns = now;
             r.events += scan.events;
+            r.frame_bytes += bytes as u64;
         }
         for &t in stamps {
-            r.latency.record(now.saturating_sub(t) / 1000);
+            let first = *self.first_stamp.get_or_insert(t);
+            let us = now.saturating_sub(t) / 1000;
+            r.latency.record(us);
+            if t >= first + SETTLED_AFTER_NS {
+                r.settled.record(us);
+            }
         }
     }
 
@@ -246,6 +266,38 @@ impl SubState {
     }
 }
 
+/// A worker's subscribers that have not finished yet. One that received what it expected
+/// keeps its connection open until all have: a closing connection costs the server work while
+/// it is still delivering the last event to the others, which is not what is measured.
+struct Finish {
+    left: Cell<usize>,
+    all: Notify,
+}
+
+impl Finish {
+    fn one_done(&self) {
+        self.left.set(self.left.get().saturating_sub(1));
+        if self.left.get() == 0 {
+            self.all.notify_waiters();
+        }
+    }
+
+    /// Counts this subscriber done, then waits for the others (or `stop`).
+    async fn complete(&self, stop: &mut watch::Receiver<bool>) -> Outcome {
+        let all = self.all.notified();
+        tokio::pin!(all);
+        all.as_mut().enable();
+        self.one_done();
+        if self.left.get() > 0 {
+            tokio::select! {
+                () = all => {}
+                () = stopped(stop) => {}
+            }
+        }
+        Outcome::Complete
+    }
+}
+
 async fn subscribe(task: SubscribeTask, stop: watch::Receiver<bool>) -> SubscribeReport {
     let deadline = Instant::now() + Duration::from_secs_f64(task.deadline_s);
     let state = Rc::new(RefCell::new(SubState::default()));
@@ -253,17 +305,22 @@ async fn subscribe(task: SubscribeTask, stop: watch::Receiver<bool>) -> Subscrib
     let task = Rc::new(task);
     let permits = Rc::new(Semaphore::new(task.connect_concurrency.max(1)));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let finish = Rc::new(Finish {
+        left: Cell::new(task.count),
+        all: Notify::new(),
+    });
     let mut handles = Vec::with_capacity(task.count);
     for i in 0..task.count {
-        let (task, state, permits, ready_tx, stop) = (
+        let (task, state, permits, ready_tx, stop, finish) = (
             task.clone(),
             state.clone(),
             permits.clone(),
             ready_tx.clone(),
             stop.clone(),
+            finish.clone(),
         );
         handles.push(tokio::task::spawn_local(async move {
-            subscriber(i, task, state, permits, ready_tx, stop).await;
+            subscriber(i, task, state, permits, ready_tx, stop, finish).await;
         }));
     }
     drop(ready_tx);
@@ -301,15 +358,21 @@ async fn subscriber(
     permits: Rc<Semaphore>,
     ready_tx: mpsc::UnboundedSender<Result<(), String>>,
     mut stop: watch::Receiver<bool>,
+    finish: Rc<Finish>,
 ) {
     let src = task.srcs[(i / task.per_src.max(1)).min(task.srcs.len() - 1)];
+    let (state, permits, ready_tx, stop, finish) =
+        (&*state, &*permits, &ready_tx, &mut stop, &*finish);
     let result = match task.transport {
-        Transport::Sse => sse_subscriber(&task, src, &state, &permits, &ready_tx, &mut stop).await,
+        Transport::Sse => sse_subscriber(&task, src, state, permits, ready_tx, stop, finish).await,
         Transport::Poll => {
-            poll_subscriber(&task, src, &state, &permits, &ready_tx, &mut stop).await
+            poll_subscriber(&task, src, state, permits, ready_tx, stop, finish).await
         }
-        Transport::Ws => ws_subscriber(&task, src, &state, &permits, &ready_tx, &mut stop).await,
+        Transport::Ws => ws_subscriber(&task, src, state, permits, ready_tx, stop, finish).await,
     };
+    if !matches!(result, Ok(Outcome::Complete)) {
+        finish.one_done();
+    }
     match result {
         Ok(Outcome::Complete) => state.borrow_mut().report.complete += 1,
         Ok(Outcome::Stopped) => {}
@@ -350,6 +413,7 @@ async fn sse_subscriber(
     permits: &Semaphore,
     ready_tx: &mpsc::UnboundedSender<Result<(), String>>,
     stop: &mut watch::Receiver<bool>,
+    finish: &Finish,
 ) -> Result<Outcome, Failure> {
     let (mut conn, framing) = {
         let _permit = permits
@@ -372,6 +436,11 @@ async fn sse_subscriber(
     let _ = ready_tx.send(Ok(()));
     if !task.read {
         stopped(stop).await;
+        if let Ok(unread) = rustix::io::ioctl_fionread(&conn.stream) {
+            let mut s = state.borrow_mut();
+            s.report.unread_bytes += unread + conn.buf.len() as u64;
+            s.report.unread_sockets += 1;
+        }
         drop(conn);
         return Ok(Outcome::Stopped);
     }
@@ -389,7 +458,7 @@ async fn sse_subscriber(
             stamps.clear();
             let scan = http::scan(&decoded[..end + 2], |t| stamps.push(t));
             got += scan.events;
-            state.borrow_mut().record(now, scan, &stamps);
+            state.borrow_mut().record(now, scan, &stamps, end + 2);
             decoded.drain(..end + 2);
         }
         match more {
@@ -398,7 +467,7 @@ async fn sse_subscriber(
             Err(e) => return Err(Failure::Stream(e)),
         }
         if task.expect > 0 && got >= task.expect {
-            return Ok(Outcome::Complete);
+            return Ok(finish.complete(stop).await);
         }
     }
 }
@@ -410,6 +479,7 @@ async fn poll_subscriber(
     permits: &Semaphore,
     ready_tx: &mpsc::UnboundedSender<Result<(), String>>,
     stop: &mut watch::Receiver<bool>,
+    finish: &Finish,
 ) -> Result<Outcome, Failure> {
     let (mut conn, mut cursor) = {
         let _permit = permits
@@ -461,11 +531,13 @@ async fn poll_subscriber(
         stamps.clear();
         let scan = http::scan(&res.body, |t| stamps.push(t));
         got += scan.events;
-        state.borrow_mut().record(now, scan, &stamps);
+        state
+            .borrow_mut()
+            .record(now, scan, &stamps, res.body.len());
         cursor = http::last_cursor(&res.body)
             .ok_or_else(|| Failure::Stream(anyhow::anyhow!("no cursor in a poll answer")))?;
         if task.expect > 0 && got >= task.expect {
-            return Ok(Outcome::Complete);
+            return Ok(finish.complete(stop).await);
         }
     }
 }
@@ -477,6 +549,7 @@ async fn ws_subscriber(
     permits: &Semaphore,
     ready_tx: &mpsc::UnboundedSender<Result<(), String>>,
     stop: &mut watch::Receiver<bool>,
+    finish: &Finish,
 ) -> Result<Outcome, Failure> {
     let mut ws = {
         let _permit = permits
@@ -518,14 +591,14 @@ async fn ws_subscriber(
                 stamps.clear();
                 let scan = http::scan(text.as_bytes(), |t| stamps.push(t));
                 got += scan.events;
-                state.borrow_mut().record(now, scan, &stamps);
+                state.borrow_mut().record(now, scan, &stamps, text.len());
             }
             Some(Ok(Message::Close(_))) | None => return Ok(Outcome::Ended),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(Failure::Stream(e.into())),
         }
         if task.expect > 0 && got >= task.expect {
-            return Ok(Outcome::Complete);
+            return Ok(finish.complete(stop).await);
         }
     }
 }
