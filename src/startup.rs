@@ -29,7 +29,7 @@ use crate::{
 /// milliseconds, longer the more the checkpoint copied: at 1,000 writes/s, checkpoints a
 /// second apart showed as 15–20 ms spikes in the events' delivery every second, and a tenth
 /// of a second apart as rare ones (`bench slow`: readers' p99 after the first second 5.5–9.3
-/// → 2.6–4.1 ms).
+/// → 3.1–6.0 ms).
 const CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 
 /// A running store: its state and the background tasks it owns.
