@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use poem::{
     Body, FromRequest, IntoResponse, Request, Response,
     http::{Method, StatusCode},
-    web::websocket::{Message, WebSocket, WebSocketConfig, WebSocketStream},
+    web::websocket::{Message, WebSocket, WebSocketStream},
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -420,9 +420,7 @@ async fn post(session: &Arc<Session>, body: Body) -> Response {
 }
 
 fn websocket_response(upgrade: WebSocket, session: Arc<Session>, probe: bool) -> Response {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_PAYLOAD))
-        .max_frame_size(Some(MAX_PAYLOAD));
+    let config = crate::api::ws::socket_config(MAX_PAYLOAD);
     // Shutdown waits (within the grace period) for the socket's task to close it.
     let running = session.state.sockets.token();
     upgrade
