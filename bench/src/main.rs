@@ -318,7 +318,7 @@ fn describe(p: &Plan) -> String {
     format!(
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
          long-poll N = {}; WebSocket N = {}; throughput N = {} for {} s with {} POST connections; \
-         idle connections in steps {:?}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
+         idle SSE connections in steps {:?}, idle WebSockets {}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
          ({} s alone, then {} s); kernel floor at {:?} sockets",
         p.crud_connections,
         p.crud_warmup_s,
@@ -332,6 +332,7 @@ fn describe(p: &Plan) -> String {
         p.throughput_s,
         p.throughput_concurrency,
         p.conn_steps,
+        p.conn_ws,
         p.replay_k,
         p.slow_m,
         p.slow_readers,

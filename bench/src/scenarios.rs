@@ -49,6 +49,8 @@ pub struct Plan {
     pub throughput_s: f64,
     pub throughput_concurrency: usize,
     pub conn_steps: Vec<usize>,
+    /// Idle WebSocket connections held, in one step, after the SSE ramp.
+    pub conn_ws: usize,
     pub replay_k: u64,
     pub slow_m: usize,
     pub slow_readers: usize,
@@ -77,6 +79,7 @@ impl Plan {
             throughput_s: 5.0,
             throughput_concurrency: 8,
             conn_steps: vec![1_000, 5_000, 10_000, 19_000],
+            conn_ws: 5_000,
             replay_k: 100_000,
             slow_m: 1_000,
             slow_readers: 100,
@@ -103,6 +106,7 @@ impl Plan {
             throughput_s: 1.0,
             throughput_concurrency: 2,
             conn_steps: vec![20, 50],
+            conn_ws: 20,
             replay_k: 300,
             slow_m: 5,
             slow_readers: 5,
@@ -786,14 +790,19 @@ impl Ctx {
 
     // ---------------------------------------------------------------- connections
 
-    async fn connections(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
+    /// A fresh server's RSS after one request, so that the base includes a warmed-up runtime.
+    async fn warm(&self, kind: Kind) -> anyhow::Result<(Server, u64)> {
         let server = Server::start(&self.launch, kind).await?;
-        // One request first, so the base RSS includes a warmed-up runtime.
         let mut probe = Conn::open(server.addr, None).await?;
         let _ = probe.request("GET", "/funkos", None).await?;
         drop(probe);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss0 = server.rss();
+        let rss = server.rss();
+        Ok((server, rss))
+    }
+
+    async fn connections(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
+        let (server, rss0) = self.warm(kind).await?;
         self.results.curve(Curve::new(
             "connections",
             kind.name(),
@@ -891,6 +900,45 @@ impl Ctx {
             per_conn / 1024.0,
         );
         self.record("connections", kind, "sse", max, "idle_cpu", "%", idle);
+        Self::stop_all(&mut workers).await;
+        let _ = Self::collect(&mut workers, Duration::from_secs(30)).await;
+        server.stop().await;
+        if self.plan.conn_ws > 0 {
+            self.idle_websockets(kind, self.plan.conn_ws).await?;
+        }
+        Ok(())
+    }
+
+    /// `n` idle WebSocket connections on a fresh server: RSS per connection.
+    async fn idle_websockets(&mut self, kind: Kind, n: usize) -> anyhow::Result<()> {
+        let (server, rss0) = self.warm(kind).await?;
+        let (mut workers, ready) = self
+            .subscribers(&server, Transport::Ws, n, 0, false, None, 600.0)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let held = ready.connected;
+        let per_conn = server.rss().saturating_sub(rss0) as f64 / held.max(1) as f64;
+        eprintln!(
+            "   WebSocket: held {held} of {n}; {:.1} KiB of RSS per connection",
+            per_conn / 1024.0
+        );
+        if held < n {
+            self.fail(format!(
+                "idle WebSockets on {}: held {held} of {n}: {:?}",
+                kind.name(),
+                ready.first_error
+            ));
+        }
+        self.record("connections", kind, "ws", n, "held", "count", held as f64);
+        self.record(
+            "connections",
+            kind,
+            "ws",
+            n,
+            "rss_per_connection",
+            "KiB",
+            per_conn / 1024.0,
+        );
         Self::stop_all(&mut workers).await;
         let _ = Self::collect(&mut workers, Duration::from_secs(30)).await;
         server.stop().await;
