@@ -89,7 +89,7 @@ pub struct SubscribeReport {
     /// worker received: the steady state, without the start.
     pub settled: Hist,
     pub events: u64,
-    /// Bytes of SSE frames received.
+    /// Bytes of the events received (SSE frames, poll answers, WebSocket messages).
     pub frame_bytes: u64,
     /// Non-reading subscribers: the bytes their sockets held unread when they were stopped,
     /// summed, and how many were measured.
@@ -227,10 +227,10 @@ fn emit<T: Serialize>(tag: &str, value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shared by one worker's subscribers (single-threaded).
 /// See [`SubscribeReport::settled`].
 const SETTLED_AFTER_NS: u64 = 1_000_000_000;
 
+/// Shared by one worker's subscribers (single-threaded).
 #[derive(Default)]
 struct SubState {
     report: SubscribeReport,
