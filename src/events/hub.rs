@@ -332,22 +332,21 @@ impl Member {
             return Offered::Detached;
         }
         let (chunk, n) = chunks.for_filter(&self.filter);
-        match self.outlet.try_write(&chunk) {
-            Ok(written) if written == chunk.len() => {
+        match state.write(&self.outlet, &chunk) {
+            Wrote::Whole => {
                 state.cursor = chunks.last_id();
                 Offered::Delivered(n)
             }
-            Ok(written) => {
+            Wrote::Partly => {
                 state.cursor = chunks.last_id();
-                state.owed = Some(chunk.slice(written..));
                 state.detach();
                 Offered::Detached
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+            Wrote::Full => {
                 state.detach();
                 Offered::Detached
             }
-            Err(_) => {
+            Wrote::Failed => {
                 state.finish(End::Failed);
                 Offered::Detached
             }
@@ -363,7 +362,30 @@ impl Member {
     }
 }
 
+/// What one non-blocking write of a chunk did.
+enum Wrote {
+    Whole,
+    /// Part of it; the rest is in `owed`.
+    Partly,
+    /// Nothing: the socket is full.
+    Full,
+    Failed,
+}
+
 impl MemberState {
+    /// Writes `chunk` without waiting, keeping in `owed` what the socket did not take of it.
+    fn write(&mut self, outlet: &Outlet, chunk: &Bytes) -> Wrote {
+        match outlet.try_write(chunk) {
+            Ok(written) if written == chunk.len() => Wrote::Whole,
+            Ok(written) => {
+                self.owed = Some(chunk.slice(written..));
+                Wrote::Partly
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Wrote::Full,
+            Err(_) => Wrote::Failed,
+        }
+    }
+
     fn detach(&mut self) {
         self.attached = false;
         if let Some(waker) = self.waker.take() {
@@ -514,11 +536,10 @@ impl Membership {
         };
         let mut state = lock(&member.state);
         state.cursor = events.last().expect("rendered").id;
-        match member.outlet.try_write(&chunk) {
-            Ok(written) if written == chunk.len() => {}
-            Ok(written) => state.owed = Some(chunk.slice(written..)),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => state.owed = Some(chunk),
-            Err(_) => return Step::Ended(End::Failed),
+        match state.write(&member.outlet, &chunk) {
+            Wrote::Whole | Wrote::Partly => {}
+            Wrote::Full => state.owed = Some(chunk),
+            Wrote::Failed => return Step::Ended(End::Failed),
         }
         Step::Wrote(n)
     }
@@ -595,15 +616,11 @@ impl Membership {
         if state.owed.is_some() || state.end.is_some() {
             return;
         }
-        match member.outlet.try_write(KEEP_ALIVE_CHUNK) {
-            Ok(written) if written == KEEP_ALIVE_CHUNK.len() => {}
-            Ok(written) => {
-                state.owed = Some(Bytes::from_static(&KEEP_ALIVE_CHUNK[written..]));
-                state.detach();
-            }
+        match state.write(&member.outlet, &Bytes::from_static(KEEP_ALIVE_CHUNK)) {
+            Wrote::Partly => state.detach(),
             // Full: the peer is not reading, and there is no idleness to fill.
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => state.finish(End::Failed),
+            Wrote::Whole | Wrote::Full => {}
+            Wrote::Failed => state.finish(End::Failed),
         }
     }
 }
