@@ -6,10 +6,17 @@
 //! needs to deliver one event to N subscribers on this machine. The readers also time each
 //! frame from the start of its round, which gives the floor under the fan-out's latency: the
 //! p99 that a server with no code of its own would reach (before any commit).
+//!
+//! [`slow`] does the same for the slow-consumer scenario: what the non-reading sockets cost
+//! the readers when no server code runs at all.
 
 use std::{
     io::Write,
     net::{TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -110,4 +117,291 @@ pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
     })
+}
+
+/// What the slow-consumer floor found: the readers' frame p99 alone and beside the
+/// non-reading sockets (over the whole run and after its first second), and what one
+/// non-reading socket took before writes to it blocked.
+pub struct SlowFloor {
+    pub alone_p99_ms: f64,
+    pub beside_p99_ms: f64,
+    pub beside_settled_p99_ms: f64,
+    pub held_kib: f64,
+}
+
+/// The slow-consumer scenario with no server code: `readers` sockets alone for `alone_s`
+/// seconds, then `readers` beside `m` sockets that are never read for `beside_s` seconds,
+/// `rate` frames a second written by a thread pinned to `core`.
+///
+/// The writer is the best a server can do without knowing which clients read: each round it
+/// writes every frame that has come due since the last one to every socket in one
+/// non-blocking `write`, in one shuffled order that does not put the readers first; a socket
+/// that does not take its whole write waits in epoll, costing nothing, until it is writable,
+/// and then resumes where it stopped. That is the hub's delivery without the commit, the
+/// rendering or any bookkeeping, with `TCP_NOTSENT_LOWAT` as the server sets it.
+pub async fn slow(
+    readers: usize,
+    m: usize,
+    rate: f64,
+    (alone_s, beside_s): (f64, f64),
+    notsent_lowat: u32,
+    core: Option<usize>,
+) -> anyhow::Result<SlowFloor> {
+    let alone = slow_phase(readers, 0, rate, alone_s, notsent_lowat, core).await?;
+    let beside = slow_phase(readers, m, rate, beside_s, notsent_lowat, core).await?;
+    let p99 = |mut v: Vec<u64>| {
+        anyhow::ensure!(!v.is_empty(), "no frame arrived");
+        v.sort_unstable();
+        Ok(v[((v.len() - 1) as f64 * 0.99) as usize] as f64 / 1e6)
+    };
+    Ok(SlowFloor {
+        alone_p99_ms: p99(alone.latencies)?,
+        beside_p99_ms: p99(beside.latencies)?,
+        beside_settled_p99_ms: p99(beside.settled)?,
+        held_kib: beside.held as f64 / m.max(1) as f64 / 1024.0,
+    })
+}
+
+struct SlowPhase {
+    /// Every frame's latency from when it came due to its reader, in nanoseconds.
+    latencies: Vec<u64>,
+    /// Those of frames that came due after the phase's first second.
+    settled: Vec<u64>,
+    /// Bytes the non-reading sockets held unread at the end.
+    held: u64,
+}
+
+/// One socket the floor writes to.
+struct Sink {
+    stream: TcpStream,
+    /// Bytes of the stream written so far.
+    written: u64,
+    /// Waiting in epoll for room.
+    blocked: bool,
+}
+
+async fn slow_phase(
+    readers: usize,
+    m: usize,
+    rate: f64,
+    secs: f64,
+    notsent_lowat: u32,
+    core: Option<usize>,
+) -> anyhow::Result<SlowPhase> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut sinks = Vec::with_capacity(readers + m);
+    let mut reading = Vec::with_capacity(readers);
+    let mut idle = Vec::with_capacity(m);
+    for i in 0..readers + m {
+        let client = TcpStream::connect(addr).context("connecting a floor client")?;
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        socket2::SockRef::from(&stream).set_tcp_notsent_lowat(notsent_lowat)?;
+        sinks.push(Sink {
+            stream,
+            written: 0,
+            blocked: false,
+        });
+        if i < readers {
+            client.set_nonblocking(true)?;
+            reading.push(tokio::net::TcpStream::from_std(client)?);
+        } else {
+            idle.push(client);
+        }
+    }
+    // One fixed order that knows nothing of who reads (a Fisher-Yates shuffle, xorshift).
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in (1..sinks.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        sinks.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    let total = (rate * secs) as u64;
+    let epoch = Instant::now();
+    // Frame k comes due `k / rate` seconds after the start.
+    let start = epoch.elapsed().as_nanos() as u64 + 50_000_000;
+    let due = move |k: u64| start + (k as f64 * 1e9 / rate) as u64;
+    let settled_from = start + 1_000_000_000;
+    let drains: Vec<_> = reading
+        .into_iter()
+        .map(|mut reader| {
+            tokio::spawn(async move {
+                let mut frame = [0u8; FRAME];
+                let (mut all, mut settled) = (Vec::new(), Vec::new());
+                while reader.read_exact(&mut frame).await.is_ok() {
+                    let sent = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+                    let latency = (epoch.elapsed().as_nanos() as u64).saturating_sub(sent);
+                    all.push(latency);
+                    if sent >= settled_from {
+                        settled.push(latency);
+                    }
+                }
+                (all, settled)
+            })
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let idle = std::thread::spawn({
+        let stop = stop.clone();
+        move || hold_unread(idle, &stop)
+    });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        if let Some(core) = core {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(core);
+            let _ = rustix::thread::sched_setaffinity(None, &set);
+        }
+        let outcome = write_rounds(&mut sinks, total, epoch, due);
+        // The non-readers' clients are measured before anything closes.
+        stop.store(true, Ordering::Relaxed);
+        let held = idle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the non-readers' thread died"));
+        drop(sinks);
+        let outcome = outcome.and_then(|()| held?);
+        let _ = done_tx.send(outcome);
+    });
+    let held = done_rx.await.context("the floor writer died")??;
+    let mut phase = SlowPhase {
+        latencies: Vec::new(),
+        settled: Vec::new(),
+        held,
+    };
+    for drain in drains {
+        let (all, settled) = drain.await.unwrap_or_default();
+        phase.latencies.extend(all);
+        phase.settled.extend(settled);
+    }
+    anyhow::ensure!(
+        phase.latencies.len() as u64 == total * readers as u64,
+        "{} of {} frames reached the readers",
+        phase.latencies.len(),
+        total * readers as u64
+    );
+    Ok(phase)
+}
+
+/// The non-reading clients, held until `stop` by a thread of their own (on the generators'
+/// core) that waits in epoll on them and never reads, as a generator process holding only
+/// non-readers does: on loopback every frame that reaches one wakes that thread at the
+/// writing core's cost. Returns the bytes they held unread.
+fn hold_unread(sockets: Vec<TcpStream>, stop: &AtomicBool) -> anyhow::Result<u64> {
+    use rustix::event::epoll;
+    let poller = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for socket in &sockets {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        epoll::add(&poller, socket, epoll::EventData::new_u64(0), flags)?;
+    }
+    let mut events = Vec::with_capacity(1024);
+    let tick = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        events.clear();
+        epoll::wait(
+            &poller,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&tick),
+        )?;
+    }
+    Ok(sockets
+        .iter()
+        .map(|c| rustix::io::ioctl_fionread(c).unwrap_or(0))
+        .sum())
+}
+
+/// The writer's rounds, until every frame is due and every socket that is not blocked has
+/// all of them.
+fn write_rounds(
+    sinks: &mut [Sink],
+    total: u64,
+    epoch: Instant,
+    due: impl Fn(u64) -> u64,
+) -> anyhow::Result<()> {
+    use rustix::event::epoll;
+    let poller = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let mut events = Vec::with_capacity(1024);
+    let at_once = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let frame = |k: u64, out: &mut Vec<u8>| {
+        out.extend_from_slice(&due(k).to_le_bytes());
+        out.resize(out.len() + FRAME - 8, b'x');
+    };
+    let (mut produced, mut shared, mut own) = (0u64, Vec::new(), Vec::new());
+    loop {
+        let now = epoch.elapsed().as_nanos() as u64;
+        let mut ready = produced;
+        while ready < total && due(ready) <= now {
+            ready += 1;
+        }
+        let behind = sinks
+            .iter()
+            .any(|s| !s.blocked && s.written < ready * FRAME as u64);
+        if !behind {
+            if ready == total {
+                return Ok(());
+            }
+            let wait = due(ready).saturating_sub(now);
+            std::thread::sleep(Duration::from_nanos(wait));
+            continue;
+        }
+        // The round's frames, rendered once for every socket that has all before them.
+        shared.clear();
+        for k in produced..ready {
+            frame(k, &mut shared);
+        }
+        let from = produced * FRAME as u64;
+        for (i, sink) in sinks.iter_mut().enumerate() {
+            let end = ready * FRAME as u64;
+            if sink.blocked || sink.written >= end {
+                continue;
+            }
+            let bytes: &[u8] = if sink.written == from {
+                &shared
+            } else {
+                // Behind the round (it was blocked): its own bytes, at most 16 KiB.
+                own.clear();
+                let first = sink.written / FRAME as u64;
+                let last = (first + 16 * 1024 / FRAME as u64).min(ready);
+                for k in first..last {
+                    frame(k, &mut own);
+                }
+                &own[(sink.written % FRAME as u64) as usize..]
+            };
+            let took = match (&sink.stream).write(bytes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e.into()),
+            };
+            sink.written += took as u64;
+            if took < bytes.len() {
+                sink.blocked = true;
+                epoll::add(
+                    &poller,
+                    &sink.stream,
+                    epoll::EventData::new_u64(i as u64),
+                    epoll::EventFlags::OUT | epoll::EventFlags::ONESHOT,
+                )?;
+            }
+        }
+        produced = ready;
+        events.clear();
+        epoll::wait(
+            &poller,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&at_once),
+        )?;
+        for event in &events {
+            let sink = &mut sinks[event.data.u64() as usize];
+            sink.blocked = false;
+            epoll::delete(&poller, &sink.stream)?;
+        }
+    }
 }

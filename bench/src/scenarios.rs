@@ -31,6 +31,8 @@ const PER_WORKER: usize = 9_000;
 /// Subscribers per client address: funko-live caps streams per client IP (1,000 by default),
 /// as a real crowd comes from many addresses.
 const PER_SRC: usize = 500;
+/// funko-live's default `--notsent-lowat-bytes`, which the slow-consumer floor sets too.
+const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// How big each scenario is.
 #[derive(Clone, Debug)]
@@ -283,6 +285,7 @@ impl Ctx {
                     Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
             }
+            self.slow_floor(core).await;
             return Ok(());
         }
         if scenario == Scenario::Replay {
@@ -1028,6 +1031,48 @@ impl Ctx {
     }
 
     // ---------------------------------------------------------------- slow
+
+    /// The slow-consumer scenario's readers and non-readers with no server code (see
+    /// [`crate::floor::slow`]): how far the kernel's own work moves the readers' p99.
+    async fn slow_floor(&mut self, core: Option<usize>) {
+        let p = self.plan.clone();
+        for run in 1..=p.runs {
+            let floor = crate::floor::slow(
+                p.slow_readers,
+                p.slow_m,
+                p.slow_rate,
+                (p.slow_baseline_s, p.slow_s),
+                NOTSENT_LOWAT,
+                core,
+            )
+            .await;
+            match floor {
+                Ok(f) => {
+                    eprintln!(
+                        "   slow floor run {run}: {} readers' p99 {:.2} ms alone, {:.2} ms beside \
+                         {} non-reading sockets ({:.2} ms after the first second); each \
+                         non-reader took {:.0} KiB",
+                        p.slow_readers,
+                        f.alone_p99_ms,
+                        f.beside_p99_ms,
+                        p.slow_m,
+                        f.beside_settled_p99_ms,
+                        f.held_kib
+                    );
+                    for (metric, unit, value) in [
+                        ("slow_p99_alone", "ms", f.alone_p99_ms),
+                        ("slow_p99_beside", "ms", f.beside_p99_ms),
+                        ("slow_p99_settled", "ms", f.beside_settled_p99_ms),
+                        ("slow_held", "KiB", f.held_kib),
+                    ] {
+                        self.results
+                            .add("floor", "kernel", "tcp", p.slow_m, metric, unit, value);
+                    }
+                }
+                Err(e) => self.fail(format!("slow floor: {e:#}")),
+            }
+        }
+    }
 
     async fn slow(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
         let p = self.plan.clone();

@@ -37,4 +37,11 @@ fn smoke_run_of_the_harness_completes() {
             );
         }
     }
+    for metric in ["write_us", "slow_p99_alone", "slow_p99_beside"] {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with("floor,kernel,") && l.contains(&format!(",{metric},"))),
+            "no floor {metric} in:\n{csv}"
+        );
+    }
 }
