@@ -73,9 +73,7 @@ pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         if let Some(core) = core {
-            let mut set = rustix::thread::CpuSet::new();
-            set.set(core);
-            let _ = rustix::thread::sched_setaffinity(None, &set);
+            crate::pin_this_thread(core);
         }
         let mut frame = [b'x'; FRAME];
         let mut rounds = Vec::with_capacity(ROUNDS);
@@ -251,9 +249,7 @@ async fn slow_phase(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         if let Some(core) = core {
-            let mut set = rustix::thread::CpuSet::new();
-            set.set(core);
-            let _ = rustix::thread::sched_setaffinity(None, &set);
+            crate::pin_this_thread(core);
         }
         let outcome = write_rounds(&mut sinks, total, epoch, due);
         // The non-readers' clients are measured before anything closes.

@@ -125,9 +125,7 @@ fn main() -> anyhow::Result<()> {
     }
     if pin {
         // The harness itself stays off the server's core too.
-        let mut set = rustix::thread::CpuSet::new();
-        set.set(1);
-        let _ = rustix::thread::sched_setaffinity(None, &set);
+        pin_this_thread(1);
     }
 
     let server_bin = match &cli.server_bin {
@@ -341,6 +339,14 @@ fn describe(p: &Plan) -> String {
         p.slow_s,
         p.floor_ns
     )
+}
+
+/// Pins the calling thread (and the threads it spawns from now on) to `core`; a failure only
+/// loses the pinning.
+pub fn pin_this_thread(core: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
 fn have(program: &str) -> bool {

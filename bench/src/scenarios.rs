@@ -271,16 +271,15 @@ impl Ctx {
                              latency p50 {:.2} ms, p99 {:.2} ms",
                             floor.write_us, floor.write_us_best, floor.p50_ms, floor.p99_ms
                         );
-                        let server = "kernel";
-                        for (metric, unit, value) in [
-                            ("write_us", "µs", floor.write_us),
-                            ("write_us_best", "µs", floor.write_us_best),
-                            ("p50", "ms", floor.p50_ms),
-                            ("p99", "ms", floor.p99_ms),
-                        ] {
-                            self.results
-                                .add("floor", server, "tcp", n, metric, unit, value);
-                        }
+                        self.record_floor(
+                            n,
+                            [
+                                ("write_us", "µs", floor.write_us),
+                                ("write_us_best", "µs", floor.write_us_best),
+                                ("p50", "ms", floor.p50_ms),
+                                ("p99", "ms", floor.p99_ms),
+                            ],
+                        );
                     }
                     Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
@@ -322,6 +321,14 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// A kernel-floor measurement's figures at N sockets (no server).
+    fn record_floor<const K: usize>(&mut self, n: usize, figures: [(&str, &str, f64); K]) {
+        for (metric, unit, value) in figures {
+            self.results
+                .add("floor", "kernel", "tcp", n, metric, unit, value);
+        }
     }
 
     #[allow(clippy::too_many_arguments, reason = "one argument per CSV column")]
@@ -1059,15 +1066,15 @@ impl Ctx {
                         f.beside_settled_p99_ms,
                         f.held_kib
                     );
-                    for (metric, unit, value) in [
-                        ("slow_p99_alone", "ms", f.alone_p99_ms),
-                        ("slow_p99_beside", "ms", f.beside_p99_ms),
-                        ("slow_p99_settled", "ms", f.beside_settled_p99_ms),
-                        ("slow_held", "KiB", f.held_kib),
-                    ] {
-                        self.results
-                            .add("floor", "kernel", "tcp", p.slow_m, metric, unit, value);
-                    }
+                    self.record_floor(
+                        p.slow_m,
+                        [
+                            ("slow_p99_alone", "ms", f.alone_p99_ms),
+                            ("slow_p99_beside", "ms", f.beside_p99_ms),
+                            ("slow_p99_settled", "ms", f.beside_settled_p99_ms),
+                            ("slow_held", "KiB", f.held_kib),
+                        ],
+                    );
                 }
                 Err(e) => self.fail(format!("slow floor: {e:#}")),
             }
