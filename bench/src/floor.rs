@@ -41,40 +41,14 @@ pub struct Floor {
 
 /// Measures the floor at `n` sockets, the writer pinned to `core`.
 pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let mut writers = Vec::with_capacity(n);
-    let mut readers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let reader = TcpStream::connect(addr).context("connecting a floor reader")?;
-        let (writer, _) = listener.accept()?;
-        writer.set_nodelay(true)?;
-        reader.set_nonblocking(true)?;
-        writers.push(writer);
-        readers.push(tokio::net::TcpStream::from_std(reader)?);
-    }
+    let (mut writers, readers): (Vec<_>, Vec<_>) = connect_pairs(n)?.into_iter().unzip();
     // Each frame starts with its round's start, in nanoseconds after `epoch`.
     let epoch = Instant::now();
-    let drains: Vec<_> = readers
+    let drains = readers
         .into_iter()
-        .map(|mut reader| {
-            tokio::spawn(async move {
-                let mut frame = [0u8; FRAME];
-                let mut latencies = Vec::with_capacity(ROUNDS);
-                while reader.read_exact(&mut frame).await.is_ok() {
-                    let sent = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    latencies.push(now.saturating_sub(sent));
-                }
-                latencies
-            })
-        })
-        .collect();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        if let Some(core) = core {
-            crate::pin_this_thread(core);
-        }
+        .map(|reader| drain(reader, epoch))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let done = on_pinned_thread(core, move || {
         let mut frame = [b'x'; FRAME];
         let mut rounds = Vec::with_capacity(ROUNDS);
         let mut outcome = Ok(());
@@ -93,12 +67,12 @@ pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
             std::thread::sleep(Duration::from_millis(20));
         }
         drop(writers);
-        let _ = done_tx.send(outcome.map(|()| rounds));
+        Ok(outcome.map(|()| rounds)?)
     });
-    let mut rounds = done_rx.await.context("the floor writer died")??;
+    let mut rounds = done.await.context("the floor writer died")??;
     let mut latencies = Vec::with_capacity(n * ROUNDS);
     for drain in drains {
-        latencies.extend(drain.await.unwrap_or_default());
+        latencies.extend(drain.await.unwrap_or_default().into_iter().map(|(_, l)| l));
     }
     anyhow::ensure!(
         latencies.len() == n * ROUNDS,
@@ -106,15 +80,71 @@ pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
         latencies.len(),
         n * ROUNDS
     );
-    latencies.sort_unstable();
-    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1e6;
     rounds.sort_by(f64::total_cmp);
     Ok(Floor {
         write_us: rounds[rounds.len() / 2],
         write_us_best: rounds[0],
-        p50_ms: quantile(0.5),
-        p99_ms: quantile(0.99),
+        p50_ms: quantile_ms(&mut latencies, 0.5)?,
+        p99_ms: quantile_ms(&mut latencies, 0.99)?,
     })
+}
+
+/// `n` connected loopback socket pairs: (the writing end, with Nagle off; the reading end).
+fn connect_pairs(n: usize) -> anyhow::Result<Vec<(TcpStream, TcpStream)>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    (0..n)
+        .map(|_| {
+            let client = TcpStream::connect(addr).context("connecting a floor client")?;
+            let (writer, _) = listener.accept()?;
+            writer.set_nodelay(true)?;
+            Ok((writer, client))
+        })
+        .collect()
+}
+
+/// A reader on this process's runtime: reads `FRAME`-byte frames, each starting with when it
+/// was sent (nanoseconds after `epoch`), until the writer closes; returns every frame's
+/// (sent, latency) in nanoseconds.
+fn drain(
+    reader: TcpStream,
+    epoch: Instant,
+) -> anyhow::Result<tokio::task::JoinHandle<Vec<(u64, u64)>>> {
+    reader.set_nonblocking(true)?;
+    let mut reader = tokio::net::TcpStream::from_std(reader)?;
+    Ok(tokio::spawn(async move {
+        let mut frame = [0u8; FRAME];
+        let mut frames = Vec::new();
+        while reader.read_exact(&mut frame).await.is_ok() {
+            let sent = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+            let now = epoch.elapsed().as_nanos() as u64;
+            frames.push((sent, now.saturating_sub(sent)));
+        }
+        frames
+    }))
+}
+
+/// Runs `work` on a thread of its own pinned to `core` (the servers' core); its outcome
+/// arrives on the returned channel.
+fn on_pinned_thread<T: Send + 'static>(
+    core: Option<usize>,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<T>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        if let Some(core) = core {
+            crate::pin_this_thread(core);
+        }
+        let _ = done_tx.send(work());
+    });
+    done_rx
+}
+
+/// The `q`-quantile of `nanos` in milliseconds (sorts them).
+fn quantile_ms(nanos: &mut [u64], q: f64) -> anyhow::Result<f64> {
+    anyhow::ensure!(!nanos.is_empty(), "no frame arrived");
+    nanos.sort_unstable();
+    Ok(nanos[((nanos.len() - 1) as f64 * q) as usize] as f64 / 1e6)
 }
 
 /// What the slow-consumer floor found: the readers' frame p99 alone and beside the
@@ -145,17 +175,12 @@ pub async fn slow(
     notsent_lowat: u32,
     core: Option<usize>,
 ) -> anyhow::Result<SlowFloor> {
-    let alone = slow_phase(readers, 0, rate, alone_s, notsent_lowat, core).await?;
-    let beside = slow_phase(readers, m, rate, beside_s, notsent_lowat, core).await?;
-    let p99 = |mut v: Vec<u64>| {
-        anyhow::ensure!(!v.is_empty(), "no frame arrived");
-        v.sort_unstable();
-        Ok(v[((v.len() - 1) as f64 * 0.99) as usize] as f64 / 1e6)
-    };
+    let mut alone = slow_phase(readers, 0, rate, alone_s, notsent_lowat, core).await?;
+    let mut beside = slow_phase(readers, m, rate, beside_s, notsent_lowat, core).await?;
     Ok(SlowFloor {
-        alone_p99_ms: p99(alone.latencies)?,
-        beside_p99_ms: p99(beside.latencies)?,
-        beside_settled_p99_ms: p99(beside.settled)?,
+        alone_p99_ms: quantile_ms(&mut alone.latencies, 0.99)?,
+        beside_p99_ms: quantile_ms(&mut beside.latencies, 0.99)?,
+        beside_settled_p99_ms: quantile_ms(&mut beside.settled, 0.99)?,
         held_kib: beside.held as f64 / m.max(1) as f64 / 1024.0,
     })
 }
@@ -186,15 +211,10 @@ async fn slow_phase(
     notsent_lowat: u32,
     core: Option<usize>,
 ) -> anyhow::Result<SlowPhase> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
     let mut sinks = Vec::with_capacity(readers + m);
     let mut reading = Vec::with_capacity(readers);
     let mut idle = Vec::with_capacity(m);
-    for i in 0..readers + m {
-        let client = TcpStream::connect(addr).context("connecting a floor client")?;
-        let (stream, _) = listener.accept()?;
-        stream.set_nodelay(true)?;
+    for (i, (stream, client)) in connect_pairs(readers + m)?.into_iter().enumerate() {
         stream.set_nonblocking(true)?;
         socket2::SockRef::from(&stream).set_tcp_notsent_lowat(notsent_lowat)?;
         sinks.push(Sink {
@@ -203,8 +223,7 @@ async fn slow_phase(
             blocked: false,
         });
         if i < readers {
-            client.set_nonblocking(true)?;
-            reading.push(tokio::net::TcpStream::from_std(client)?);
+            reading.push(client);
         } else {
             idle.push(client);
         }
@@ -223,34 +242,16 @@ async fn slow_phase(
     let start = epoch.elapsed().as_nanos() as u64 + 50_000_000;
     let due = move |k: u64| start + (k as f64 * 1e9 / rate) as u64;
     let settled_from = start + 1_000_000_000;
-    let drains: Vec<_> = reading
+    let drains = reading
         .into_iter()
-        .map(|mut reader| {
-            tokio::spawn(async move {
-                let mut frame = [0u8; FRAME];
-                let (mut all, mut settled) = (Vec::new(), Vec::new());
-                while reader.read_exact(&mut frame).await.is_ok() {
-                    let sent = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
-                    let latency = (epoch.elapsed().as_nanos() as u64).saturating_sub(sent);
-                    all.push(latency);
-                    if sent >= settled_from {
-                        settled.push(latency);
-                    }
-                }
-                (all, settled)
-            })
-        })
-        .collect();
+        .map(|reader| drain(reader, epoch))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let idle = std::thread::spawn({
         let stop = stop.clone();
         move || hold_unread(idle, &stop)
     });
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        if let Some(core) = core {
-            crate::pin_this_thread(core);
-        }
+    let done = on_pinned_thread(core, move || {
         let outcome = write_rounds(&mut sinks, total, epoch, due);
         // The non-readers' clients are measured before anything closes.
         stop.store(true, Ordering::Relaxed);
@@ -258,19 +259,21 @@ async fn slow_phase(
             .join()
             .map_err(|_| anyhow::anyhow!("the non-readers' thread died"));
         drop(sinks);
-        let outcome = outcome.and_then(|()| held?);
-        let _ = done_tx.send(outcome);
+        outcome.and_then(|()| held?)
     });
-    let held = done_rx.await.context("the floor writer died")??;
+    let held = done.await.context("the floor writer died")??;
     let mut phase = SlowPhase {
         latencies: Vec::new(),
         settled: Vec::new(),
         held,
     };
     for drain in drains {
-        let (all, settled) = drain.await.unwrap_or_default();
-        phase.latencies.extend(all);
-        phase.settled.extend(settled);
+        for (sent, latency) in drain.await.unwrap_or_default() {
+            phase.latencies.push(latency);
+            if sent >= settled_from {
+                phase.settled.push(latency);
+            }
+        }
     }
     anyhow::ensure!(
         phase.latencies.len() as u64 == total * readers as u64,
