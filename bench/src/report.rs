@@ -176,7 +176,7 @@ const RSS_GROWTH_MIB: f64 = 8.0;
 const OURS: &str = "funko-live";
 const PEER: &str = "node-peer";
 /// The kernel-floor rows (no server).
-const KERNEL: &str = "kernel";
+pub const KERNEL: &str = "kernel";
 
 /// fanout.png: SSE publish-to-deliver p99 (solid) and p50 (thin) vs N, ours vs the peer.
 pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {

@@ -271,7 +271,10 @@ impl Ctx {
                              latency p50 {:.2} ms, p99 {:.2} ms",
                             floor.write_us, floor.write_us_best, floor.p50_ms, floor.p99_ms
                         );
-                        self.record_floor(
+                        self.record_all(
+                            "floor",
+                            crate::report::KERNEL,
+                            "tcp",
                             n,
                             [
                                 ("write_us", "µs", floor.write_us),
@@ -323,11 +326,18 @@ impl Ctx {
         Ok(())
     }
 
-    /// A kernel-floor measurement's figures at N sockets (no server).
-    fn record_floor<const K: usize>(&mut self, n: usize, figures: [(&str, &str, f64); K]) {
+    /// Several figures of one scenario, server, transport and N: (metric, unit, value).
+    fn record_all<const K: usize>(
+        &mut self,
+        scenario: &str,
+        server: &str,
+        transport: &str,
+        n: usize,
+        figures: [(&str, &str, f64); K],
+    ) {
         for (metric, unit, value) in figures {
             self.results
-                .add("floor", "kernel", "tcp", n, metric, unit, value);
+                .add(scenario, server, transport, n, metric, unit, value);
         }
     }
 
@@ -1066,7 +1076,10 @@ impl Ctx {
                         f.beside_settled_p99_ms,
                         f.held_kib
                     );
-                    self.record_floor(
+                    self.record_all(
+                        "floor",
+                        crate::report::KERNEL,
+                        "tcp",
                         p.slow_m,
                         [
                             ("slow_p99_alone", "ms", f.alone_p99_ms),
@@ -1213,112 +1226,52 @@ impl Ctx {
                 s / p.slow_s * 100.0
             )),
         );
-        let m = p.slow_m;
-        self.record(
+        let (m, name) = (p.slow_m, kind.name());
+        self.record_all(
             "slow",
-            kind,
+            name,
             "sse",
             m,
-            "readers_p99_settled_alone",
-            "ms",
-            a.settled.quantile_ms(0.99),
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "readers_p99_settled",
-            "ms",
-            b.settled.quantile_ms(0.99),
+            [
+                (
+                    "readers_p99_settled_alone",
+                    "ms",
+                    a.settled.quantile_ms(0.99),
+                ),
+                ("readers_p99_settled", "ms", b.settled.quantile_ms(0.99)),
+            ],
         );
         if let Some((h, s)) = held.zip(held_s) {
-            self.record("slow", kind, "sse", m, "nonreader_held", "KiB", h / 1024.0);
-            self.record("slow", kind, "sse", m, "nonreader_held_s", "s", s);
+            self.record_all(
+                "slow",
+                name,
+                "sse",
+                m,
+                [
+                    ("nonreader_held", "KiB", h / 1024.0),
+                    ("nonreader_held_s", "s", s),
+                ],
+            );
         }
-        self.record(
+        self.record_all(
             "slow",
-            kind,
+            name,
             "sse",
             m,
-            "readers_p99_alone",
-            "ms",
-            a.latency.quantile_ms(0.99),
+            [
+                ("readers_p99_alone", "ms", a.latency.quantile_ms(0.99)),
+                ("readers_p99_with_slow", "ms", b.latency.quantile_ms(0.99)),
+                ("readers_p50_alone", "ms", a.latency.quantile_ms(0.5)),
+                ("readers_p50_with_slow", "ms", b.latency.quantile_ms(0.5)),
+                ("rss_before", "MiB", rss_before as f64 / mib),
+                ("rss_max", "MiB", rss_max / mib),
+                ("rss_end", "MiB", rss_end as f64 / mib),
+                ("rss_growth_2nd_half", "MiB", growth_2nd_half / mib),
+                ("writes_per_s", "req/s", b_pub.ok as f64 / p.slow_s),
+                ("readers_lost", "count", (a_lost + b_lost) as f64),
+                ("slow_cut_off", "count", cut as f64),
+            ],
         );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "readers_p99_with_slow",
-            "ms",
-            b.latency.quantile_ms(0.99),
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "readers_p50_alone",
-            "ms",
-            a.latency.quantile_ms(0.5),
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "readers_p50_with_slow",
-            "ms",
-            b.latency.quantile_ms(0.5),
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "rss_before",
-            "MiB",
-            rss_before as f64 / mib,
-        );
-        self.record("slow", kind, "sse", m, "rss_max", "MiB", rss_max / mib);
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "rss_end",
-            "MiB",
-            rss_end as f64 / mib,
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "rss_growth_2nd_half",
-            "MiB",
-            growth_2nd_half / mib,
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "writes_per_s",
-            "req/s",
-            b_pub.ok as f64 / p.slow_s,
-        );
-        self.record(
-            "slow",
-            kind,
-            "sse",
-            m,
-            "readers_lost",
-            "count",
-            (a_lost + b_lost) as f64,
-        );
-        self.record("slow", kind, "sse", m, "slow_cut_off", "count", cut as f64);
         // Not a failure: readers are stopped a fixed time after the last write, so on a busy
         // machine the last events may simply still be on their way (recorded, not asserted).
         if a_lost + b_lost > 0 {
