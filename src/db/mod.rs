@@ -109,6 +109,13 @@ impl Db {
                 };
                 let writer = pool(1).await.context("opening the SQLite database")?;
                 let reader = pool(8).await.context("opening the SQLite database")?;
+                if !sqlite_plans_are_stable(&reader).await? {
+                    tracing::warn!(
+                        "SQLite was built without SQLITE_ENABLE_QPSG (build in this repository, \
+                         whose .cargo/config.toml sets it): every list and search is planned \
+                         afresh on each request"
+                    );
+                }
                 Ok(Self {
                     backend,
                     reader,
@@ -278,5 +285,32 @@ impl Placeholders {
     pub fn next(&mut self) -> String {
         self.0 += 1;
         format!("${}", self.0)
+    }
+}
+
+/// Was the bundled SQLite built with the query planner stability guarantee
+/// (`.cargo/config.toml`)? Without it SQLite 3.51 plans a statement again whenever a bound
+/// value its planner looked at (a `LIMIT`, `OFFSET` or `LIKE` pattern) is bound again, which
+/// sqlx does on every execution, so the statement cache does not save the planning.
+async fn sqlite_plans_are_stable(pool: &AnyPool) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM pragma_compile_options WHERE compile_options = 'ENABLE_QPSG'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_is_built_with_stable_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/p.db?mode=rwc", dir.path().display()))
+            .await
+            .unwrap();
+        assert!(sqlite_plans_are_stable(&db.reader).await.unwrap());
     }
 }
