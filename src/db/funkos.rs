@@ -102,8 +102,9 @@ pub async fn get_with_cursor(
     }
     let row: Option<WithCursor> = sqlx::query_as(concat!(
         columns!(),
-        ", (SELECT COALESCE(MAX(e.id), (SELECT m.value FROM stream_meta m WHERE m.key = 'floor')) \
-         FROM events e) AS cursor",
+        ", ",
+        head_cursor!(),
+        " AS cursor",
         from!(),
         " WHERE f.id = $1"
     ))
@@ -113,11 +114,12 @@ pub async fn get_with_cursor(
     Ok(row.map(|r| (Funko::from(r.funko), r.cursor)))
 }
 
-/// One page of the list and the total number of matching rows.
+/// One page of the list, the number of matching rows and the stream's head cursor, all read in
+/// one snapshot.
 pub async fn list(
     conn: &mut AnyConnection,
     query: &FunkoListQuery,
-) -> Result<(Vec<Funko>, i64), sqlx::Error> {
+) -> Result<(Vec<Funko>, i64, i64), sqlx::Error> {
     let mut p = Placeholders::default();
     let mut conditions = Vec::new();
     if !query.include_deleted {
@@ -161,12 +163,18 @@ pub async fn list(
     let direction = if query.descending { "DESC" } else { "ASC" };
     let limit = p.next();
     let offset = p.next();
-    let page_sql = format!(
-        "{}{filter} ORDER BY {column} {direction}, f.id {direction} LIMIT {limit} OFFSET {offset}",
-        select!()
-    );
     let count_sql =
         format!("SELECT COUNT(*) FROM funkos f JOIN categories c ON c.id = f.category_id{filter}");
+    // One statement, so one snapshot and one round trip to the database: the page's rows
+    // carry the total and the cursor, uncorrelated subqueries that both engines evaluate once.
+    // The count repeats the filter's placeholders, which take the same binds.
+    let page_sql = format!(
+        "{}, ({count_sql}) AS total, {} AS cursor{}{filter} \
+         ORDER BY {column} {direction}, f.id {direction} LIMIT {limit} OFFSET {offset}",
+        columns!(),
+        head_cursor!(),
+        from!()
+    );
 
     // The same binds, in the same order, for both statements.
     macro_rules! bind_filters {
@@ -187,15 +195,35 @@ pub async fn list(
             q
         }};
     }
-    let rows: Vec<FunkoRow> = bind_filters!(sqlx::query_as(AssertSqlSafe(page_sql)))
-        .bind(query.limit)
-        .bind(query.offset())
-        .fetch_all(&mut *conn)
-        .await?;
-    let total: i64 = bind_filters!(sqlx::query_scalar(AssertSqlSafe(count_sql)))
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok((rows.into_iter().map(Funko::from).collect(), total))
+    #[derive(sqlx::FromRow)]
+    struct PageRow {
+        #[sqlx(flatten)]
+        funko: FunkoRow,
+        total: i64,
+        cursor: i64,
+    }
+    let totals_sql = format!("SELECT ({count_sql}), {}", head_cursor!());
+    loop {
+        let rows: Vec<PageRow> = bind_filters!(sqlx::query_as(AssertSqlSafe(page_sql.as_str())))
+            .bind(query.limit)
+            .bind(query.offset())
+            .fetch_all(&mut *conn)
+            .await?;
+        if let Some(&PageRow { total, cursor, .. }) = rows.first() {
+            let funkos = rows.into_iter().map(|r| Funko::from(r.funko)).collect();
+            return Ok((funkos, total, cursor));
+        }
+        // An empty page (nothing matches, or it is past the last one) still has a total and a
+        // cursor, read by a second statement: a second snapshot. The page is still empty
+        // there unless a write came between and put rows on it; then read it again.
+        let (total, cursor): (i64, i64) =
+            bind_filters!(sqlx::query_as(AssertSqlSafe(totals_sql.as_str())))
+                .fetch_one(&mut *conn)
+                .await?;
+        if total <= query.offset() {
+            return Ok((Vec::new(), total, cursor));
+        }
+    }
 }
 
 /// Inserts a Funko into the live category named `draft.category` (any case) and returns it

@@ -3,6 +3,15 @@
 //! One file per table, and [`writer`] for SQLite's group commit; nothing outside `db/`
 //! writes SQL.
 
+/// The stream's head cursor as a scalar subquery. Read in the statement that reads rows, it
+/// is the position those rows were read at: one statement is one snapshot on both databases.
+macro_rules! head_cursor {
+    () => {
+        "(SELECT COALESCE(MAX(e.id), (SELECT m.value FROM stream_meta m WHERE m.key = 'floor')) \
+         FROM events e)"
+    };
+}
+
 pub mod categories;
 pub mod events;
 pub mod funkos;

@@ -44,10 +44,8 @@ pub async fn get(
 }
 
 pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<FunkoPage>, ApiError> {
-    let mut tx = bus.db().begin_read().await?;
-    let (data, total) = db::funkos::list(&mut tx, query).await?;
-    let (_, cursor) = db::events::bounds(&mut tx).await?;
-    tx.commit().await?;
+    let mut conn = bus.db().reader.acquire().await?;
+    let (data, total, cursor) = db::funkos::list(&mut conn, query).await?;
     let meta = PageMeta {
         page: query.page,
         limit: query.limit,

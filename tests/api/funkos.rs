@@ -182,6 +182,13 @@ async fn get_answers_etag_and_the_cursor_it_saw(backend: Backend) {
     assert_eq!(stream_cursor(&response), patch_cursor);
     let response = app.get("/funkos?limit=1").await;
     assert_eq!(stream_cursor(&response), patch_cursor);
+    // An empty page (past the last one, or nothing matches) still answers the cursor.
+    for query in ["page=9", "q=nothing-matches"] {
+        let response = app.get(&format!("/funkos?{query}")).await;
+        assert_eq!(stream_cursor(&response), patch_cursor, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"], json!([]), "{query}");
+    }
 }
 
 async fn list_pages_with_meta(backend: Backend) {
