@@ -28,7 +28,7 @@ pub enum ListResponse {
     /// One page of Funkos.
     #[oai(status = 200)]
     Ok(
-        Json<FunkoPage>,
+        RawJson<FunkoPage>,
         /// The stream position this read saw: subscribe from it to miss nothing.
         #[oai(header = "Stream-Cursor")]
         String,
@@ -137,7 +137,7 @@ impl FunkosApi {
         })?;
         let read = funkos::list(&state.bus, &query).await?;
         Ok(ListResponse::Ok(
-            Json(read.resource),
+            RawJson::new(read.resource),
             read.cursor.to_string(),
         ))
     }

@@ -6,7 +6,7 @@ pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
 
 /// A sortable column, by its API name; the mapping to SQL lives in `db/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SortField {
     Name,
     Price,
@@ -16,7 +16,8 @@ pub enum SortField {
     Id,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Equal queries answer equal pages (the page cache's key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FunkoListQuery {
     pub page: i64,
     pub limit: i64,

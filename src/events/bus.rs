@@ -19,14 +19,18 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     StoredEvent,
-    cache::{FunkoCache, FunkoJson},
+    cache::{FunkoCache, FunkoJson, PageCache},
 };
-use crate::db::{self, Backend, Db, writer::Commit};
+use crate::{
+    db::{self, Backend, Db, writer::Commit},
+    domain::query::FunkoListQuery,
+};
 
 /// How many events the tailer reads from the log per query.
 const TAIL_BATCH: i64 = 1000;
@@ -78,6 +82,8 @@ pub struct ChangeBus {
     /// Funkos by id as of the tail's head, for reads that need no database. SQLite only
     /// (`None` on PostgreSQL, where other instances write: see [`FunkoCache`]).
     funkos: Option<FunkoCache>,
+    /// Pages of the Funko list by query, for as long as no write commits. SQLite only.
+    pages: Option<PageCache>,
 }
 
 impl ChangeBus {
@@ -86,7 +92,9 @@ impl ChangeBus {
         let mut conn = db.reader.acquire().await?;
         let (floor, head) = db::events::bounds(&mut conn).await?;
         drop(conn);
-        let funkos = (db.backend == Backend::Sqlite).then(|| FunkoCache::new(head));
+        let local = db.backend == Backend::Sqlite;
+        let funkos = local.then(|| FunkoCache::new(head));
+        let pages = local.then(PageCache::default);
         let commits = db.take_commits();
         Ok(Arc::new(Self {
             pushed: commits.is_some(),
@@ -104,6 +112,7 @@ impl ChangeBus {
             committed: AtomicI64::new(head),
             log_floor: AtomicI64::new(floor),
             funkos,
+            pages,
         }))
     }
 
@@ -163,6 +172,21 @@ impl ChangeBus {
     pub fn offer_funko(&self, id: i64, funko: &FunkoJson, cursor: i64) {
         if let Some(funkos) = &self.funkos {
             funkos.fill(id, funko, cursor);
+        }
+    }
+
+    /// The list page this query answers, as sent, and its cursor, without a query: `None`
+    /// unless it was read at the newest commit (and always on PostgreSQL).
+    pub fn cached_page(&self, query: &FunkoListQuery) -> Option<(Bytes, i64)> {
+        let (_, committed) = self.local_bounds()?;
+        let json = self.pages.as_ref()?.get(query, committed)?;
+        Some((json, committed))
+    }
+
+    /// Offers a list page read from the database in a snapshot at `cursor` to the cache.
+    pub fn offer_page(&self, query: &FunkoListQuery, json: &Bytes, cursor: i64) {
+        if let Some(pages) = &self.pages {
+            pages.fill(query, json, cursor);
         }
     }
 

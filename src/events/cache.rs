@@ -16,13 +16,16 @@
 //!
 //! [`ChangeBus::local_bounds`]: super::ChangeBus::local_bounds
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+};
 
 use bytes::Bytes;
 use poem_openapi::types::ToJSON;
 
 use super::{Entity, StoredEvent};
-use crate::model::Funko;
+use crate::{domain::query::FunkoListQuery, model::Funko};
 
 /// At most this many Funkos are cached (about 300 bytes each); past it the map starts over.
 const MAX_ENTRIES: usize = 50_000;
@@ -141,6 +144,58 @@ impl Entries {
     }
 }
 
+/// Past this many bytes of cached pages, the page cache starts over.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Pages of `GET /funkos` as sent, by query, all read at one cursor: a page is answered from
+/// here only while no write has committed since it was read (its cursor is still the newest
+/// commit, as in [`FunkoCache::get`]), so any write retires every page at once. A catalogue
+/// read far more often than written, its first page above all, is then served without the
+/// database. SQLite only, like [`FunkoCache`].
+#[derive(Debug, Default)]
+pub struct PageCache {
+    /// Held only to copy a page in or out, never across an `.await`.
+    pages: Mutex<Pages>,
+}
+
+#[derive(Debug, Default)]
+struct Pages {
+    /// Every page here was read at this cursor.
+    at: i64,
+    bytes: usize,
+    by_query: HashMap<FunkoListQuery, Bytes>,
+}
+
+impl PageCache {
+    /// The page this query answered at cursor `committed`, if it was read there.
+    pub fn get(&self, query: &FunkoListQuery, committed: i64) -> Option<Bytes> {
+        let pages = self.pages.lock().expect("page cache lock poisoned");
+        if pages.at != committed {
+            return None;
+        }
+        pages.by_query.get(query).cloned()
+    }
+
+    /// Keeps a page read in a snapshot at `cursor`. A page from a newer cursor retires the
+    /// older ones; one from an older cursor is dropped.
+    pub fn fill(&self, query: &FunkoListQuery, json: &Bytes, cursor: i64) {
+        let mut pages = self.pages.lock().expect("page cache lock poisoned");
+        if cursor < pages.at {
+            return;
+        }
+        if cursor > pages.at || pages.bytes + json.len() > MAX_PAGE_BYTES {
+            *pages = Pages {
+                at: cursor,
+                ..Pages::default()
+            };
+        }
+        pages.bytes += json.len();
+        if let Some(old) = pages.by_query.insert(query.clone(), json.clone()) {
+            pages.bytes -= old.len();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +238,52 @@ mod tests {
         cache.apply(&[rename, funko_event(3, 2, 1)], 3);
         assert!(cache.get(1, 3).is_none());
         assert!(cache.get(2, 3).is_some());
+    }
+
+    fn query(page: i64) -> FunkoListQuery {
+        FunkoListQuery {
+            page,
+            limit: 20,
+            sort: crate::domain::query::SortField::Id,
+            descending: false,
+            q: None,
+            category: None,
+            min_price_cents: None,
+            max_price_cents: None,
+            include_deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_page_is_served_only_at_the_cursor_it_was_read_at() {
+        let pages = PageCache::default();
+        let json = Bytes::from_static(b"[1]");
+        pages.fill(&query(1), &json, 7);
+        assert_eq!(pages.get(&query(1), 7), Some(json));
+        assert!(pages.get(&query(1), 8).is_none(), "a write since");
+        assert!(pages.get(&query(2), 7).is_none(), "another query");
+    }
+
+    #[test]
+    fn a_newer_page_retires_the_older_ones_and_an_older_page_is_dropped() {
+        let pages = PageCache::default();
+        pages.fill(&query(1), &Bytes::from_static(b"[1]"), 7);
+        pages.fill(&query(2), &Bytes::from_static(b"[2]"), 8);
+        assert!(pages.get(&query(1), 8).is_none());
+        pages.fill(&query(1), &Bytes::from_static(b"[old]"), 7);
+        assert!(pages.get(&query(1), 8).is_none());
+        assert!(pages.get(&query(2), 8).is_some());
+    }
+
+    #[test]
+    fn past_its_byte_bound_it_starts_over() {
+        let pages = PageCache::default();
+        let half = Bytes::from(vec![b' '; MAX_PAGE_BYTES / 2 + 1]);
+        pages.fill(&query(1), &half, 7);
+        pages.fill(&query(1), &half, 7);
+        assert!(pages.get(&query(1), 7).is_some(), "a page replacing itself");
+        pages.fill(&query(2), &half, 7);
+        assert!(pages.get(&query(1), 7).is_none(), "started over");
+        assert!(pages.get(&query(2), 7).is_some());
     }
 }

@@ -1,5 +1,7 @@
 //! Funko reads and writes.
 
+use bytes::Bytes;
+use poem_openapi::types::ToJSON;
 use serde_json::Value;
 
 use sqlx::AnyConnection;
@@ -43,17 +45,32 @@ pub async fn get(
     })
 }
 
-pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<FunkoPage>, ApiError> {
+/// One page of the list as the JSON to send. Answered from the bus's page cache when no
+/// write has committed since the same query was read, else read from the database (one
+/// statement) and offered to it.
+pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<Bytes>, ApiError> {
+    if let Some((json, cursor)) = bus.cached_page(query) {
+        return Ok(Read {
+            resource: json,
+            cursor,
+        });
+    }
     let mut conn = bus.db().reader.acquire().await?;
     let (data, total, cursor) = db::funkos::list(&mut conn, query).await?;
-    let meta = PageMeta {
-        page: query.page,
-        limit: query.limit,
-        total,
-        total_pages: (total + query.limit - 1) / query.limit,
+    drop(conn);
+    let page = FunkoPage {
+        data,
+        meta: PageMeta {
+            page: query.page,
+            limit: query.limit,
+            total,
+            total_pages: (total + query.limit - 1) / query.limit,
+        },
     };
+    let json = Bytes::from(page.to_json_string());
+    bus.offer_page(query, &json, cursor);
     Ok(Read {
-        resource: FunkoPage { data, meta },
+        resource: json,
         cursor,
     })
 }

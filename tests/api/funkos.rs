@@ -1264,6 +1264,16 @@ async fn settled(stream: &mut SseClient, cursor: &str) {
 /// `GET /funkos/{id}` may be answered from the cache the change stream keeps (SQLite): a read
 /// that starts after a write has answered sees it, and sees a category rename (which has no
 /// Funko event) at once.
+/// `GET /funkos`'s Funkos, checking that the page saw at least `cursor`.
+async fn listed(app: &TestApp, cursor: &str) -> Vec<Value> {
+    let response = app.get("/funkos").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen: i64 = stream_cursor(&response).parse().unwrap();
+    assert!(seen >= cursor.parse().unwrap(), "{seen} is before {cursor}");
+    let body: Value = response.json().await.unwrap();
+    body["data"].as_array().unwrap().clone()
+}
+
 async fn a_read_sees_every_write_that_answered_before_it(backend: Backend) {
     let app = spawn_app(backend).await;
     // Reads are checked twice: right after the write answers (the stream may not have the
@@ -1291,6 +1301,8 @@ async fn a_read_sees_every_write_that_answered_before_it(backend: Backend) {
             let read_cursor: i64 = stream_cursor(&read).parse().unwrap();
             assert!(read_cursor >= cursor.parse().unwrap());
             assert_eq!(read.json::<Value>().await.unwrap(), written);
+            // The same list query every time, so the page cache may answer it.
+            assert_eq!(listed(&app, &cursor).await, std::slice::from_ref(&written));
             if settle {
                 settled(&mut stream, &cursor).await;
             }
@@ -1310,14 +1322,17 @@ async fn a_read_sees_every_write_that_answered_before_it(backend: Backend) {
         .put(&format!("/categories/{disney}"), json!({ "name": "Pixar" }))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
+    let rename_cursor = stream_cursor(&response);
     assert_eq!(fetch(&app, id).await["category"], "Pixar");
-    settled(&mut stream, &stream_cursor(&response)).await;
+    assert_eq!(listed(&app, &rename_cursor).await[0]["category"], "Pixar");
+    settled(&mut stream, &rename_cursor).await;
     assert_eq!(fetch(&app, id).await["category"], "Pixar");
 
     let response = app.delete(&format!("/funkos/{id}")).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     settled(&mut stream, &stream_cursor(&response)).await;
     assert_problem(app.get(&format!("/funkos/{id}")).await, 404).await;
+    assert!(listed(&app, &stream_cursor(&response)).await.is_empty());
     let deleted = fetch(&app, id).await;
     assert_eq!(deleted["isDeleted"], true);
     drop(stream);
