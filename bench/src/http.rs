@@ -2,7 +2,10 @@
 //! (one buffered write per request, `httparse` for the head, Content-Length or chunked
 //! bodies) and for reading streams (SSE bodies through [`Dechunk`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::LazyLock,
+};
 
 use anyhow::{Context, bail};
 use memchr::memmem;
@@ -300,10 +303,24 @@ pub struct Scan {
 const ENTITY: &[u8] = b"\"entity\":\"";
 pub const MARKER: &[u8] = b"bench t=";
 
+// Built once: `memmem::find_iter` and `rfind` build a searcher on every call, which was the
+// generator's largest cost of its own per received frame.
+static ENTITY_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(ENTITY));
+static MARKER_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(MARKER));
+static FRAME_END_FINDER: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\n\n"));
+
+/// Where the last complete SSE frame in `text` ends (just past its blank line).
+pub fn frames_end(text: &[u8]) -> Option<usize> {
+    FRAME_END_FINDER.rfind(text).map(|at| at + 2)
+}
+
 /// Counts the events in `text` and calls `on_stamp` with each publish timestamp (ns) found.
 pub fn scan(text: &[u8], mut on_stamp: impl FnMut(u64)) -> Scan {
-    let events = memmem::find_iter(text, ENTITY).count() as u64;
-    for at in memmem::find_iter(text, MARKER) {
+    let events = ENTITY_FINDER.find_iter(text).count() as u64;
+    for at in MARKER_FINDER.find_iter(text) {
         let digits = &text[at + MARKER.len()..];
         let mut v: u64 = 0;
         let mut n = 0;

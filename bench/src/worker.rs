@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::AsyncBufReadExt,
@@ -454,12 +453,12 @@ async fn sse_subscriber(
             () = stopped(stop) => return Ok(Outcome::Stopped),
         };
         let now = now_ns();
-        if let Some(end) = memmem::rfind(&decoded, b"\n\n") {
+        if let Some(end) = http::frames_end(&decoded) {
             stamps.clear();
-            let scan = http::scan(&decoded[..end + 2], |t| stamps.push(t));
+            let scan = http::scan(&decoded[..end], |t| stamps.push(t));
             got += scan.events;
-            state.borrow_mut().record(now, scan, &stamps, end + 2);
-            decoded.drain(..end + 2);
+            state.borrow_mut().record(now, scan, &stamps, end);
+            decoded.drain(..end);
         }
         match more {
             Ok(true) => {}
