@@ -235,15 +235,34 @@ impl Db {
         }
     }
 
-    /// SQLite: copies the WAL into the database file `every` after a write (the bus's head
-    /// moving), off the writers' path: a `PASSIVE` checkpoint waits for no reader and no
-    /// writer, and its fsync blocks only the connection running it. An idle store is not
-    /// checkpointed (no wake-ups). Runs until aborted at shutdown; closing the last connection
-    /// checkpoints what is left.
-    pub async fn run_checkpoints(self, every: Duration, mut writes: watch::Receiver<i64>) {
+    /// SQLite: copies the WAL into the database file `after` a write (the bus's head moving),
+    /// off the writers' path: a `PASSIVE` checkpoint waits for no reader and no writer, and
+    /// its fsync blocks only the connection running it. An idle store is not checkpointed (no
+    /// wake-ups). Runs until aborted at shutdown; closing the last connection checkpoints
+    /// what is left.
+    ///
+    /// A trickle of writes (fewer than `batch` events since the last checkpoint) waits until
+    /// `batch` have come or none has for `quiet`: the first commit after a checkpoint starts
+    /// the WAL again and syncs its header, so a checkpoint after every write of a trickle puts
+    /// a fsync into every commit.
+    pub async fn run_checkpoints(
+        self,
+        after: Duration,
+        quiet: Duration,
+        batch: i64,
+        mut writes: watch::Receiver<i64>,
+    ) {
+        let mut checkpointed = *writes.borrow_and_update();
         while writes.changed().await.is_ok() {
-            tokio::time::sleep(every).await;
-            writes.borrow_and_update();
+            tokio::time::sleep(after).await;
+            while *writes.borrow_and_update() - checkpointed < batch {
+                match tokio::time::timeout(quiet, writes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => break,
+                }
+            }
+            checkpointed = *writes.borrow();
             let result = async {
                 let mut conn = self.reader.acquire().await?;
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await

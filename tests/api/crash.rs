@@ -645,3 +645,34 @@ async fn sqlite_checkpoints_the_wal_while_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SQLite: a trickle of writes is checkpointed once it pauses, not after every write (the
+/// first commit after a checkpoint syncs the WAL's header, a fsync inside that commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_a_trickle_of_writes_once_it_pauses() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let file = app
+        .database_url
+        .strip_prefix("sqlite://")
+        .and_then(|rest| rest.split('?').next())
+        .map(std::path::PathBuf::from)
+        .expect("a SQLite file URL");
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    app.create_funko("Trickle").await;
+    // The checkpoint waits for a second without writes: none can land in the first 600 ms,
+    // however slow the machine (a slow one only delays it).
+    let quiet_until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < quiet_until {
+        assert_eq!(size(), before, "checkpointed right after one write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while size() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the database file stayed at {before} bytes: the pause was not checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
