@@ -620,30 +620,41 @@ async fn sigkill_under_write_load_loses_nothing_acknowledged(backend: Backend) {
 
 crate::backend_tests!(sigkill_under_write_load_loses_nothing_acknowledged);
 
-/// SQLite: the WAL is copied into the database file while the server runs (aside from the
-/// writes, which have automatic checkpoints off), not only when the last connection closes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_checkpoints_the_wal_while_serving() {
-    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+/// The size of a SQLite app's database file, read afresh at each call (0 before it exists).
+fn database_file_size(app: &TestApp) -> impl Fn() -> u64 + use<> {
     let file = app
         .database_url
         .strip_prefix("sqlite://")
         .and_then(|rest| rest.split('?').next())
         .map(std::path::PathBuf::from)
         .expect("a SQLite file URL");
-    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    let before = size();
-    for i in 0..300 {
-        app.create_funko(&format!("Checkpointed {i}")).await;
-    }
+    move || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Waits until the database file has grown past `before` bytes: a checkpoint copied the WAL
+/// into it. `what` says which checkpoint, for the failure.
+async fn wait_until_checkpointed(size: &impl Fn() -> u64, before: u64, what: &str) {
     let deadline = Instant::now() + WAIT;
     while size() <= before {
         assert!(
             Instant::now() < deadline,
-            "the database file stayed at {before} bytes: the WAL was not checkpointed"
+            "the database file stayed at {before} bytes: {what} was not checkpointed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// SQLite: the WAL is copied into the database file while the server runs (aside from the
+/// writes, which have automatic checkpoints off), not only when the last connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_the_wal_while_serving() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let size = database_file_size(&app);
+    let before = size();
+    for i in 0..300 {
+        app.create_funko(&format!("Checkpointed {i}")).await;
+    }
+    wait_until_checkpointed(&size, before, "the WAL").await;
 }
 
 /// SQLite: a trickle of writes is checkpointed once it pauses, not after every write (the
@@ -651,13 +662,7 @@ async fn sqlite_checkpoints_the_wal_while_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_checkpoints_a_trickle_of_writes_once_it_pauses() {
     let app = crate::helpers::spawn_app(Backend::Sqlite).await;
-    let file = app
-        .database_url
-        .strip_prefix("sqlite://")
-        .and_then(|rest| rest.split('?').next())
-        .map(std::path::PathBuf::from)
-        .expect("a SQLite file URL");
-    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let size = database_file_size(&app);
     let before = size();
     app.create_funko("Trickle").await;
     // The checkpoint waits for a second without writes: none can land in the first 600 ms,
@@ -667,12 +672,5 @@ async fn sqlite_checkpoints_a_trickle_of_writes_once_it_pauses() {
         assert_eq!(size(), before, "checkpointed right after one write");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let deadline = Instant::now() + WAIT;
-    while size() <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the database file stayed at {before} bytes: the pause was not checkpointed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_checkpointed(&size, before, "the pause").await;
 }
