@@ -7,6 +7,15 @@
 //! frame from the start of its round, which gives the floor under the fan-out's latency: the
 //! p99 that a server with no code of its own would reach (before any commit).
 //!
+//! The rounds have the fan-out's shape: each socket first carries a response head, then stays
+//! idle as a subscriber waits for the others to connect, then takes as many rounds as the
+//! fan-out has events, at its rate. Their cost is not even: a receiver acknowledges each of
+//! the first 16 segments of a connection (and of a stream that was idle past its
+//! retransmission timeout) at once, "quick ACKs", and on loopback that ACK is built and taken
+//! in on the writing core, inside its `write`. Later segments are acknowledged by the reader's
+//! `read` (on its own core) or a delayed-ACK timer. So the first 16 rounds cost more per
+//! write, and they are reported apart.
+//!
 //! [`slow`] does the same for the slow-consumer scenario: what the non-reading sockets cost
 //! the readers when no server code runs at all.
 
@@ -25,34 +34,59 @@ use tokio::io::AsyncReadExt;
 
 /// The size of one event's SSE frame in the fan-out scenario (an update of one Funko).
 const FRAME: usize = 400;
-/// Rounds per N; the median round is reported.
-const ROUNDS: usize = 21;
+/// The size of an SSE response's head, written to each socket before the rounds.
+const HEAD: usize = 200;
+/// How long the sockets stay idle between the head and the first round: longer than Linux's
+/// least retransmission timeout (200 ms), as for the fan-out's subscribers that connected
+/// first, so the first round starts a quick-ACK phase of its own.
+const IDLE: Duration = Duration::from_millis(300);
+/// Segments a Linux receiver acknowledges at once at the start of a stream
+/// (`TCP_MAX_QUICKACKS`).
+const QUICK_ACKS: usize = 16;
 
 /// What the floor measurement found at N sockets.
 pub struct Floor {
     /// Per-write cost of the median round and of the best one, in microseconds.
     pub write_us: f64,
     pub write_us_best: f64,
+    /// Per-write cost of the median round among the first [`QUICK_ACKS`] (each write also
+    /// builds and takes in the receiver's ACK) and among the later ones.
+    pub write_us_quick: f64,
+    pub write_us_later: Option<f64>,
     /// A frame's latency from the start of its round to its reader, over every round: p50 and
     /// p99 in milliseconds.
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
-/// Measures the floor at `n` sockets, the writer pinned to `core`.
-pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
+/// Measures the floor at `n` sockets over `rounds` rounds at `rate` a second, the writer
+/// pinned to `core`.
+pub async fn measure(
+    n: usize,
+    rounds: usize,
+    rate: f64,
+    core: Option<usize>,
+) -> anyhow::Result<Floor> {
+    anyhow::ensure!(rounds > 0 && rate > 0.0, "the floor needs rounds at a rate");
+    let period = Duration::from_secs_f64(1.0 / rate);
     let (mut writers, readers): (Vec<_>, Vec<_>) = connect_pairs(n)?.into_iter().unzip();
     // Each frame starts with its round's start, in nanoseconds after `epoch`.
     let epoch = Instant::now();
     let drains = readers
         .into_iter()
-        .map(|reader| drain(reader, epoch))
+        .map(|reader| drain(reader, HEAD, epoch))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let done = on_pinned_thread(core, move || {
         let mut frame = [b'x'; FRAME];
-        let mut rounds = Vec::with_capacity(ROUNDS);
+        let mut costs = Vec::with_capacity(rounds);
         let mut outcome = Ok(());
-        for _ in 0..ROUNDS {
+        for writer in &mut writers {
+            if let Err(e) = writer.write_all(&[b'h'; HEAD]) {
+                outcome = Err(e);
+            }
+        }
+        std::thread::sleep(IDLE);
+        for _ in 0..rounds {
             let started = Instant::now();
             let sent = started.duration_since(epoch).as_nanos() as u64;
             frame[..8].copy_from_slice(&sent.to_le_bytes());
@@ -61,32 +95,41 @@ pub async fn measure(n: usize, core: Option<usize>) -> anyhow::Result<Floor> {
                     outcome = Err(e);
                 }
             }
-            rounds.push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
+            costs.push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
             // Pacing, not synchronisation: the readers drain between rounds, as subscribers
             // do between events.
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(period.saturating_sub(started.elapsed()));
         }
         drop(writers);
-        Ok(outcome.map(|()| rounds)?)
+        Ok(outcome.map(|()| costs)?)
     });
-    let mut rounds = done.await.context("the floor writer died")??;
-    let mut latencies = Vec::with_capacity(n * ROUNDS);
+    let costs = done.await.context("the floor writer died")??;
+    let mut latencies = Vec::with_capacity(n * rounds);
     for drain in drains {
         latencies.extend(drain.await.unwrap_or_default().into_iter().map(|(_, l)| l));
     }
     anyhow::ensure!(
-        latencies.len() == n * ROUNDS,
+        latencies.len() == n * rounds,
         "{} of {} frames arrived",
         latencies.len(),
-        n * ROUNDS
+        n * rounds
     );
-    rounds.sort_by(f64::total_cmp);
+    let quick = costs.len().min(QUICK_ACKS);
     Ok(Floor {
-        write_us: rounds[rounds.len() / 2],
-        write_us_best: rounds[0],
+        write_us: median(&costs),
+        write_us_best: costs.iter().copied().fold(f64::INFINITY, f64::min),
+        write_us_quick: median(&costs[..quick]),
+        write_us_later: (costs.len() > quick).then(|| median(&costs[quick..])),
         p50_ms: quantile_ms(&mut latencies, 0.5)?,
         p99_ms: quantile_ms(&mut latencies, 0.99)?,
     })
+}
+
+/// The median of `values` (not empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// `n` connected loopback socket pairs: (the writing end, with Nagle off; the reading end).
@@ -103,11 +146,12 @@ fn connect_pairs(n: usize) -> anyhow::Result<Vec<(TcpStream, TcpStream)>> {
         .collect()
 }
 
-/// A reader on this process's runtime: reads `FRAME`-byte frames, each starting with when it
-/// was sent (nanoseconds after `epoch`), until the writer closes; returns every frame's
-/// (sent, latency) in nanoseconds.
+/// A reader on this process's runtime: skips a `head` of that many bytes, then reads
+/// `FRAME`-byte frames, each starting with when it was sent (nanoseconds after `epoch`),
+/// until the writer closes; returns every frame's (sent, latency) in nanoseconds.
 fn drain(
     reader: TcpStream,
+    head: usize,
     epoch: Instant,
 ) -> anyhow::Result<tokio::task::JoinHandle<Vec<(u64, u64)>>> {
     reader.set_nonblocking(true)?;
@@ -115,6 +159,9 @@ fn drain(
     Ok(tokio::spawn(async move {
         let mut frame = [0u8; FRAME];
         let mut frames = Vec::new();
+        if reader.read_exact(&mut frame[..head]).await.is_err() {
+            return frames;
+        }
         while reader.read_exact(&mut frame).await.is_ok() {
             let sent = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
             let now = epoch.elapsed().as_nanos() as u64;
@@ -244,7 +291,7 @@ async fn slow_phase(
     let settled_from = start + 1_000_000_000;
     let drains = reading
         .into_iter()
-        .map(|reader| drain(reader, epoch))
+        .map(|reader| drain(reader, 0, epoch))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let idle = std::thread::spawn({

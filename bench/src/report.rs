@@ -743,15 +743,26 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
         let steps: Vec<String> = floor
             .iter()
             .map(|(n, median, best, p99)| {
+                let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(*n), m);
+                let phases = match (get("write_us_quick"), get("write_us_later")) {
+                    (Some(quick), Some(later)) => {
+                        format!(", {quick:.1} in the quick-ACK rounds and {later:.1} after")
+                    }
+                    _ => String::new(),
+                };
                 let p99 = p99.map_or(String::new(), |p| format!(", frame p99 {p:.1} ms"));
-                format!("{median:.1} µs at {n} sockets (best round {best:.1}{p99})")
+                format!("{median:.1} µs at {n} sockets (best round {best:.1}{phases}{p99})")
             })
             .collect();
         let _ = writeln!(
             s,
             "**Kernel floor** (`bench floor`: one {}-byte `write()` to each of N connected loopback \
-             sockets from core 0 while core 1 reads them, median of 21 rounds; the frame p99 is \
-             each frame's time from the start of its round to its reader, over every round): {}. \
+             sockets from core 0 while core 1 reads them, in rounds shaped like the SSE fan-out \
+             (as many as its events, at its rate), the median round; the frame p99 is each \
+             frame's time from the start of its round to its reader, over every round): {}. \
+             A receiver acknowledges the first 16 segments of a stream (and of one idle past its \
+             retransmission timeout) at once; on loopback those quick ACKs are built and taken in \
+             on the writing core, inside its `write`, so the first 16 rounds cost more. \
              On loopback the writing core also runs the receiver's TCP input and wake-up, so this \
              is what one delivery costs before any server code runs, and the frame p99 is the \
              fan-out p99 of a server with no code of its own and no commit: one event to 10,000 \

@@ -263,13 +263,21 @@ impl Ctx {
         );
         if scenario == Scenario::Floor {
             let core = self.launch.pin.then_some(0);
+            let (rounds, rate) = (self.plan.fanout_events as usize, self.plan.fanout_rate);
             for &n in &self.plan.floor_ns.clone() {
-                match crate::floor::measure(n, core).await {
+                match crate::floor::measure(n, rounds, rate, core).await {
                     Ok(floor) => {
                         eprintln!(
                             "   {n} sockets: {:.2} µs per write (median round), best {:.2}; \
-                             latency p50 {:.2} ms, p99 {:.2} ms",
-                            floor.write_us, floor.write_us_best, floor.p50_ms, floor.p99_ms
+                             quick-ACK rounds {:.2}, later {}; latency p50 {:.2} ms, p99 {:.2} ms",
+                            floor.write_us,
+                            floor.write_us_best,
+                            floor.write_us_quick,
+                            floor
+                                .write_us_later
+                                .map_or("-".to_owned(), |w| format!("{w:.2}")),
+                            floor.p50_ms,
+                            floor.p99_ms
                         );
                         self.record_all(
                             "floor",
@@ -279,10 +287,22 @@ impl Ctx {
                             [
                                 ("write_us", "µs", floor.write_us),
                                 ("write_us_best", "µs", floor.write_us_best),
+                                ("write_us_quick", "µs", floor.write_us_quick),
                                 ("p50", "ms", floor.p50_ms),
                                 ("p99", "ms", floor.p99_ms),
                             ],
                         );
+                        if let Some(later) = floor.write_us_later {
+                            self.results.add(
+                                "floor",
+                                crate::report::KERNEL,
+                                "tcp",
+                                n,
+                                "write_us_later",
+                                "µs",
+                                later,
+                            );
+                        }
                     }
                     Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
