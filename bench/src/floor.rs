@@ -32,6 +32,8 @@ use std::{
 use anyhow::Context;
 use tokio::io::AsyncReadExt;
 
+use crate::report::median;
+
 /// The size of one event's SSE frame in the fan-out scenario (an update of one Funko).
 const FRAME: usize = 400;
 /// The size of an SSE response's head, written to each socket before the rounds.
@@ -123,13 +125,6 @@ pub async fn measure(
         p50_ms: quantile_ms(&mut latencies, 0.5)?,
         p99_ms: quantile_ms(&mut latencies, 0.99)?,
     })
-}
-
-/// The median of `values` (not empty).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 /// `n` connected loopback socket pairs: (the writing end, with Nagle off; the reading end).
