@@ -730,30 +730,27 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
         s,
         "\n![SSE fan-out latency vs N](bench/results/fanout.png)\n"
     );
-    let floor: Vec<(usize, f64, f64, Option<f64>)> = r
+    // Per N: the median per-write cost, and how the page describes that N's floor.
+    let floor: Vec<(usize, f64, String)> = r
         .rows
         .iter()
         .filter(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
         .filter_map(|(k, _)| {
             let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(k.n), m);
-            Some((k.n, get("write_us")?, get("write_us_best")?, get("p99")))
+            let (n, median, best) = (k.n, get("write_us")?, get("write_us_best")?);
+            let phases = match (get("write_us_quick"), get("write_us_later")) {
+                (Some(quick), Some(later)) => {
+                    format!(", {quick:.1} in the quick-ACK rounds and {later:.1} after")
+                }
+                _ => String::new(),
+            };
+            let p99 = get("p99").map_or(String::new(), |p| format!(", frame p99 {p:.1} ms"));
+            let step = format!("{median:.1} µs at {n} sockets (best round {best:.1}{phases}{p99})");
+            Some((n, median, step))
         })
         .collect();
-    if let Some(&(n, median, ..)) = floor.last() {
-        let steps: Vec<String> = floor
-            .iter()
-            .map(|(n, median, best, p99)| {
-                let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(*n), m);
-                let phases = match (get("write_us_quick"), get("write_us_later")) {
-                    (Some(quick), Some(later)) => {
-                        format!(", {quick:.1} in the quick-ACK rounds and {later:.1} after")
-                    }
-                    _ => String::new(),
-                };
-                let p99 = p99.map_or(String::new(), |p| format!(", frame p99 {p:.1} ms"));
-                format!("{median:.1} µs at {n} sockets (best round {best:.1}{phases}{p99})")
-            })
-            .collect();
+    if let Some(&(n, median, _)) = floor.last() {
+        let steps: Vec<&str> = floor.iter().map(|(.., step)| step.as_str()).collect();
         let _ = writeln!(
             s,
             "**Kernel floor** (`bench floor`: one {}-byte `write()` to each of N connected loopback \

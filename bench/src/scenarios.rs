@@ -293,14 +293,12 @@ impl Ctx {
                             ],
                         );
                         if let Some(later) = floor.write_us_later {
-                            self.results.add(
+                            self.record_all(
                                 "floor",
                                 crate::report::KERNEL,
                                 "tcp",
                                 n,
-                                "write_us_later",
-                                "µs",
-                                later,
+                                [("write_us_later", "µs", later)],
                             );
                         }
                     }
