@@ -22,7 +22,7 @@
 //! [`Outlet`]).
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     io,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -65,7 +65,13 @@ struct ShardState {
     /// The last event the shard has taken for its members: a member whose cursor is here
     /// (or past it) may attach, because the shard's next batch starts after it.
     cursor: i64,
-    attached: HashMap<u64, Arc<Member>>,
+    /// By member id, which is join order: the shard writes to its members in about the order
+    /// their connections were opened, so the kernel's structures for those sockets are
+    /// walked in about the order they were allocated. In a hash map's order each write
+    /// landed somewhere else in memory, and cost ~13 % more (`bench fanout`).
+    attached: BTreeMap<u64, Arc<Member>>,
+    /// Batches taken so far: each starts at another member (see [`ShardState::in_turn`]).
+    batches: u64,
     closed: bool,
 }
 
@@ -122,7 +128,8 @@ impl Hub {
                     Arc::new(Shard {
                         state: Mutex::new(ShardState {
                             cursor: *head.borrow(),
-                            attached: HashMap::new(),
+                            attached: BTreeMap::new(),
+                            batches: 0,
                             closed: false,
                         }),
                     })
@@ -172,7 +179,7 @@ impl Hub {
         let members: Vec<_> = {
             let mut state = lock(&shard.state);
             state.closed = true;
-            state.attached.drain().map(|(_, member)| member).collect()
+            std::mem::take(&mut state.attached).into_values().collect()
         };
         for member in members {
             member.end(End::Closed);
@@ -195,13 +202,14 @@ impl Hub {
                     TailRead::Events(events) if events.is_empty() => return delivered,
                     TailRead::Events(events) => {
                         state.cursor = events.last().expect("not empty").id;
-                        (events, state.attached.values().cloned().collect::<Vec<_>>())
+                        (events, state.in_turn())
                     }
                     TailRead::Behind => {
                         // The shard fell out of the tail: every member reads for itself,
                         // and is cut off if it is out of the tail too.
                         state.cursor = self.bus.head();
-                        let members: Vec<_> = state.attached.drain().map(|(_, m)| m).collect();
+                        let members: Vec<_> =
+                            std::mem::take(&mut state.attached).into_values().collect();
                         drop(state);
                         for member in members {
                             member.detach();
@@ -237,6 +245,23 @@ impl Hub {
                 return delivered;
             }
         }
+    }
+}
+
+impl ShardState {
+    /// The attached members for the next batch: in join order, but starting at another
+    /// member each batch. A member's place in the round is its share of the latency, so no
+    /// subscriber is always written last (those that joined last would be). The starts
+    /// follow the golden ratio, which spreads them evenly over the round at any size.
+    fn in_turn(&mut self) -> Vec<Arc<Member>> {
+        let mut members: Vec<_> = self.attached.values().cloned().collect();
+        let golden = (self.batches as f64 * 0.618_033_988_749_895).fract();
+        let len = members.len();
+        if len > 1 {
+            members.rotate_left((golden * len as f64) as usize % len);
+        }
+        self.batches += 1;
+        members
     }
 }
 
