@@ -58,6 +58,11 @@ pub struct Limits {
 
 /// Applies the per-connection socket options; a failure only loses the option.
 fn tune(socket: &TcpStream, limits: &Limits, remote: SocketAddr) {
+    // Every write is a whole response, chunk or frame: Nagle's algorithm could only hold one
+    // back until the peer acknowledges the one before.
+    if let Err(err) = socket.set_nodelay(true) {
+        tracing::debug!(%remote, error = %err, "setting TCP_NODELAY failed");
+    }
     let socket = socket2::SockRef::from(socket);
     if let Some(bytes) = limits.notsent_lowat
         && let Err(err) = socket.set_tcp_notsent_lowat(bytes)
