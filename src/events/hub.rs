@@ -44,8 +44,12 @@ const READ_BATCH: usize = 256;
 /// about what a socket that had filled up takes at once, so a reader that stopped holds one
 /// such chunk, not a batch.
 const DETACHED_CHUNK: usize = 16 * 1024;
-/// Members a shard writes to before it lets other tasks run.
-const YIELD_EVERY: usize = 512;
+/// Members a shard writes to before it lets other tasks run, then takes in the events they
+/// committed meanwhile (see [`Chunks::refresh`]). A request, and each statement of a commit,
+/// on the shard's thread waits for this: when the round is long (many members, some still
+/// filling their buffers), a commit's few round trips to the database would each wait out
+/// a long stretch of writes.
+const YIELD_EVERY: usize = 64;
 /// A keep-alive comment, as one chunk.
 const KEEP_ALIVE_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
 
@@ -218,16 +222,17 @@ impl Hub {
                     }
                 }
             };
-            let mut chunks = Chunks::new(&events);
+            let mut chunks = Chunks::new(events);
             let mut detached = Vec::new();
             for (i, member) in members.iter().enumerate() {
+                if i > 0 && i % YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                    chunks.refresh(&self.bus);
+                }
                 match member.offer(&mut chunks) {
                     Offered::Delivered(n) => delivered += n as u64,
                     Offered::Skipped => {}
                     Offered::Detached => detached.push(member.id),
-                }
-                if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                    tokio::task::yield_now().await;
                 }
             }
             if !detached.is_empty() {
@@ -241,7 +246,7 @@ impl Hub {
                     }
                 }
             }
-            if events.len() < READ_BATCH {
+            if chunks.events.len() < READ_BATCH {
                 return delivered;
             }
         }
@@ -265,36 +270,62 @@ impl ShardState {
     }
 }
 
-/// The chunks of one batch of events, rendered once per filter.
-struct Chunks<'a> {
-    events: &'a [StoredEvent],
-    rendered: Vec<(Filter, Bytes, usize)>,
+/// The chunks of one batch of events, each rendered once per filter and starting point.
+struct Chunks {
+    events: Vec<StoredEvent>,
+    /// By filter and the index of the first event the chunk carries.
+    rendered: Vec<(Filter, usize, Bytes, usize)>,
 }
 
-impl<'a> Chunks<'a> {
-    fn new(events: &'a [StoredEvent]) -> Self {
+impl Chunks {
+    fn new(events: Vec<StoredEvent>) -> Self {
         Self {
             events,
             rendered: Vec::with_capacity(1),
         }
     }
 
-    fn first_id(&self) -> i64 {
-        self.events.first().map_or(i64::MAX, |e| e.id)
-    }
-
     fn last_id(&self) -> i64 {
         self.events.last().map_or(i64::MIN, |e| e.id)
     }
 
-    /// The batch as one chunk for this filter, and how many events it carries.
-    fn for_filter(&mut self, filter: &Filter) -> (Bytes, usize) {
-        if let Some((_, chunk, n)) = self.rendered.iter().find(|(f, ..)| f == filter) {
-            return (chunk.clone(), *n);
+    /// Takes into the batch the events committed since it was read (up to [`READ_BATCH`]),
+    /// for the members the round has not reached yet. When the round takes longer than the
+    /// events come (many members, some still filling their buffers), a member would
+    /// otherwise wait for the rest of this round and its place in the next one; this way an
+    /// event waits at most about one round. The shard's cursor stays where the batch began,
+    /// so the members already written get the new events in the next round.
+    fn refresh(&mut self, bus: &ChangeBus) {
+        let room = READ_BATCH.saturating_sub(self.events.len());
+        if room == 0 || bus.head() <= self.last_id() {
+            return;
         }
-        let (chunk, n) = render(self.events, filter).expect("a batch is not empty");
-        self.rendered.push((filter.clone(), chunk.clone(), n));
-        (chunk, n)
+        if let TailRead::Events(newer) = bus.read(self.last_id(), room)
+            && !newer.is_empty()
+        {
+            self.events.extend(newer);
+            self.rendered.clear();
+        }
+    }
+
+    /// What a member at `cursor` is owed of the batch, as one chunk for its filter, and how
+    /// many events that carries; `None` when it has the whole batch.
+    fn after(&mut self, cursor: i64, filter: &Filter) -> Option<(Bytes, usize)> {
+        let start = self.events.partition_point(|e| e.id <= cursor);
+        if start == self.events.len() {
+            return None;
+        }
+        if let Some((.., chunk, n)) = self
+            .rendered
+            .iter()
+            .find(|(f, at, ..)| *at == start && f == filter)
+        {
+            return Some((chunk.clone(), *n));
+        }
+        let (chunk, n) = render(&self.events[start..], filter).expect("not empty");
+        self.rendered
+            .push((filter.clone(), start, chunk.clone(), n));
+        Some((chunk, n))
     }
 }
 
@@ -345,18 +376,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Member {
     /// The shard's delivery of a batch.
-    fn offer(&self, chunks: &mut Chunks<'_>) -> Offered {
+    fn offer(&self, chunks: &mut Chunks) -> Offered {
         let mut state = lock(&self.state);
         if !state.attached || state.end.is_some() || state.cursor >= chunks.last_id() {
             return Offered::Skipped;
         }
-        if state.cursor >= chunks.first_id() || !self.outlet.hyper_idle() {
-            // It attached ahead of the shard and needs only the batch's end; or (never
-            // expected) hyper holds bytes. Its task sorts it out.
+        if !self.outlet.hyper_idle() {
+            // Never expected: hyper holds bytes. Its task sorts it out.
             state.detach();
             return Offered::Detached;
         }
-        let (chunk, n) = chunks.for_filter(&self.filter);
+        // From the batch's start, or (a member that attached ahead of the shard, or that a
+        // refreshed batch reached last round) from its cursor.
+        let Some((chunk, n)) = chunks.after(state.cursor, &self.filter) else {
+            return Offered::Skipped;
+        };
         match state.write(&self.outlet, &chunk) {
             Wrote::Whole => {
                 state.cursor = chunks.last_id();

@@ -129,6 +129,47 @@ async fn replay_to_live_under_concurrent_writers(backend: Backend) {
     join_all(checks).await.into_iter().for_each(|r| r.unwrap());
 }
 
+/// Enough live subscribers that one round of the hub's writes outlasts a commit, while
+/// several writers commit: a round takes in what was committed since it began for the
+/// subscribers it has not reached yet, so subscribers end a round at different cursors.
+/// Every one still gets every event once, in order.
+async fn many_subscribers_under_concurrent_writers_get_every_event_once(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let start = app.head().await;
+    const SUBSCRIBERS: usize = 250;
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 15;
+    let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        subscribers.push(app.sse("/events", Some(&start)).await);
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_WRITER {
+                    app.create_funko(&format!("M{w}-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    join_all(writers).await.into_iter().for_each(|r| r.unwrap());
+    let log = std::sync::Arc::new(app.events_after(&start).await);
+    assert_eq!(log.len(), WRITERS * PER_WRITER);
+    let head = cursors(&log).last().copied().unwrap();
+    let checks = subscribers.into_iter().enumerate().map(|(i, mut sse)| {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(log.len());
+            while cursors(&seen).last().copied().unwrap_or(0) < head {
+                seen.push(sse.next_event().await);
+            }
+            assert!(seen == *log, "subscriber {i} got {:?}", cursors(&seen));
+        })
+    });
+    join_all(checks).await.into_iter().for_each(|r| r.unwrap());
+}
+
 async fn resets_for_old_future_and_foreign_cursors(backend: Backend) {
     let app = spawn_app(backend).await;
     let start = app.head().await;
@@ -615,6 +656,7 @@ crate::backend_tests!(
     resume_with_last_event_id_gets_exactly_the_missed_events,
     no_cursor_means_live_only,
     replay_to_live_under_concurrent_writers,
+    many_subscribers_under_concurrent_writers_get_every_event_once,
     resets_for_old_future_and_foreign_cursors,
     filters_by_entity_and_type,
     long_poll_answers_waits_wakes_and_times_out,
