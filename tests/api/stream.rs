@@ -77,6 +77,26 @@ async fn no_cursor_means_live_only(backend: Backend) {
     assert_eq!(sse.next_event().await["data"], after);
 }
 
+/// `writers` tasks, each creating `per_writer` Funkos one after another (named
+/// `{tag}{writer}-{i}`).
+fn spawn_writers(
+    app: &std::sync::Arc<TestApp>,
+    writers: usize,
+    per_writer: usize,
+    tag: &'static str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|w| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                for i in 0..per_writer {
+                    app.create_funko(&format!("{tag}{w}-{i}")).await;
+                }
+            })
+        })
+        .collect()
+}
+
 async fn replay_to_live_under_concurrent_writers(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
     let start = app.head().await;
@@ -84,16 +104,7 @@ async fn replay_to_live_under_concurrent_writers(backend: Backend) {
     const PER_WRITER: usize = 25;
     let total = WRITERS * PER_WRITER;
 
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                for i in 0..PER_WRITER {
-                    app.create_funko(&format!("W{w}-{i}")).await;
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&app, WRITERS, PER_WRITER, "W");
     // Subscribers join while the writers run: from the start, from "now", and from
     // whatever cursor a read shows at that moment.
     let mut subscribers = Vec::new();
@@ -143,16 +154,7 @@ async fn many_subscribers_under_concurrent_writers_get_every_event_once(backend:
     for _ in 0..SUBSCRIBERS {
         subscribers.push(app.sse("/events", Some(&start)).await);
     }
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                for i in 0..PER_WRITER {
-                    app.create_funko(&format!("M{w}-{i}")).await;
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&app, WRITERS, PER_WRITER, "M");
     join_all(writers).await.into_iter().for_each(|r| r.unwrap());
     let log = std::sync::Arc::new(app.events_after(&start).await);
     assert_eq!(log.len(), WRITERS * PER_WRITER);
