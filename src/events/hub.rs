@@ -363,8 +363,8 @@ enum Offered {
     Delivered(usize),
     /// Nothing for this member (it already had the batch, or it is not attached).
     Skipped,
-    /// The member's own task takes over (the socket was full, or the member needs part of
-    /// the batch only).
+    /// The member's own task takes over (the socket did not take the chunk whole, or it
+    /// failed, or hyper holds bytes).
     Detached,
 }
 
@@ -604,7 +604,8 @@ impl Membership {
     }
 
     /// Attaches the member at `cursor` if the shard's next batch starts right after it (or
-    /// before it: the shard then hands it back its part); else there is more to read.
+    /// before it: the shard then writes it only the events after its cursor); else there is
+    /// more to read.
     fn attach(&self, cursor: i64) -> Step {
         let mut shard = lock(&self.shard.state);
         if shard.closed {
