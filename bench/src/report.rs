@@ -749,14 +749,23 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
             Some((n, median, step))
         })
         .collect();
+    let floor_runs = r
+        .rows
+        .iter()
+        .find(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
+        .map_or(0, |(_, values)| values.len());
     if let Some(&(n, median, _)) = floor.last() {
         let steps: Vec<&str> = floor.iter().map(|(.., step)| step.as_str()).collect();
         let _ = writeln!(
             s,
-            "**Kernel floor** (`bench floor`: one {}-byte `write()` to each of N connected loopback \
-             sockets from core 0 while core 1 reads them, in rounds shaped like the SSE fan-out \
-             (as many as its events, at its rate), the median round; the frame p99 is each \
-             frame's time from the start of its round to its reader, over every round): {}. \
+            "**Kernel floor** (`bench floor`: a thread on core 0 plays a server with no code of \
+             its own for N subscribers, the fan-out's own generator processes on core 1, which \
+             connect with `GET /events` and read, parse and time each frame as they do a \
+             server's; it answers them with an SSE response head, then writes one ~{}-byte event \
+             frame to each in one `write()` a round, in rounds shaped like the SSE fan-out (as \
+             many as its events, at its rate); medians of {} runs of the per-write cost of the \
+             median round and of the frame p99, each frame's time from the start of its round to \
+             its receipt, over every round): {}. \
              A receiver acknowledges the first 16 segments of a stream (and of one idle past its \
              retransmission timeout) at once; on loopback those quick ACKs are built and taken in \
              on the writing core, inside its `write`, so the first 16 rounds cost more. \
@@ -766,6 +775,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
              subscribers needs at least 10,000 × {median:.1} µs ≈ {:.0} ms of the server's core \
              here (per-write cost at {n} sockets), and one to {} subscribers at least {:.1} ms.\n",
             400,
+            floor_runs,
             steps.join(", "),
             10_000.0 * median / 1000.0,
             floor[0].0,

@@ -3,7 +3,7 @@
 
 use std::{
     cell::Cell,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::Stdio,
     time::Duration,
@@ -264,9 +264,15 @@ impl Ctx {
         if scenario == Scenario::Floor {
             let core = self.launch.pin.then_some(0);
             let (rounds, rate) = (self.plan.fanout_events as usize, self.plan.fanout_rate);
-            for &n in &self.plan.floor_ns.clone() {
-                match crate::floor::measure(n, rounds, rate, core).await {
-                    Ok(floor) => {
+            let (runs, ns) = (self.plan.runs, self.plan.floor_ns.clone());
+            let points: Vec<_> = (1..=runs)
+                .flat_map(|run| ns.iter().map(move |&n| (run, n)))
+                .collect();
+            for (run, n) in points {
+                eprintln!("-- floor run {run}/{runs} at {n}");
+                match self.floor(n, rounds, rate, core).await {
+                    Ok((floor, latency)) => {
+                        let (p50, p99) = (latency.quantile_ms(0.5), latency.quantile_ms(0.99));
                         eprintln!(
                             "   {n} sockets: {:.2} µs per write (median round), best {:.2}; \
                              quick-ACK rounds {:.2}, later {}; latency p50 {:.2} ms, p99 {:.2} ms",
@@ -276,8 +282,8 @@ impl Ctx {
                             floor
                                 .write_us_later
                                 .map_or("-".to_owned(), |w| format!("{w:.2}")),
-                            floor.p50_ms,
-                            floor.p99_ms
+                            p50,
+                            p99
                         );
                         self.record_all(
                             "floor",
@@ -288,8 +294,8 @@ impl Ctx {
                                 ("write_us", "µs", floor.write_us),
                                 ("write_us_best", "µs", floor.write_us_best),
                                 ("write_us_quick", "µs", floor.write_us_quick),
-                                ("p50", "ms", floor.p50_ms),
-                                ("p99", "ms", floor.p99_ms),
+                                ("p50", "ms", p50),
+                                ("p99", "ms", p99),
                             ],
                         );
                         if let Some(later) = floor.write_us_later {
@@ -520,7 +526,7 @@ impl Ctx {
     #[allow(clippy::too_many_arguments, reason = "the subscriber task's settings")]
     async fn subscribers(
         &self,
-        server: &Server,
+        addr: SocketAddr,
         transport: Transport,
         n: usize,
         expect: u64,
@@ -535,7 +541,7 @@ impl Ctx {
             left -= count;
             let task = Task::Subscribe(SubscribeTask {
                 transport,
-                addr: server.addr,
+                addr,
                 count,
                 srcs: (0..count.div_ceil(PER_SRC))
                     .map(|_| self.next_src())
@@ -624,6 +630,43 @@ impl Ctx {
         Ok(())
     }
 
+    /// The fan-out floor at `n` subscribers (see [`crate::floor`]): the generator's own
+    /// subscribers read `rounds` frames from a server with no code of its own; returns what
+    /// its writes cost and the frames' latency as the generator measured it.
+    async fn floor(
+        &mut self,
+        n: usize,
+        rounds: usize,
+        rate: f64,
+        core: Option<usize>,
+    ) -> anyhow::Result<(crate::floor::Costs, crate::hist::Hist)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let costs = crate::floor::serve(listener, n, rounds, rate, core);
+        let budget = 120.0 + rounds as f64 / rate + 60.0;
+        let (mut workers, ready) = self
+            .subscribers(addr, Transport::Sse, n, rounds as u64, true, None, budget)
+            .await?;
+        if ready.connected < n {
+            Self::stop_all(&mut workers).await;
+            let _ = Self::collect(&mut workers, Duration::from_secs(10)).await;
+            bail!(
+                "{} of {n} floor subscribers connected: {:?}",
+                ready.connected,
+                ready.first_error
+            );
+        }
+        let costs = costs.await.context("the floor's server died")??;
+        let sub = Self::collect(&mut workers, Duration::from_secs(30)).await?;
+        let expected = (n * rounds) as u64;
+        anyhow::ensure!(
+            sub.events == expected,
+            "{} of {expected} floor frames arrived",
+            sub.events
+        );
+        Ok((costs, sub.latency))
+    }
+
     /// N subscribers, E events at a set rate: publish-to-deliver latency.
     async fn fanout_point(
         &mut self,
@@ -636,7 +679,7 @@ impl Ctx {
         let server = Server::start(&self.launch, kind).await?;
         let budget = 120.0 + events as f64 / rate + 60.0;
         let (mut workers, ready) = self
-            .subscribers(&server, transport, n, events, true, None, budget)
+            .subscribers(server.addr, transport, n, events, true, None, budget)
             .await?;
         let label = format!("{} n={n}", transport.name());
         if ready.connected == 0 {
@@ -762,7 +805,7 @@ impl Ctx {
         let secs = self.plan.throughput_s;
         let (mut workers, ready) = self
             .subscribers(
-                &server,
+                server.addr,
                 Transport::Sse,
                 n,
                 0,
@@ -857,7 +900,7 @@ impl Ctx {
             let delta = step.saturating_sub(target);
             target = step;
             let (ws, ready) = self
-                .subscribers(&server, Transport::Sse, delta, 0, false, None, 600.0)
+                .subscribers(server.addr, Transport::Sse, delta, 0, false, None, 600.0)
                 .await?;
             workers.extend(ws);
             held += ready.connected;
@@ -951,7 +994,7 @@ impl Ctx {
     async fn idle_websockets(&mut self, kind: Kind, n: usize) -> anyhow::Result<()> {
         let (server, rss0) = self.warm(kind).await?;
         let (mut workers, ready) = self
-            .subscribers(&server, Transport::Ws, n, 0, false, None, 600.0)
+            .subscribers(server.addr, Transport::Ws, n, 0, false, None, 600.0)
             .await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let held = ready.connected;
@@ -1022,7 +1065,7 @@ impl Ctx {
             );
             let (mut workers, _ready) = self
                 .subscribers(
-                    &server,
+                    server.addr,
                     Transport::Sse,
                     1,
                     seeded.ok,
@@ -1118,7 +1161,7 @@ impl Ctx {
         // Phase A: readers only, same write rate.
         let (mut readers, _) = self
             .subscribers(
-                &server,
+                server.addr,
                 Transport::Sse,
                 p.slow_readers,
                 0,
@@ -1145,11 +1188,19 @@ impl Ctx {
         let rss_before = server.rss();
         let budget = 120.0 + p.slow_s + 90.0;
         let (mut slow, slow_ready) = self
-            .subscribers(&server, Transport::Sse, p.slow_m, 0, false, None, budget)
+            .subscribers(
+                server.addr,
+                Transport::Sse,
+                p.slow_m,
+                0,
+                false,
+                None,
+                budget,
+            )
             .await?;
         let (mut readers, _) = self
             .subscribers(
-                &server,
+                server.addr,
                 Transport::Sse,
                 p.slow_readers,
                 0,
