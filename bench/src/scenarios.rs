@@ -634,7 +634,7 @@ impl Ctx {
     /// subscribers read `rounds` frames from a server with no code of its own; returns what
     /// its writes cost and the frames' latency as the generator measured it.
     async fn floor(
-        &mut self,
+        &self,
         n: usize,
         rounds: usize,
         rate: f64,
