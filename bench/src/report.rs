@@ -187,13 +187,13 @@ pub const KERNEL: &str = "kernel";
 /// fanout.png: SSE publish-to-deliver p99 (solid) and p50 (thin) vs N, ours vs the peer.
 pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
     register_font();
-    let series = |server: &str, metric: &str| -> Vec<(f64, f64)> {
+    let series = |scenario: &str, transport: &str, server: &str, metric: &str| {
         let mut pts: Vec<(f64, f64)> = results
             .rows
             .iter()
             .filter(|(k, _)| {
-                k.scenario == "fanout"
-                    && k.transport == "sse"
+                k.scenario == scenario
+                    && k.transport == transport
                     && k.server == server
                     && k.metric == metric
             })
@@ -202,17 +202,29 @@ pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         pts
     };
+    let fanout = |server: &'static str, metric: &'static str| {
+        (
+            format!("{server} {metric}"),
+            series("fanout", "sse", server, metric),
+        )
+    };
+    // The kernel floor's p99: a server with no code of its own, read by the same generator.
+    let floor = (
+        "kernel floor p99 (no server code)".to_owned(),
+        series("floor", "tcp", KERNEL, "p99"),
+    );
     let lines = [
-        (OURS, "p99", RGBColor(200, 60, 30), 3),
-        (PEER, "p99", RGBColor(40, 90, 200), 3),
-        (OURS, "p50", RGBColor(200, 60, 30), 1),
-        (PEER, "p50", RGBColor(40, 90, 200), 1),
+        (fanout(OURS, "p99"), RGBColor(200, 60, 30), 3),
+        (fanout(PEER, "p99"), RGBColor(40, 90, 200), 3),
+        (floor, RGBColor(90, 90, 90), 2),
+        (fanout(OURS, "p50"), RGBColor(200, 60, 30), 1),
+        (fanout(PEER, "p50"), RGBColor(40, 90, 200), 1),
     ];
     let data: Vec<_> = lines
-        .iter()
-        .map(|(s, m, c, w)| (*s, *m, *c, *w, series(s, m)))
+        .into_iter()
+        .map(|((label, pts), color, width)| (label, color, width, pts))
         .collect();
-    let all: Vec<(f64, f64)> = data.iter().flat_map(|d| d.4.clone()).collect();
+    let all: Vec<(f64, f64)> = data.iter().flat_map(|d| d.3.clone()).collect();
     if all.is_empty() {
         return Ok(false);
     }
@@ -250,14 +262,14 @@ pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
         .y_desc("latency, ms (log)")
         .label_style(("sans-serif", 15))
         .draw()?;
-    for (server, metric, color, width, pts) in data {
+    for (label, color, width, pts) in data {
         if pts.is_empty() {
             continue;
         }
         let style = color.stroke_width(width);
         chart
             .draw_series(LineSeries::new(pts.clone(), style))?
-            .label(format!("{server} {metric}"))
+            .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
