@@ -34,6 +34,12 @@ const PER_SRC: usize = 500;
 /// funko-live's default `--notsent-lowat-bytes`, which the slow-consumer floor sets too.
 const NOTSENT_LOWAT: u32 = 16 * 1024;
 
+/// How long a subscriber worker may live, in seconds, for a stream of `run_s` seconds: two
+/// minutes to connect, then the stream, then a minute to drain.
+fn subscriber_budget_s(run_s: f64) -> f64 {
+    120.0 + run_s + 60.0
+}
+
 /// How big each scenario is.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -643,7 +649,7 @@ impl Ctx {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let costs = crate::floor::serve(listener, n, rounds, rate, core);
-        let budget = 120.0 + rounds as f64 / rate + 60.0;
+        let budget = subscriber_budget_s(rounds as f64 / rate);
         let (mut workers, ready) = self
             .subscribers(addr, Transport::Sse, n, rounds as u64, true, None, budget)
             .await?;
@@ -677,7 +683,7 @@ impl Ctx {
     ) -> anyhow::Result<()> {
         let (events, rate) = (self.plan.fanout_events, self.plan.fanout_rate);
         let server = Server::start(&self.launch, kind).await?;
-        let budget = 120.0 + events as f64 / rate + 60.0;
+        let budget = subscriber_budget_s(events as f64 / rate);
         let (mut workers, ready) = self
             .subscribers(server.addr, transport, n, events, true, None, budget)
             .await?;
@@ -811,7 +817,7 @@ impl Ctx {
                 0,
                 true,
                 None,
-                120.0 + secs + 60.0,
+                subscriber_budget_s(secs),
             )
             .await?;
         let cpu0 = server.cpu_seconds();
@@ -1167,7 +1173,7 @@ impl Ctx {
                 0,
                 true,
                 None,
-                120.0 + p.slow_baseline_s + 60.0,
+                subscriber_budget_s(p.slow_baseline_s),
             )
             .await?;
         let count = (p.slow_rate * p.slow_baseline_s) as u64;
