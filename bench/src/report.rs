@@ -108,6 +108,14 @@ impl Results {
             .map(|(_, v)| median(v))
     }
 
+    /// How many runs measured a figure (the first row of `scenario` with `metric`; 0 if none).
+    pub fn runs_of(&self, scenario: &str, metric: &str) -> usize {
+        self.rows
+            .iter()
+            .find(|(k, _)| k.scenario == scenario && k.metric == metric)
+            .map_or(0, |(_, values)| values.len())
+    }
+
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         let runs = self.rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
         let mut out = String::from("scenario,server,transport,n,metric,unit");
@@ -761,11 +769,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
             Some((n, median, step))
         })
         .collect();
-    let floor_runs = r
-        .rows
-        .iter()
-        .find(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
-        .map_or(0, |(_, values)| values.len());
+    let floor_runs = r.runs_of("floor", "write_us");
     if let Some(&(n, median, _)) = floor.last() {
         let steps: Vec<&str> = floor.iter().map(|(.., step)| step.as_str()).collect();
         let _ = writeln!(
@@ -801,11 +805,7 @@ pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> Stri
         slow("slow_p99_settled"),
         slow("slow_held"),
     ) {
-        let runs = r
-            .rows
-            .iter()
-            .find(|(k, _)| k.scenario == "floor" && k.metric == "slow_p99_beside")
-            .map_or(0, |(_, values)| values.len());
+        let runs = r.runs_of("floor", "slow_p99_beside");
         let _ = writeln!(
             s,
             "**Slow-consumer floor** (`bench floor`, median of {runs} runs): the slow scenario's \
