@@ -1,0 +1,2 @@
+// Types for /client.js.
+export {};

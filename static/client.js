@@ -1,0 +1,2 @@
+// The browser client library: see client.d.ts.
+export {};
