@@ -936,7 +936,83 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// JSON values whose objects use the frame's keys, so generated frames reach the
+    /// checks of every op.
+    fn frame_like() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            prop::sample::select(vec![
+                "subscribe",
+                "ping",
+                "create",
+                "update",
+                "delete",
+                "FUNKOS",
+                "CATEGORIES",
+                "CREATE",
+                "*",
+                "\"1\"",
+                "é",
+                "",
+            ])
+            .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "op",
+                        "requestId",
+                        "entity",
+                        "id",
+                        "data",
+                        "ifMatch",
+                        "after",
+                        "types",
+                        "name",
+                        "x",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// No text frame can make the parser panic; a refusal is always a 400.
+        #[test]
+        fn any_text_frame_parses_or_is_a_400(text in any::<String>()) {
+            if let (_, Err(err)) = parse_frame(&text) {
+                prop_assert_eq!(err.status().as_u16(), 400);
+            }
+        }
+
+        #[test]
+        fn any_frame_shaped_json_parses_or_is_a_400(frame in frame_like()) {
+            if let (_, Err(err)) = parse_frame(&frame.to_string()) {
+                prop_assert_eq!(err.status().as_u16(), 400);
+            }
+        }
+
+        #[test]
+        fn any_query_string_parses_or_is_a_400(query in any::<String>()) {
+            if let Err(err) = connect_params(&query) {
+                prop_assert_eq!(err.status().as_u16(), 400);
+            }
+        }
+    }
 
     fn parsed(text: &str) -> (Value, Result<Command, ApiError>) {
         parse_frame(text)

@@ -631,3 +631,69 @@ async fn a_reader_that_falls_behind_is_cut_off_and_resumes_by_cursor() {
     received.extend(rest);
     assert_eq!(received, log);
 }
+
+/// A packet whose first character is not ASCII is refused like any malformed packet (the
+/// session closes, the request is answered), over polling and over WebSocket, at both the
+/// Engine.IO and the Socket.IO level; other sessions carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_starting_with_a_multibyte_character_are_refused_cleanly() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (bystander, _) = RawSession::open(&app).await;
+    bystander.send(&["40/ws/v1/funkos,"]).await;
+    for packet in ["é", "4é", "4\u{1F600}"] {
+        let (session, _) = RawSession::open(&app).await;
+        assert_eq!(
+            session.send(&[packet]).await,
+            StatusCode::BAD_REQUEST,
+            "{packet:?}"
+        );
+        let (status, body) = session.poll().await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || body == ["1"],
+            "{packet:?}: the session is closed: {status} {body:?}"
+        );
+    }
+    for packet in ["é", "4é"] {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(app.ws_url("/socket.io/?EIO=4&transport=websocket"))
+                .await
+                .unwrap();
+        use futures_util::{SinkExt, StreamExt};
+        let open = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        assert!(open.unwrap().unwrap().to_text().unwrap().starts_with('0'));
+        ws.send(crate::helpers::WsMessage::text(packet))
+            .await
+            .unwrap();
+        let closed = loop {
+            match tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("an answer")
+            {
+                Some(Ok(crate::helpers::WsMessage::Close(_))) => break true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break false,
+            }
+        };
+        assert!(closed, "{packet:?}: the server closes with a close frame");
+    }
+    // The bystander's session still delivers.
+    let funko = app.create_funko("Still here").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'wait: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bystander got nothing"
+        );
+        let (status, batch) = bystander.poll().await;
+        assert_eq!(status, StatusCode::OK);
+        for packet in batch {
+            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
+                let event: Value = serde_json::from_str(event).unwrap();
+                if event[0] == "updates" && event[1]["data"] == funko {
+                    break 'wait;
+                }
+            }
+        }
+        bystander.send(&["3"]).await;
+    }
+}

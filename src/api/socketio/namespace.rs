@@ -249,7 +249,18 @@ fn reset_packet(nsp: &str, reset: &crate::events::Reset) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any CONNECT payload and query cursor gives a start or a refusal, never a panic.
+        #[test]
+        fn any_auth_gives_a_start_or_a_refusal(auth in any::<String>(), query in any::<Option<String>>()) {
+            let _ = start_from(&auth, query.as_deref());
+            let _ = Namespace::find(&auth);
+        }
+    }
 
     #[test]
     fn namespaces() {

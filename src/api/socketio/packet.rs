@@ -25,8 +25,9 @@ pub enum EngineIn<'a> {
 }
 
 pub fn parse_engine(text: &str) -> Option<EngineIn<'_>> {
-    let (kind, rest) = (text.as_bytes().first()?, &text[1..]);
-    Some(match kind {
+    // `None` when the text is empty or its first character is more than one byte.
+    let rest = text.get(1..)?;
+    Some(match text.as_bytes()[0] {
         b'1' => EngineIn::Close,
         b'2' => EngineIn::Ping(rest),
         b'3' => EngineIn::Pong,
@@ -74,7 +75,8 @@ pub struct SioIn<'a> {
 
 /// Parses `<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]`.
 pub fn parse_socketio(text: &str) -> Option<SioIn<'_>> {
-    let kind = match text.as_bytes().first()? {
+    let mut rest = text.get(1..)?;
+    let kind = match text.as_bytes()[0] {
         b'0' => SioKind::Connect,
         b'1' => SioKind::Disconnect,
         b'2' => SioKind::Event,
@@ -84,7 +86,6 @@ pub fn parse_socketio(text: &str) -> Option<SioIn<'_>> {
         b'6' => SioKind::BinaryAck,
         _ => return None,
     };
-    let mut rest = &text[1..];
     if matches!(kind, SioKind::BinaryEvent | SioKind::BinaryAck) {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         rest = rest[digits..].strip_prefix('-')?;
@@ -145,7 +146,45 @@ pub fn event(nsp: &str, name: &str, argument_json: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Parses `text` as a client packet at both levels, as the transports do.
+    fn parse_both(text: &str) {
+        if let Some(EngineIn::Message(message)) = parse_engine(text) {
+            let _ = parse_socketio(message);
+        }
+        let _ = parse_socketio(text);
+    }
+
+    proptest! {
+        /// No text a client sends can make the parsers panic.
+        #[test]
+        fn any_text_parses_or_is_refused(text in any::<String>()) {
+            parse_both(&text);
+        }
+
+        /// Bytes as the transports see them: a polling body is checked for UTF-8 first, then
+        /// split on the separator.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in any::<Vec<u8>>()) {
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                for packet in text.split(SEPARATOR) {
+                    parse_both(packet);
+                }
+            }
+            parse_both(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// Text close to the protocol's shape, to reach past the first byte.
+        #[test]
+        fn packet_shaped_text_parses_or_is_refused(
+            text in "[0-6é]{0,3}[0-9é-]{0,3}(/[a-zé/]{0,6},?)?[0-9é]{0,3}[\\[\\]{}\",é0-9a-z]{0,12}"
+        ) {
+            parse_both(&text);
+        }
+    }
 
     #[test]
     fn engine_packets() {
