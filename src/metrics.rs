@@ -28,7 +28,8 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
-    pub method: String,
+    /// One of the standard methods, or `other`: a client may send any token as a method.
+    pub method: &'static str,
     /// The operation id, or `other` (bounded cardinality: never the raw path).
     pub route: &'static str,
     pub status: u16,
@@ -185,6 +186,27 @@ impl Metrics {
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
+}
+
+/// The label of a request's method: the standard ones by name, anything else `other`, so a
+/// client cannot add series by inventing methods.
+pub fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

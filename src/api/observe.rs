@@ -8,7 +8,7 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 use poem_openapi::OperationId;
 use tracing::Instrument;
 
-use crate::metrics::{METRICS, RequestLabel};
+use crate::metrics::{METRICS, RequestLabel, method_label};
 
 pub struct Observe;
 
@@ -26,7 +26,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
-        let method = req.method().to_string();
+        let method = method_label(req.method());
         // Route, status and latency go on the `answered` event, not into the span: recording
         // a field re-formats the span's fields (the fmt layer), about 10 % of the CPU of a
         // long-poll answer in `bench fanout`, for events that at the default level follow no

@@ -234,6 +234,39 @@ async fn metrics_count_requests_events_and_streams(backend: Backend) {
     }
 }
 
+/// Odd methods and paths a client makes up add no series to `/metrics`: every label comes
+/// from a known set (methods outside the standard ones are `other`, unmatched paths one
+/// route label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_methods_and_paths_add_no_metric_series() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for i in 0..1000 {
+        let method = reqwest::Method::from_bytes(format!("ODD{i}X").as_bytes()).unwrap();
+        let response = app
+            .request(method, &format!("/funkos/odd-path-{i}"), None)
+            .await;
+        assert!(response.status().is_client_error(), "{}", response.status());
+        let response = app.get(&format!("/odd-path-{i}/x")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("ODD"), "a made-up method became a label");
+    assert!(!text.contains("odd-path"), "a path became a label");
+    let methods: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.split_once("method=\"")?.1.split_once('"'))
+        .map(|(method, _)| method)
+        .collect();
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other",
+    ];
+    assert!(
+        methods.iter().all(|m| known.contains(m)),
+        "method labels: {methods:?}"
+    );
+    assert!(methods.contains("other"), "{methods:?}");
+}
+
 /// A client that trickles its headers is closed at the header deadline.
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
