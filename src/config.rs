@@ -21,8 +21,8 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
-    /// sqlx database URL: `sqlite://PATH?mode=rwc` or `postgres://...`.
-    /// Default: a SQLite file under the data directory, created if missing.
+    /// sqlx database URL: `sqlite://PATH` (created if missing) or `postgres://...`.
+    /// Default: a SQLite file under the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -121,9 +121,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The database URL in force: the explicit one, or the default SQLite file.
+    /// The database URL in force: the explicit one, or the default SQLite file. A SQLite URL
+    /// that says nothing of its mode creates its file when missing, as the default does.
     pub fn database_url(&self) -> String {
         match &self.database_url {
+            Some(url) if url.starts_with("sqlite:") && !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
             Some(url) => url.clone(),
             None => format!(
                 "sqlite://{}?mode=rwc",

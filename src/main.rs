@@ -1,5 +1,7 @@
 //! The `funko-live` binary: parse the configuration, start logging, run until SIGINT/SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use funko_live::{App, Config, config::LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -10,9 +12,21 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs the server; a failure to start is one or two lines on stderr and exit code 1 (each
+/// error names what failed and what to do), not a debug dump.
+fn main() -> ExitCode {
     let config = Config::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("funko-live: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -24,7 +38,14 @@ async fn main() -> anyhow::Result<()> {
     // Handlers are installed before anything else, so a signal during start-up is a clean
     // shutdown too, never the default (immediate) exit.
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {err}\n  pick another address with --bind (BIND_ADDR), or stop what holds it",
+                config.bind
+            )
+        })?;
     let app = App::build(config).await?;
     app.run(listener, shutdown).await
 }

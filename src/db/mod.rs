@@ -72,24 +72,44 @@ const PG_READERS: u32 = 12;
 const PG_WRITERS: u32 = 4;
 
 impl Db {
-    /// Opens the pools, creating a SQLite file's directory when missing.
+    /// Opens the pools, creating a SQLite file's directory when missing. A failure names
+    /// the database (its URL without the password) and what to check.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
+        let shown = redacted(url);
+        let fail = |what: &str, err: &dyn std::fmt::Display, hint: &str| {
+            anyhow::anyhow!("{what}: {err}\n  {hint}")
+        };
+        const CHECK_URL: &str = "check DATABASE_URL (--database-url)";
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            anyhow::bail!("unsupported database URL (use sqlite:// or postgres://): {url}");
+            anyhow::bail!(
+                "unsupported database URL {shown}\n  use sqlite://PATH or \
+                 postgres://USER:PASSWORD@HOST/DATABASE in DATABASE_URL (--database-url)"
+            );
         };
-        let options = AnyConnectOptions::from_str(url).context("parsing the database URL")?;
+        let options = AnyConnectOptions::from_str(url).map_err(|err| {
+            fail(
+                &format!("cannot read the database URL {shown}"),
+                &err,
+                CHECK_URL,
+            )
+        })?;
         match backend {
             Backend::Sqlite => {
                 if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned))
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(&dir).map_err(|err| {
+                        fail(
+                            &format!("cannot create {} for the SQLite database", dir.display()),
+                            &err,
+                            "check DATABASE_URL (--database-url) and the directory's permissions",
+                        )
+                    })?;
                 }
                 let pool = |max: u32| {
                     AnyPoolOptions::new()
@@ -116,8 +136,15 @@ impl Db {
                         })
                         .connect_with(options.clone())
                 };
-                let writer = pool(1).await.context("opening the SQLite database")?;
-                let reader = pool(8).await.context("opening the SQLite database")?;
+                let open_failed = |err: sqlx::Error| {
+                    fail(
+                        &format!("cannot open the SQLite database {shown}"),
+                        &err,
+                        "check DATABASE_URL (--database-url) and that its directory is writable",
+                    )
+                };
+                let writer = pool(1).await.map_err(open_failed)?;
+                let reader = pool(8).await.map_err(open_failed)?;
                 if !sqlite_plans_are_stable(&reader).await? {
                     tracing::warn!(
                         "SQLite was built without SQLITE_ENABLE_QPSG (build in this repository, \
@@ -134,6 +161,25 @@ impl Db {
                 })
             }
             Backend::Postgres => {
+                // One connection first, so a failure reports its cause at once rather than
+                // the pool's timeout.
+                let unreachable = |err: &dyn std::fmt::Display| {
+                    fail(
+                        &format!("cannot connect to PostgreSQL at {shown}"),
+                        err,
+                        "check DATABASE_URL (--database-url) and that PostgreSQL runs and is reachable",
+                    )
+                };
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await
+                {
+                    Ok(Ok(conn)) => sqlx::Connection::close(conn).await?,
+                    Ok(Err(err)) => return Err(unreachable(&err)),
+                    Err(_) => return Err(unreachable(&"no answer within 30 s")),
+                }
                 let reader = AnyPoolOptions::new()
                     .max_connections(PG_READERS)
                     .acquire_timeout(Duration::from_secs(30))
@@ -287,6 +333,17 @@ impl Db {
         }
         self.writer.close().await;
         self.reader.close().await;
+    }
+}
+
+/// A database URL as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -20,5 +20,6 @@ mod schemathesis;
 mod security;
 mod shutdown;
 mod socketio;
+mod startup;
 mod stream;
 mod ws;
