@@ -63,6 +63,25 @@ fn cursor_frame(cursor: i64) -> Bytes {
     Bytes::from(format!("id: {cursor}\n\n"))
 }
 
+/// The frames of a step's events, and (when the step read past them, through events a filter
+/// hid) an `id:` line that moves the browser's cursor to where the step ended.
+fn frames(events: Vec<StoredEvent>, cursor: i64) -> Bytes {
+    let hidden_after = events.last().is_none_or(|e| e.id < cursor);
+    if events.len() == 1 && !hidden_after {
+        // The frame every subscriber shares, not copied.
+        return events.into_iter().next().expect("one event").sse;
+    }
+    // Replaying or catching up: one body chunk (and one write) per batch, not one per event.
+    let mut batch = BytesMut::with_capacity(events.iter().map(|e| e.sse.len()).sum::<usize>() + 32);
+    for event in &events {
+        batch.extend_from_slice(&event.sse);
+    }
+    if hidden_after {
+        batch.extend_from_slice(&cursor_frame(cursor));
+    }
+    batch.freeze()
+}
+
 /// A `:` comment that keeps an idle connection open.
 const KEEP_ALIVE: &[u8] = b":\n\n";
 
@@ -171,21 +190,7 @@ impl SseStream {
                         last_sent = Instant::now();
                         delivered.inc_by(events.len() as u64);
                         hand();
-                        if events.is_empty() {
-                            yield Ok(cursor_frame(cursor));
-                        } else if events.len() == 1 {
-                            // The frame every subscriber shares, not copied.
-                            yield Ok(events.into_iter().next().expect("one event").sse);
-                        } else {
-                            // Replaying or catching up: one body chunk (and one write) per
-                            // batch instead of one per event.
-                            let mut batch =
-                                BytesMut::with_capacity(events.iter().map(|e| e.sse.len()).sum());
-                            for event in &events {
-                                batch.extend_from_slice(&event.sse);
-                            }
-                            yield Ok(batch.freeze());
-                        }
+                        yield Ok(frames(events, cursor));
                     }
                     Ok(Some(Next::Reset(reset))) => {
                         last_sent = Instant::now();

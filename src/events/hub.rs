@@ -329,32 +329,26 @@ impl Chunks {
     }
 }
 
-/// Events as one chunk of a chunked response, with the events a filter passes, or (when it
-/// passes none) an `id:` line that moves the client's cursor past them. `None` for no events.
+/// Events as one chunk of a chunked response: the events a filter passes and, when the
+/// batch ends in events it hides, an `id:` line that moves the client's cursor past them.
+/// `None` for no events.
 fn render(events: &[StoredEvent], filter: &Filter) -> Option<(Bytes, usize)> {
     let last = events.last()?.id;
-    let matching = || events.iter().filter(|e| filter.matches(e));
-    let n = matching().count();
-    let cursor_line;
-    let len = if n == 0 {
-        cursor_line = format!("id: {last}\n\n");
-        cursor_line.len()
-    } else {
-        cursor_line = String::new();
-        matching().map(|e| e.sse.len()).sum()
-    };
+    let matching: Vec<&StoredEvent> = events.iter().filter(|e| filter.matches(e)).collect();
+    let trailing = (matching.last().map(|e| e.id) != Some(last)).then(|| format!("id: {last}\n\n"));
+    let len = matching.iter().map(|e| e.sse.len()).sum::<usize>()
+        + trailing.as_ref().map_or(0, String::len);
     let head = format!("{len:X}\r\n");
     let mut chunk = BytesMut::with_capacity(head.len() + len + 2);
     chunk.put_slice(head.as_bytes());
-    if n == 0 {
-        chunk.put_slice(cursor_line.as_bytes());
-    } else {
-        for event in matching() {
-            chunk.put_slice(&event.sse);
-        }
+    for event in &matching {
+        chunk.put_slice(&event.sse);
+    }
+    if let Some(trailing) = trailing {
+        chunk.put_slice(trailing.as_bytes());
     }
     chunk.put_slice(b"\r\n");
-    Some((chunk.freeze(), n))
+    Some((chunk.freeze(), matching.len()))
 }
 
 /// What [`Member::offer`] did.
@@ -728,9 +722,13 @@ mod tests {
             )
         );
         let funkos = Filter::parse(Some("FUNKOS"), []).unwrap();
+        // The batch ends in an event the filter hides: the cursor moves past it too.
         let (some, n) = render(&events, &funkos).unwrap();
         assert_eq!(n, 1);
-        assert_eq!(dechunk(&some), std::str::from_utf8(&events[0].sse).unwrap());
+        assert_eq!(
+            dechunk(&some),
+            format!("{}id: 8\n\n", std::str::from_utf8(&events[0].sse).unwrap())
+        );
         // None pass: the cursor still moves past them.
         let (none, n) = render(&events[1..], &funkos).unwrap();
         assert_eq!(n, 0);

@@ -369,6 +369,41 @@ async fn filters_by_entity_and_type(backend: Backend) {
     }
 }
 
+/// A filtered stream whose batch ends in events the filter hides still moves the browser's
+/// cursor to the end of the batch (an `id:`-only frame), so a reconnect does not scan them
+/// again.
+async fn a_filtered_batch_that_ends_hidden_still_moves_the_cursor(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let start = app.head().await;
+    let category = app.post("/categories", json!({"name": "TRAILING"})).await;
+    assert_eq!(category.status(), 201);
+    app.create_funko("Hidden after").await;
+    let head = app.head().await;
+    // Replayed in one batch: the category, then the Funko the filter hides.
+    let mut sse = app
+        .sse(
+            &format!("/events?entity=CATEGORIES&lastEventId={start}"),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next_event().await["entity"], "CATEGORIES");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame = sse
+            .next_frame_within(deadline - tokio::time::Instant::now())
+            .await
+            .unwrap_or_else(|()| panic!("no frame moved the cursor to {head}"))
+            .expect("the stream stays open");
+        assert!(
+            !frame.is_event(),
+            "the filter passes nothing more: {frame:?}"
+        );
+        if frame.id.as_deref() == Some(head.as_str()) {
+            break;
+        }
+    }
+}
+
 async fn long_poll_answers_waits_wakes_and_times_out(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
     let start = app.head().await;
@@ -654,6 +689,7 @@ async fn shutdown_closes_streams_promptly(backend: Backend) {
 }
 
 crate::backend_tests!(
+    a_filtered_batch_that_ends_hidden_still_moves_the_cursor,
     sse_headers_retry_and_live_events,
     resume_with_last_event_id_gets_exactly_the_missed_events,
     no_cursor_means_live_only,
