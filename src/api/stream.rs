@@ -40,6 +40,8 @@ const BATCH: usize = 256;
 pub const POLL_DEFAULT_TIMEOUT: u64 = 25;
 pub const POLL_MAX_TIMEOUT: u64 = 60;
 pub const POLL_DEFAULT_LIMIT: u64 = 100;
+/// Reads of the log one long-poll makes at most while its filter passes nothing.
+const POLL_SCANS: usize = 4;
 pub const POLL_MAX_LIMIT: u64 = 1000;
 
 pub struct StreamApi;
@@ -432,11 +434,29 @@ impl StreamApi {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let limit = limit as usize;
+        // Reads of the log this request may make when they find nothing its filter passes:
+        // past them it answers the cursor it reached, whatever its timeout.
+        let mut scans_left = POLL_SCANS;
         loop {
-            // Look first, wait after: `timeout=0` still answers what is already there.
-            let answer = match subscription.poll_now(limit).await? {
-                Some(Next::Events { events, .. }) if events.is_empty() => continue,
-                Some(Next::Events { events, cursor }) => {
+            // Look first, wait after: `timeout=0` still answers what is already there. Reads
+            // are at least a batch whatever `limit` is, so a rare filter costs few rounds.
+            let answer = match subscription.poll_now(BATCH.max(limit)).await? {
+                Some(Next::Events { events, cursor }) if events.is_empty() => {
+                    scans_left -= 1;
+                    if scans_left > 0 && tokio::time::Instant::now() < deadline {
+                        continue;
+                    }
+                    RawJson::poll(&[], cursor)
+                }
+                Some(Next::Events { mut events, cursor }) => {
+                    // Past `limit`, the answer ends at its last event: the next poll goes on
+                    // from there.
+                    let cursor = if events.len() > limit {
+                        events.truncate(limit);
+                        events.last().expect("limit is at least 1").id
+                    } else {
+                        cursor
+                    };
                     METRICS.delivered("poll", events.len());
                     RawJson::poll(&events, cursor)
                 }

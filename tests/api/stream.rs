@@ -404,6 +404,59 @@ async fn a_filtered_batch_that_ends_hidden_still_moves_the_cursor(backend: Backe
     }
 }
 
+/// A long-poll whose filter matches nothing in a long log scans a bounded part of it per
+/// request (whatever its `limit`) and answers with the cursor it reached; polling on from
+/// there reaches the head, and the one matching event at the end.
+async fn a_filtered_long_poll_scans_a_bounded_part_of_the_log(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let start = app.head().await;
+    {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(0..1100)
+            .map(|i| {
+                let app = &app;
+                async move { app.create_funko(&format!("Scanned {i}")).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+    }
+    let category: Value = app
+        .post("/categories", json!({"name": "AT THE END"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let head: i64 = app.head().await.parse().unwrap();
+    let mut cursor = start;
+    let mut polls = 0;
+    let found = loop {
+        polls += 1;
+        assert!(polls <= 10, "the head is reached in a few polls");
+        let page: Value = app
+            .get(&format!(
+                "/events/poll?after={cursor}&entity=CATEGORIES&limit=1&timeout=5"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let next: i64 = page["cursor"].as_str().unwrap().parse().unwrap();
+        assert!(
+            next > cursor.parse().unwrap(),
+            "every answer moves the cursor"
+        );
+        cursor = next.to_string();
+        if let Some(event) = page["events"].as_array().unwrap().first() {
+            break event.clone();
+        }
+        assert!(next < head, "an empty answer stops short of the head");
+    };
+    assert!(polls > 1, "one request did not scan the whole log");
+    assert_eq!(found["data"], category);
+    assert_eq!(cursor, head.to_string());
+}
+
 async fn long_poll_answers_waits_wakes_and_times_out(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
     let start = app.head().await;
@@ -689,6 +742,7 @@ async fn shutdown_closes_streams_promptly(backend: Backend) {
 }
 
 crate::backend_tests!(
+    a_filtered_long_poll_scans_a_bounded_part_of_the_log,
     a_filtered_batch_that_ends_hidden_still_moves_the_cursor,
     sse_headers_retry_and_live_events,
     resume_with_last_event_id_gets_exactly_the_missed_events,
