@@ -40,7 +40,7 @@ const BATCH: usize = 256;
 pub const POLL_DEFAULT_TIMEOUT: u64 = 25;
 pub const POLL_MAX_TIMEOUT: u64 = 60;
 pub const POLL_DEFAULT_LIMIT: u64 = 100;
-/// Reads of the log one long-poll makes at most while its filter passes nothing.
+/// Reads of the backlog one long-poll makes in a row at most while its filter passes nothing.
 const POLL_SCANS: usize = 4;
 pub const POLL_MAX_LIMIT: u64 = 1000;
 
@@ -434,8 +434,9 @@ impl StreamApi {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let limit = limit as usize;
-        // Reads of the log this request may make when they find nothing its filter passes:
-        // past them it answers the cursor it reached, whatever its timeout.
+        // Reads of the backlog this request may make in a row when they find nothing its
+        // filter passes: past them it answers the cursor it reached, whatever its timeout.
+        // Waiting for new commits starts the count again.
         let mut scans_left = POLL_SCANS;
         loop {
             // Look first, wait after: `timeout=0` still answers what is already there. Reads
@@ -465,7 +466,10 @@ impl StreamApi {
                     RawJson::poll(&[], cursor)
                 }
                 None => match tokio::time::timeout_at(deadline, subscription.wait()).await {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        scans_left = POLL_SCANS;
+                        continue;
+                    }
                     Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
                 },
             };
