@@ -121,19 +121,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The database URL in force: the explicit one, or the default SQLite file. A SQLite URL
-    /// that says nothing of its mode creates its file when missing, as the default does.
+    /// The database URL in force: the explicit one, or the default SQLite file.
     pub fn database_url(&self) -> String {
         match &self.database_url {
-            Some(url) if url.starts_with("sqlite:") && !url.contains("mode=") => {
-                let separator = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{separator}mode=rwc")
-            }
             Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("funko-live.db").display()
-            ),
+            None => format!("sqlite://{}", self.data_dir.join("funko-live.db").display()),
         }
     }
 

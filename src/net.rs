@@ -393,13 +393,15 @@ impl<T: AsyncWrite + Outside + Unpin> AsyncWrite for Guarded<T> {
         self.watch_write(cx, result)
     }
 
+    /// A flush moves no byte of its own, so it is not activity: hyper flushes after every
+    /// write, and counting those would keep a silent connection's idle deadline fresh.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = result {
             // hyper flushes its IO only after writing out its own buffer.
             self.inner.flushed();
         }
-        self.watch_write(cx, result)
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -64,6 +64,12 @@ fn tune(socket: &TcpStream, limits: &Limits, remote: SocketAddr) {
         tracing::debug!(%remote, error = %err, "setting TCP_NODELAY failed");
     }
     let socket = socket2::SockRef::from(socket);
+    // The kernel closes a connection whose queued bytes the client leaves unread (its window
+    // shut) or unacknowledged for the write-stall time, whoever wrote them: a stream client
+    // that stopped reading is cut off even while only keep-alives trickle into its buffers.
+    if let Err(err) = socket.set_tcp_user_timeout(Some(limits.deadlines.write_stall)) {
+        tracing::debug!(%remote, error = %err, "setting TCP_USER_TIMEOUT failed");
+    }
     if let Some(bytes) = limits.notsent_lowat
         && let Err(err) = socket.set_tcp_notsent_lowat(bytes)
     {

@@ -91,6 +91,14 @@ impl Db {
                  postgres://USER:PASSWORD@HOST/DATABASE in DATABASE_URL (--database-url)"
             );
         };
+        // A SQLite URL that says nothing of its mode creates its file when missing.
+        let url = &match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
         let options = AnyConnectOptions::from_str(url).map_err(|err| {
             fail(
                 &format!("cannot read the database URL {shown}"),

@@ -663,17 +663,23 @@ impl Membership {
     }
 
     /// A keep-alive comment, written like a batch (the member's lock keeps it from the
-    /// shard's writes).
+    /// shard's writes). One the socket cannot take whole is owed, like a partly written
+    /// batch: the member detaches and its task waits for the socket, up to the write-stall
+    /// time.
     fn keep_alive(&self) {
         let member = &self.member;
         let mut state = lock(&member.state);
         if state.owed.is_some() || state.end.is_some() {
             return;
         }
-        match state.write(&member.outlet, &Bytes::from_static(KEEP_ALIVE_CHUNK)) {
+        let chunk = Bytes::from_static(KEEP_ALIVE_CHUNK);
+        match state.write(&member.outlet, &chunk) {
+            Wrote::Whole => {}
             Wrote::Partly => state.detach(),
-            // Full: the peer is not reading, and there is no idleness to fill.
-            Wrote::Whole | Wrote::Full => {}
+            Wrote::Full => {
+                state.owed = Some(chunk);
+                state.detach();
+            }
             Wrote::Failed => state.finish(End::Failed),
         }
     }
@@ -693,6 +699,65 @@ impl Drop for Membership {
 mod tests {
     use super::*;
     use crate::events::{Entity, EventKind};
+
+    /// CPU time this thread has used (from `/proc`, in clock ticks of 10 ms).
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// A member whose socket takes nothing when its keep-alive is due waits for the socket
+    /// without using the CPU, and is cut off after the write-stall time.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_keep_alive_the_socket_cannot_take_stalls_out_without_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::connect(&format!("sqlite://{}/h.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let bus = ChangeBus::new(db, 64).await.unwrap();
+        let hub = Hub::start(bus.clone(), 1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let _client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_tcp_notsent_lowat(16 * 1024)
+            .unwrap();
+        let socket = crate::net::Shared::new(server);
+        let outlet = socket.outlet().clone();
+        // The client reads nothing: fill the socket until it takes not one more byte.
+        while outlet.try_write(b":").is_ok() {}
+
+        let membership = hub.join(outlet, Filter::default(), bus.head());
+        let (keep_alive, write_stall) = (Duration::from_millis(50), Duration::from_secs(1));
+        let (started, cpu) = (Instant::now(), thread_cpu());
+        let ending =
+            tokio::time::timeout(5 * write_stall, membership.run(keep_alive, write_stall)).await;
+        let (waited, used) = (started.elapsed(), thread_cpu() - cpu);
+        assert!(
+            matches!(ending, Ok(Ending::Abort(ref err)) if err.kind() == io::ErrorKind::TimedOut),
+            "cut off as stalled"
+        );
+        assert!(
+            waited >= write_stall,
+            "not before the write-stall time: {waited:?}"
+        );
+        assert!(used < waited / 4, "{used:?} of CPU in {waited:?}");
+        bus.close();
+    }
 
     fn event(id: i64, entity: Entity) -> StoredEvent {
         StoredEvent::new(id, entity, EventKind::Create, "{}", "t")

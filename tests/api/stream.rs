@@ -626,6 +626,83 @@ async fn stalled_connection_is_closed(backend: Backend) {
     assert_closed_after_events(&mut stalled).await;
 }
 
+/// CPU time a process has used (from `/proc`, in clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A quiet stream to a client that stopped reading costs the server no CPU while it waits,
+/// and is closed at the write-stall time, though keep-alives still fit in its buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_to_a_client_that_stopped_reading_costs_nothing_and_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Sqlite.fresh_database(dir.path()).await;
+    let server = crate::crash::ServerProcess::start(
+        &url,
+        dir.path(),
+        &["--keepalive-seconds", "1", "--write-stall-seconds", "3"],
+    )
+    .await;
+    let address: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(address).await.unwrap();
+    send_get(&mut stalled, "/events", "").await;
+    let client = reqwest::Client::new();
+    let open_streams = || async {
+        let text = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("funko_live_stream_connections{transport=\"sse\"} "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open_streams().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stream opened");
+    }
+    // More than its window and the server's unsent bound, then nothing but keep-alives.
+    let image = format!("https://example.com/{}.png", "x".repeat(2000));
+    for i in 0..40 {
+        let created = client
+            .post(format!("{}/funkos", server.base))
+            .json(
+                &json!({"name": format!("Quiet {i}"), "price": 1, "stock": 1,
+                          "category": "OTROS", "image": image}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let (started, cpu) = (tokio::time::Instant::now(), process_cpu(server.pid()));
+    while open_streams().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "the stream was not closed within the write-stall time and a keep-alive"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (waited, used) = (started.elapsed(), process_cpu(server.pid()) - cpu);
+    assert!(used < waited / 4, "{used:?} of CPU in {waited:?}");
+}
+
 /// Reads a stalled stream client's socket to its end: the server closed it (within [`WAIT`])
 /// after sending it some events.
 async fn assert_closed_after_events(stalled: &mut tokio::net::TcpStream) {
