@@ -697,3 +697,50 @@ async fn packets_starting_with_a_multibyte_character_are_refused_cleanly() {
         bystander.send(&["3"]).await;
     }
 }
+
+/// A flood of CONNECTs (to unknown namespaces, or the same one again and again) in one
+/// payload costs a bounded number of tasks: the session is refused, the server answers,
+/// and other sessions carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connects_is_refused_with_bounded_tasks() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (bystander, _) = RawSession::open(&app).await;
+    assert_eq!(bystander.send(&["40/ws/v1/funkos,"]).await, StatusCode::OK);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    for packet in ["40/nowhere,", "40/ws/v1/funkos,"] {
+        let before = tasks();
+        let (session, _) = RawSession::open(&app).await;
+        let flood = vec![packet; 1_000_000 / (packet.len() + 1)];
+        let status = session.send(&flood).await;
+        assert!(status.is_client_error() || status.is_success(), "{status}");
+        let after = tasks();
+        assert!(
+            after < before + 64,
+            "{packet}: {before} tasks before, {after} after"
+        );
+    }
+    // The bystander's session still delivers.
+    let funko = app.create_funko("After the flood").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'wait: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bystander got nothing"
+        );
+        let (status, batch) = bystander.poll().await;
+        assert_eq!(status, StatusCode::OK);
+        for packet in batch {
+            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
+                let event: Value = serde_json::from_str(event).unwrap();
+                if event[0] == "updates" && event[1]["data"] == funko {
+                    break 'wait;
+                }
+            }
+        }
+        bystander.send(&["3"]).await;
+    }
+}

@@ -91,8 +91,9 @@ pub struct Session {
     pong: Notify,
     /// Cancelled once when the session ends, for whatever reason.
     pub closed: CancellationToken,
-    /// The connected namespaces: path -> (connection number, what stops its task).
-    pub sockets: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// The connected namespaces, by path: at most one task each (see
+    /// [`namespace::NamespaceSlot`]).
+    pub sockets: Mutex<HashMap<&'static str, namespace::NamespaceSlot>>,
     /// The interval between pings, and how long a pong may take.
     heartbeat: Duration,
     /// This session's place among the server's open streams.
@@ -100,6 +101,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// Queues a packet without waiting; false when the queue is full (a client flooding
+    /// the session with requests it does not read the answers of) or the session is closed.
+    pub fn try_send(&self, packet: String) -> bool {
+        self.out.try_send(packet).is_ok()
+    }
+
     /// Queues a packet; false once the session is closed or `stop` is cancelled.
     pub async fn send(&self, stop: &CancellationToken, packet: String) -> bool {
         tokio::select! {

@@ -4,12 +4,10 @@
 //! createdAt}`) for every change as it commits, and `reset` (`{cursor, reason}`) when its
 //! cursor cannot be served. Clients only listen: their events and acks are ignored.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -53,22 +51,31 @@ impl Namespace {
     }
 }
 
-/// Numbers a session's namespace connections, so a finished task removes only its own entry.
-static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// A session's connection to one namespace: the task that serves it, and the CONNECT it
+/// serves. A CONNECT to a namespace the session is connected to restarts that task with the
+/// new payload, so a session has at most one task per namespace however many CONNECTs it
+/// sends.
+pub struct NamespaceSlot {
+    stop: CancellationToken,
+    /// The namespace as the client spelled it, and its CONNECT payload (`auth`).
+    connect: watch::Sender<(String, String)>,
+}
 
 /// Handles one Socket.IO packet; an error closes the session.
 pub fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str> {
     let packet = packet::parse_socketio(text).ok_or("not a Socket.IO packet")?;
     match packet.kind {
-        SioKind::Connect => connect(session, packet.nsp, packet.data),
+        SioKind::Connect => connect(session, packet.nsp, packet.data)?,
         SioKind::Disconnect => {
-            let socket = session
-                .sockets
-                .lock()
-                .expect("sockets lock poisoned")
-                .remove(packet.nsp);
-            if let Some((_, stop)) = socket {
-                stop.cancel();
+            let slot = Namespace::find(packet.nsp).and_then(|namespace| {
+                session
+                    .sockets
+                    .lock()
+                    .expect("sockets lock poisoned")
+                    .remove(namespace.path)
+            });
+            if let Some(slot) = slot {
+                slot.stop.cancel();
             }
         }
         SioKind::Event | SioKind::Ack => {}
@@ -80,25 +87,34 @@ pub fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str>
     Ok(())
 }
 
-/// Starts the namespace's task; a second CONNECT to the same namespace replaces the first.
-fn connect(session: &Arc<Session>, nsp: &str, auth: &str) {
-    let number = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    let stop = session.closed.child_token();
-    let previous = session
-        .sockets
-        .lock()
-        .expect("sockets lock poisoned")
-        .insert(nsp.to_owned(), (number, stop.clone()));
-    if let Some((_, previous)) = previous {
-        previous.cancel();
+/// Serves a CONNECT: refuses an unknown namespace at once (no task), restarts the task of a
+/// namespace the session is connected to, or starts one.
+fn connect(session: &Arc<Session>, nsp: &str, auth: &str) -> Result<(), &'static str> {
+    let Some(namespace) = Namespace::find(nsp) else {
+        let message = "Invalid namespace: use /ws/v1/funkos or /ws/v1/categories";
+        return if session.try_send(packet::connect_error(nsp, message)) {
+            Ok(())
+        } else {
+            Err("CONNECTs faster than their answers are read")
+        };
+    };
+    let request = (nsp.to_owned(), auth.to_owned());
+    let mut sockets = session.sockets.lock().expect("sockets lock poisoned");
+    if let Some(slot) = sockets.get(namespace.path) {
+        slot.connect.send_replace(request);
+        return Ok(());
     }
-    tokio::spawn(run_socket(
-        session.clone(),
-        nsp.to_owned(),
-        auth.to_owned(),
-        number,
-        stop,
-    ));
+    let (connect, requests) = watch::channel(request);
+    let stop = session.closed.child_token();
+    sockets.insert(
+        namespace.path,
+        NamespaceSlot {
+            stop: stop.clone(),
+            connect,
+        },
+    );
+    tokio::spawn(run_socket(session.clone(), namespace, requests, stop));
+    Ok(())
 }
 
 /// Where a socket starts: the first cursor of `auth` (`cursor`, `lastEventId`, `after`; a
@@ -139,30 +155,39 @@ fn start_from(auth: &str, query_cursor: Option<&str>) -> Result<Start, String> {
     }
 }
 
-/// One namespace connection: accept (or refuse), welcome, then the subscription's events
-/// until the client leaves the namespace or the session ends.
+/// One namespace's connection: serves its latest CONNECT (accept or refuse, welcome, then
+/// the subscription's events) until the client leaves the namespace or the session ends; a
+/// new CONNECT starts it over.
 async fn run_socket(
     session: Arc<Session>,
-    nsp: String,
-    auth: String,
-    number: u64,
+    namespace: &'static Namespace,
+    mut requests: watch::Receiver<(String, String)>,
     stop: CancellationToken,
 ) {
-    stream(&session, &nsp, &auth, &stop).await;
-    let mut sockets = session.sockets.lock().expect("sockets lock poisoned");
-    if sockets.get(&nsp).is_some_and(|(n, _)| *n == number) {
-        sockets.remove(&nsp);
+    loop {
+        let (nsp, auth) = requests.borrow_and_update().clone();
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            changed = requests.changed() => if changed.is_err() { return },
+            () = stream(&session, namespace, &nsp, &auth, &stop) => {
+                // Refused, or the stream ended: wait for a new CONNECT.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = requests.changed() => if changed.is_err() { return },
+                }
+            }
+        }
     }
 }
 
-async fn stream(session: &Session, nsp: &str, auth: &str, stop: &CancellationToken) {
-    let Some(namespace) = Namespace::find(nsp) else {
-        let message = "Invalid namespace: use /ws/v1/funkos or /ws/v1/categories";
-        session
-            .send(stop, packet::connect_error(nsp, message))
-            .await;
-        return;
-    };
+async fn stream(
+    session: &Session,
+    namespace: &Namespace,
+    nsp: &str,
+    auth: &str,
+    stop: &CancellationToken,
+) {
     let start = match start_from(auth, session.query_cursor.as_deref()) {
         Ok(start) => start,
         Err(message) => {
