@@ -23,6 +23,40 @@ pub struct NewEvent {
     pub data: String,
 }
 
+/// The events one write appends, in order: its resource's, then those of any other resource
+/// it changed (a category rename changes each of its Funkos). Never empty.
+#[derive(Debug)]
+pub struct NewEvents {
+    pub first: NewEvent,
+    pub rest: Vec<NewEvent>,
+}
+
+impl NewEvents {
+    /// How many: at least one, so there is no `is_empty`.
+    #[expect(clippy::len_without_is_empty, reason = "never empty, by construction")]
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+}
+
+impl From<NewEvent> for NewEvents {
+    fn from(first: NewEvent) -> Self {
+        Self {
+            first,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl IntoIterator for NewEvents {
+    type Item = NewEvent;
+    type IntoIter = std::iter::Chain<std::iter::Once<NewEvent>, std::vec::IntoIter<NewEvent>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.first).chain(self.rest)
+    }
+}
+
 /// The PostgreSQL channel every append notifies, with the new event's id as payload.
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
 pub const NOTIFY_CHANNEL: &str = "funko_events";

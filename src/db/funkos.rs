@@ -326,6 +326,25 @@ pub async fn soft_delete(
     Ok(row.map(Funko::from))
 }
 
+/// Bumps the version of every Funko in a category (whose name changed: their bodies did) and
+/// returns them as [`get`] would, in id order.
+pub async fn touch_category(
+    conn: &mut AnyConnection,
+    category_id: i64,
+    now: &str,
+) -> Result<Vec<Funko>, sqlx::Error> {
+    let mut rows: Vec<FunkoRow> = sqlx::query_as(concat!(
+        "UPDATE funkos SET updated_at = $1, version = version + 1 WHERE category_id = $2",
+        returning!()
+    ))
+    .bind(now)
+    .bind(category_id)
+    .fetch_all(conn)
+    .await?;
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows.into_iter().map(Funko::from).collect())
+}
+
 /// How many live Funkos use this category.
 pub async fn count_live_in_category(
     conn: &mut AnyConnection,

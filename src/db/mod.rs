@@ -244,8 +244,8 @@ impl Db {
         }
     }
 
-    /// Runs `change` in a write transaction, appends its event, commits, and returns what
-    /// it returned with the event's id, once committed. It sees every write committed before
+    /// Runs `change` in a write transaction, appends its events, commits, and returns what
+    /// it returned with its last event's id, once committed. It sees every write committed before
     /// it, as in [`Db::begin_write`].
     ///
     /// On SQLite the transaction is shared with the writes queued beside this one (see
@@ -262,10 +262,13 @@ impl Db {
         }
         // PostgreSQL (only SQLite has a queue).
         let mut tx = self.begin_write().await?;
-        let (done, event) = change(&mut tx).await?;
-        let id = events::append(&mut tx, &event).await?;
+        let (done, events) = change(&mut tx).await?;
+        let mut cursor = 0;
+        for event in events {
+            cursor = events::append(&mut tx, &event).await?;
+        }
         tx.commit().await?;
-        Ok((done, id))
+        Ok((done, cursor))
     }
 
     /// SQLite: what the write queue commits, batch by batch in commit order, for the one

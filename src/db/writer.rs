@@ -40,7 +40,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::events::{self, NewEvent};
+use super::events::{self, NewEvent, NewEvents};
 use crate::model::now_rfc3339;
 
 /// What a write can fail with, as the queue needs to know it.
@@ -54,9 +54,9 @@ pub trait WriteError: From<sqlx::Error> + Send + 'static {
 }
 
 /// A write: the rows it changes through the connection of its batch's transaction; it
-/// returns its result and the event that describes the change.
+/// returns its result and the events that describe the change.
 pub type Change<T, E> = Box<
-    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, NewEvent), E>> + Send,
+    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, NewEvents), E>> + Send,
 >;
 
 /// A write with its result type erased, so writes of every type share the queue. Dropping a
@@ -68,8 +68,8 @@ type Answer = Box<dyn FnOnce(Fate) + Send>;
 
 /// How a batch ended, for one of its writes.
 enum Fate {
-    /// Committed; `event` is the id of the write's event (`None` when it refused).
-    Committed { event: Option<i64> },
+    /// Committed; `cursor` is the id of the write's last event (`None` when it refused).
+    Committed { cursor: Option<i64> },
     /// Rolled back, or its commit failed.
     Failed,
 }
@@ -78,8 +78,8 @@ enum Fate {
 struct Ran {
     /// It failed in a way that may have left part of it behind: the batch must roll back.
     breaks_batch: bool,
-    /// Its event, when it succeeded.
-    event: Option<NewEvent>,
+    /// Its events, when it succeeded.
+    events: Option<NewEvents>,
     answer: Answer,
 }
 
@@ -141,7 +141,7 @@ impl WriteQueue {
     }
 
     /// Runs `change` in the next batch and answers after that batch committed (or failed),
-    /// with the id of the change's event. Once queued, the write runs and commits even if
+    /// with the id of the change's last event. Once queued, the write runs and commits even if
     /// the caller stops waiting (a client that hung up), like a write that reached `COMMIT`.
     pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
@@ -151,20 +151,20 @@ impl WriteQueue {
         let (reply, answer) = oneshot::channel::<Result<(T, i64), E>>();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
-                let (result, event) = match change(conn).await {
-                    Ok((value, event)) => (Ok(value), Some(event)),
+                let (result, events) = match change(conn).await {
+                    Ok((value, events)) => (Ok(value), Some(events)),
                     Err(err) => (Err(err), None),
                 };
                 let breaks_batch = result.as_ref().is_err_and(|err| !err.changed_nothing());
                 Ran {
                     breaks_batch,
-                    event,
+                    events,
                     answer: Box::new(move |fate| {
                         // The write that broke its batch answers its own error; the others
                         // of a failed batch, the batch's failure. The caller may have gone
                         // (client disconnected): nothing to tell then.
                         let _ = reply.send(match (fate, result) {
-                            (Fate::Committed { event: Some(id) }, Ok(value)) => Ok((value, id)),
+                            (Fate::Committed { cursor: Some(id) }, Ok(value)) => Ok((value, id)),
                             (Fate::Committed { .. }, Err(err)) => Err(err),
                             (Fate::Failed, Err(err)) if breaks_batch => Err(err),
                             _ => Err(E::batch_failed()),
@@ -219,17 +219,23 @@ async fn run(
         let committed = run_batch(&writer, batch.drain(..), &mut ran).await;
         match committed {
             Some((created_at, events)) => {
+                // Each write's events are consecutive, in the writes' order: its cursor is
+                // the id of its last one.
                 let mut ids = events.iter().map(|(id, _)| *id);
                 let fates: Vec<_> = ran
                     .iter()
-                    .map(|(_, has_event)| has_event.then(|| ids.next()).flatten())
+                    .map(|&(_, appended)| {
+                        (appended > 0)
+                            .then(|| ids.by_ref().take(appended).last())
+                            .flatten()
+                    })
                     .collect();
                 // Sent before answering; a gone receiver (the bus closed) needs nothing.
                 if !events.is_empty() {
                     let _ = commits.send(Commit::Events { created_at, events }).await;
                 }
-                for ((answer, _), event) in ran.into_iter().zip(fates) {
-                    answer(Fate::Committed { event });
+                for ((answer, _), cursor) in ran.into_iter().zip(fates) {
+                    answer(Fate::Committed { cursor });
                 }
             }
             None => {
@@ -242,15 +248,15 @@ async fn run(
     }
 }
 
-/// Runs one batch, pushing the answer of each write that ran (and whether it has an event)
-/// to `ran`; returns its events with their ids, in order, and their creation time, when it
+/// Runs one batch, pushing the answer of each write that ran (and how many events it
+/// appends) to `ran`; returns its events with their ids, in order, and their creation time, when it
 /// committed. Jobs left unrun (the
 /// `BEGIN` failed, or an earlier job broke the batch) are dropped with `jobs`, which answers
 /// them as failed.
 async fn run_batch(
     writer: &AnyPool,
     mut jobs: impl Iterator<Item = Job>,
-    ran: &mut Vec<(Answer, bool)>,
+    ran: &mut Vec<(Answer, usize)>,
 ) -> Option<(String, Vec<(i64, NewEvent)>)> {
     let mut tx = match writer.begin().await {
         Ok(tx) => tx,
@@ -267,8 +273,8 @@ async fn run_batch(
             tracing::error!("a write panicked inside its batch: rolling it back");
             return None;
         };
-        ran.push((done.answer, done.event.is_some()));
-        events.extend(done.event);
+        ran.push((done.answer, done.events.as_ref().map_or(0, NewEvents::len)));
+        events.extend(done.events.into_iter().flatten());
         if done.breaks_batch {
             tracing::error!(
                 writes = ran.len(),
@@ -345,7 +351,7 @@ mod tests {
                     kind: EventKind::Create,
                     data: format!("{{\"name\":\"{name}\"}}"),
                 };
-                Ok((name, event))
+                Ok((name, event.into()))
             })
         })
     }

@@ -11,8 +11,8 @@
 //! database. A database read refills an entry only when it saw the same cursor, so an entry
 //! is never older than the cache's position.
 //!
-//! A Funko's JSON names its category; a category event clears the cache (a rename changes
-//! every Funko in it without a Funko event).
+//! A Funko's JSON names its category; a rename appends an UPDATE event for each Funko in it,
+//! so the Funkos' own events keep the cache right.
 //!
 //! [`ChangeBus::local_bounds`]: super::ChangeBus::local_bounds
 
@@ -116,20 +116,14 @@ impl FunkoCache {
 
     /// Applies events read from the log, in order; the cache is then current as of `head`.
     pub fn apply(&self, events: &[StoredEvent], head: i64) {
-        let updates: Vec<Option<(i64, FunkoJson)>> = events
+        let updates: Vec<(i64, FunkoJson)> = events
             .iter()
-            .map(|event| match event.entity {
-                Entity::Funkos => FunkoJson::parse(event.data()),
-                // A rename changes the `category` of every Funko in it.
-                Entity::Categories => None,
-            })
+            .filter(|event| event.entity == Entity::Funkos)
+            .filter_map(|event| FunkoJson::parse(event.data()))
             .collect();
         let mut entries = self.entries.write().expect("cache lock poisoned");
-        for update in updates {
-            match update {
-                Some((id, funko)) => entries.insert(id, funko),
-                None => entries.by_id.clear(),
-            }
+        for (id, funko) in updates {
+            entries.insert(id, funko);
         }
         entries.at = head;
     }
@@ -231,13 +225,12 @@ mod tests {
     }
 
     #[test]
-    fn a_category_event_clears_it() {
+    fn a_rename_reaches_it_through_its_funkos_events() {
         let cache = FunkoCache::new(0);
         cache.apply(&[funko_event(1, 1, 1)], 1);
         let rename = StoredEvent::new(2, Entity::Categories, EventKind::Update, r#"{"id":1}"#, "t");
-        cache.apply(&[rename, funko_event(3, 2, 1)], 3);
-        assert!(cache.get(1, 3).is_none());
-        assert!(cache.get(2, 3).is_some());
+        cache.apply(&[rename, funko_event(3, 1, 2)], 3);
+        assert_eq!(cache.get(1, 3).expect("kept").0.version, 2);
     }
 
     fn query(page: i64) -> FunkoListQuery {

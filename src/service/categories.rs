@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use sqlx::AnyConnection;
 
-use super::{Change, Read, Written, on_unique, write};
+use super::{Change, Changed, Read, Written, funko_updated, on_unique, write, write_with};
 use crate::{
     db,
     domain::category::CategoryDraft,
@@ -58,19 +58,28 @@ pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Category>, 
     write(bus, Entity::Categories, EventKind::Create, change).await
 }
 
+/// Renames a category. Every Funko in it reads differently afterwards, so each gets a new
+/// version (its ETag changes with its body) and an UPDATE event after the category's.
 pub async fn update(bus: &ChangeBus, id: i64, body: &Value) -> Result<Written<Category>, ApiError> {
     let draft = CategoryDraft::parse(body).map_err(ApiError::Validation)?;
-    let change: Change<Category> = Box::new(move |conn| {
+    let change: Change<Changed<Category>> = Box::new(move |conn| {
         Box::pin(async move {
             fetch_live(conn, id).await?;
             ensure_name_free(conn, &draft.name, Some(id)).await?;
-            db::categories::rename(conn, id, &draft.name, &now_rfc3339())
+            let now = now_rfc3339();
+            db::categories::rename(conn, id, &draft.name, &now)
                 .await
                 .map_err(on_unique(|| name_conflict(&draft.name)))?;
-            fetch(conn, id).await
+            let funkos = db::funkos::touch_category(conn, id, &now).await?;
+            Ok(Changed {
+                resource: fetch(conn, id).await?,
+                extra: (),
+                also: funkos.iter().map(funko_updated).collect(),
+            })
         })
     });
-    write(bus, Entity::Categories, EventKind::Update, change).await
+    let (written, ()) = write_with(bus, Entity::Categories, EventKind::Update, change).await?;
+    Ok(written)
 }
 
 pub async fn delete(bus: &ChangeBus, id: i64) -> Result<Written<Category>, ApiError> {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use sqlx::AnyConnection;
 
-use super::{Change, IfMatch, Read, Written, on_unique, write, write_with};
+use super::{Change, Changed, IfMatch, Read, Written, on_unique, write, write_with};
 use crate::{
     db,
     domain::{FieldErrors, funko::FunkoDraft, merge_patch, query::FunkoListQuery},
@@ -176,11 +176,15 @@ pub async fn set_image(
     image: &str,
 ) -> Result<(Written<Funko>, String), ApiError> {
     let image = image.to_owned();
-    let change: Change<(Funko, String)> = Box::new(move |conn| {
+    let change: Change<Changed<Funko, String>> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
             let funko = db::funkos::set_image(conn, id, &image, &now_rfc3339()).await?;
-            Ok((funko.ok_or_else(|| vanished(id))?, current.image))
+            Ok(Changed {
+                resource: funko.ok_or_else(|| vanished(id))?,
+                extra: current.image,
+                also: Vec::new(),
+            })
         })
     });
     write_with(bus, Entity::Funkos, EventKind::Update, change).await

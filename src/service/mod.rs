@@ -9,7 +9,10 @@ use poem_openapi::types::ToJSON;
 use sqlx::AnyConnection;
 
 use crate::{
-    db::{self, events::NewEvent},
+    db::{
+        self,
+        events::{NewEvent, NewEvents},
+    },
     error::ApiError,
     events::{ChangeBus, Entity, EventKind},
 };
@@ -28,11 +31,20 @@ pub struct Read<T> {
     pub cursor: i64,
 }
 
-/// A write's change: the rows it changes through the connection of its transaction, and the
-/// resource after it (the event's data). It may fail with a 4xx only before changing a row or
-/// in the one statement that changes it (see [`db::writer`]).
+/// A write's change: the rows it changes through the connection of its transaction, and what
+/// it did (the resource after it, for its event). It may fail with a 4xx only before changing
+/// a row or in the one statement that changes it (see [`db::writer`]).
 type Change<T> =
     Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, ApiError>> + Send>;
+
+/// What a change did: the resource after it (its event's data), what else it returns to its
+/// caller, and the other resources it changed, which get an UPDATE event each after the
+/// resource's own.
+struct Changed<T, X = ()> {
+    resource: T,
+    extra: X,
+    also: Vec<NewEvent>,
+}
 
 /// The write path: begin, change the row, append the event, commit, then wake the bus.
 /// [`db::Db::write`] does the first four (on SQLite in a batch shared with other writes);
@@ -46,40 +58,62 @@ async fn write<T>(
 where
     T: ToJSON + Send + 'static,
 {
-    let change: Change<(T, ())> =
-        Box::new(move |conn| Box::pin(async move { Ok((change(conn).await?, ())) }));
+    let change: Change<Changed<T>> = Box::new(move |conn| {
+        Box::pin(async move {
+            Ok(Changed {
+                resource: change(conn).await?,
+                extra: (),
+                also: Vec::new(),
+            })
+        })
+    });
     let (written, ()) = write_with(bus, entity, kind, change).await?;
     Ok(written)
 }
 
-/// [`write`] for a change that also returns something besides the resource (`X`).
+/// [`write`] for a change that returns something besides the resource, or changes other
+/// resources too.
 async fn write_with<T, X>(
     bus: &ChangeBus,
     entity: Entity,
     kind: EventKind,
-    change: Change<(T, X)>,
+    change: Change<Changed<T, X>>,
 ) -> Result<(Written<T>, X), ApiError>
 where
     T: ToJSON + Send + 'static,
     X: Send + 'static,
 {
-    let ((resource, extra), cursor) = bus
+    let ((resource, extra, appended), cursor) = bus
         .db()
         .write::<_, ApiError>(Box::new(move |conn| {
             Box::pin(async move {
-                let (resource, extra) = change(conn).await?;
-                let event = NewEvent {
+                let changed = change(conn).await?;
+                let first = NewEvent {
                     entity,
                     kind,
-                    data: resource.to_json_string(),
+                    data: changed.resource.to_json_string(),
                 };
-                Ok(((resource, extra), event))
+                let events = NewEvents {
+                    first,
+                    rest: changed.also,
+                };
+                let appended = events.len() as u64;
+                Ok(((changed.resource, changed.extra, appended), events))
             })
         }))
         .await?;
     bus.committed(cursor);
-    crate::metrics::METRICS.events_appended.inc();
+    crate::metrics::METRICS.events_appended.inc_by(appended);
     Ok((Written { resource, cursor }, extra))
+}
+
+/// The UPDATE event of a Funko another write changed.
+fn funko_updated(funko: &crate::model::Funko) -> NewEvent {
+    NewEvent {
+        entity: Entity::Funkos,
+        kind: EventKind::Update,
+        data: funko.to_json_string(),
+    }
 }
 
 impl db::writer::WriteError for ApiError {

@@ -176,6 +176,86 @@ async fn put_renames_a_category(backend: Backend) {
     assert_eq!(renamed["createdAt"], created["createdAt"]);
 }
 
+/// A rename changes the body of every Funko in the category, so it changes their version
+/// (their strong ETag) too, and the stream carries each of them as an UPDATE after the
+/// category's: an `If-Match` written against the old body is refused.
+async fn a_rename_changes_the_etag_and_the_stream_of_its_funkos(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let category = create(&app, "Comics").await;
+    let id = category["id"].as_i64().unwrap();
+    let make = |name: &str| json!({"name": name, "price": 1, "stock": 1, "category": "Comics"});
+    let first: Value = app
+        .post("/funkos", make("Batman"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = app
+        .post("/funkos", make("Robin"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other = app.create_funko("Elsewhere").await;
+    let before = app.get(&format!("/funkos/{}", first["id"])).await;
+    let old_tag = header(&before, "etag");
+    let start = app.head().await;
+
+    let renamed = app
+        .put(
+            &format!("/categories/{id}"),
+            json!({"name": "Graphic Novels"}),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let cursor = stream_cursor(&renamed);
+
+    let after = app.get(&format!("/funkos/{}", first["id"])).await;
+    let new_tag = header(&after, "etag");
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["category"], "Graphic Novels");
+    assert_ne!(new_tag, old_tag, "the body changed, so the ETag does");
+    assert_eq!(new_tag, format!("\"{}\"", body["version"]));
+    assert_problem(
+        app.if_match(
+            Method::PATCH,
+            &format!("/funkos/{}", first["id"]),
+            &old_tag,
+            Some(json!({"stock": 9})),
+        )
+        .await,
+        412,
+    )
+    .await;
+
+    // The category's event, then each of its Funkos as it now reads; the write's cursor is
+    // the last of them. Other Funkos are untouched.
+    let events = app.events_through(&start, &cursor).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0]["entity"], "CATEGORIES");
+    for (event, funko) in events[1..].iter().zip([&first, &second]) {
+        assert_eq!(
+            (event["entity"].as_str(), event["type"].as_str()),
+            (Some("FUNKOS"), Some("UPDATE"))
+        );
+        let now: Value = app
+            .get(&format!("/funkos/{}", funko["id"]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(event["data"], now);
+    }
+    assert_eq!(events[2]["id"], cursor);
+    let untouched: Value = app
+        .get(&format!("/funkos/{}", other["id"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(untouched, other);
+}
+
 async fn delete_is_soft(backend: Backend) {
     let app = spawn_app(backend).await;
     let created = create(&app, "Anime").await;
@@ -380,6 +460,7 @@ async fn bad_ids_are_400_and_unknown_ids_404(backend: Backend) {
 }
 
 crate::backend_tests!(
+    a_rename_changes_the_etag_and_the_stream_of_its_funkos,
     categories_are_seeded,
     create_answers_201_with_location_and_stream_cursor,
     put_renames_a_category,
