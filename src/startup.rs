@@ -3,12 +3,12 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use poem::{EndpointExt, Route, endpoint::make_sync, middleware::Cors};
+use poem::{EndpointExt, Route, endpoint::make_sync};
 use tokio::task::JoinHandle;
 
 use crate::{
-    api::{self, AppState, Settings, observe::Observe},
-    auth::WritePolicy,
+    api::{self, AppState, Settings, cors::Cors, observe::Observe},
+    auth::{OpenWrites, WritePolicy},
     config::Config,
     db::{Backend, Db},
     error::render_any_error,
@@ -172,11 +172,6 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
     let api = api::openapi_service();
     let spec = api.spec();
     let docs = api.swagger_ui();
-    let mut cors = Cors::new();
-    for origin in &config.cors_origins {
-        cors = cors.allow_origin(origin.trim());
-    }
-    let cors_enabled = !config.cors_origins.is_empty();
     let allow = api::allow::AllowMethods::from_spec(&spec);
     Route::new()
         .nest("/", api.with(allow))
@@ -193,20 +188,26 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
         .nest("/socket.io", api::socketio::endpoint())
         .at("/metrics", api::health::metrics)
         .data(state)
-        .with_if(cors_enabled, cors)
+        .with(Cors::new(&config.cors_origins))
         .catch_all_error(|err| async move { render_any_error(err) })
         .with(Observe)
 }
 
 /// Who may write, and a refusal to start an open write API on a reachable address.
 fn write_policy(config: &Config) -> anyhow::Result<WritePolicy> {
-    let policy = WritePolicy::new(&config.api_tokens);
     let loopback = config.bind.ip().is_loopback();
+    let open = if loopback {
+        OpenWrites::Loopback
+    } else {
+        OpenWrites::Anywhere
+    };
+    let policy = WritePolicy::new(&config.api_tokens, open, &config.cors_origins);
     if policy.requires_token() {
         tracing::info!("writes need one of the configured bearer tokens");
     } else if loopback {
         tracing::info!(
-            "no API tokens: writes are open, allowed because the server listens on loopback only"
+            "no API tokens: writes are open, allowed because the server listens on loopback \
+             only, from this server's own pages, listed origins and clients that send no Origin"
         );
     } else if config.allow_open_writes {
         tracing::warn!(

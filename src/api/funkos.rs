@@ -7,8 +7,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiTags, AppState, JsonBody, RawJson};
-use crate::auth::WriteAuth;
+use super::{ApiTags, AppState, JsonBody, RawJson, WriteAccess};
 use crate::{
     domain::query::{FunkoListQuery, RawListQuery},
     error::{
@@ -166,10 +165,9 @@ impl FunkosApi {
     async fn create(
         &self,
         state: Data<&AppState>,
-        auth: WriteAuth,
+        _access: WriteAccess,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<CreateResponse, CreateErrors> {
-        state.policy.check(auth.token())?;
         let written = funkos::create(&state.bus, &body.0).await?;
         let funko = written.resource;
         let (location, tag) = (format!("/funkos/{}", funko.id), etag(funko.version));
@@ -188,12 +186,11 @@ impl FunkosApi {
     async fn replace(
         &self,
         state: Data<&AppState>,
-        auth: WriteAuth,
+        _access: WriteAccess,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
-        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::update(
             &state.bus,
@@ -214,12 +211,11 @@ impl FunkosApi {
     async fn patch(
         &self,
         state: Data<&AppState>,
-        auth: WriteAuth,
+        _access: WriteAccess,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
         body: JsonBody<FunkoPatch>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
-        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::update(
             &state.bus,
@@ -239,11 +235,10 @@ impl FunkosApi {
     async fn delete(
         &self,
         state: Data<&AppState>,
-        auth: WriteAuth,
+        _access: WriteAccess,
         id: Path<i64>,
         #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
-        state.policy.check(auth.token())?;
         let precondition = if_match(if_match_header.0)?;
         let written = funkos::delete(&state.bus, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))

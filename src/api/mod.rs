@@ -4,6 +4,7 @@
 
 pub mod allow;
 pub mod categories;
+pub mod cors;
 pub mod funkos;
 pub mod health;
 pub mod images;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use poem::{Request, RequestBody};
 use poem_openapi::{
-    OpenApiService, Tags,
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, OpenApiService, Tags,
     payload::{ParsePayload, Payload},
     registry::{MetaSchemaRef, Registry},
     types::Type,
@@ -25,7 +26,11 @@ use poem_openapi::{
 use serde_json::Value;
 
 use crate::{
-    auth::WritePolicy, error::ApiError, events::ChangeBus, limits::StreamSlots, storage::ImageStore,
+    auth::{Caller, WriteAuth, WritePolicy},
+    error::ApiError,
+    events::ChangeBus,
+    limits::StreamSlots,
+    storage::ImageStore,
 };
 
 /// What every handler can reach.
@@ -43,6 +48,45 @@ pub struct AppState {
     pub images: ImageStore,
     /// Upgraded sockets' tasks (poem does not track them), awaited at shutdown.
     pub sockets: tokio_util::task::TaskTracker,
+}
+
+/// Proof that a request may write: [`WritePolicy::check`] passed for its token (when tokens
+/// are configured) or its origin and host (when writes are open). An operation that takes
+/// one is documented with the bearer scheme and refuses (401/403) before reading its body.
+pub struct WriteAccess(());
+
+impl<'a> ApiExtractor<'a> for WriteAccess {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <WriteAuth as ApiExtractor<'a>>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        <WriteAuth as ApiExtractor<'a>>::security_schemes()
+    }
+
+    fn has_security_fallback() -> bool {
+        <WriteAuth as ApiExtractor<'a>>::has_security_fallback()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        options: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let auth = WriteAuth::from_request(request, body, options).await?;
+        let state = request
+            .data::<AppState>()
+            .expect("the routes carry the AppState");
+        state
+            .policy
+            .check(auth.token(), &Caller::of(request.headers()))?;
+        Ok(Self(()))
+    }
 }
 
 /// The settings handlers read on each request.

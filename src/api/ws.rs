@@ -89,7 +89,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use crate::{
-    auth::WritePolicy,
+    auth::{Caller, WritePolicy},
     db,
     domain::FieldErrors,
     error::ApiError,
@@ -251,20 +251,25 @@ impl CloseReason {
 struct Credentials {
     /// From `Authorization: Bearer <token>`, else from a `bearer.<token>` subprotocol entry.
     bearer: Option<String>,
+    /// The upgrade's `Origin` and `Host`, for the rule of open writes.
+    caller: Caller,
 }
 
 impl Credentials {
     fn of(request: &Request) -> Self {
         Self {
             bearer: WritePolicy::token_from_upgrade(request.headers()),
+            caller: Caller::of(request.headers()),
         }
     }
 }
 
-/// The one place a write over the socket is authorised: REST's rule, with the token the
-/// upgrade request carried, so both answer the same 401/403.
+/// The one place a write over the socket is authorised: REST's rule, with the token, origin
+/// and host the upgrade request carried, so both answer the same 401/403.
 fn authorize_write(state: &AppState, credentials: &Credentials) -> Result<(), ApiError> {
-    state.policy.check(credentials.bearer.as_deref())
+    state
+        .policy
+        .check(credentials.bearer.as_deref(), &credentials.caller)
 }
 
 /// Upgrades to the WebSocket protocol, subscribed as the query asks.

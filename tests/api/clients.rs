@@ -29,6 +29,34 @@ async fn live_page_follows_changes_on_every_transport_in_chromium() {
     }
 }
 
+/// CORS in a real browser: a page from a listed origin reads `Stream-Cursor`, `Location` and
+/// `ETag`, follows the stream and opens `/ws`; the server's own page keeps working on `/ws`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_origin_reads_the_cursor_headers_and_the_own_page_stays_live() {
+    if !node_ready() || chromium().is_none() {
+        return;
+    }
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = other.local_addr().unwrap().port();
+    drop(other);
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
+        c.cors_origins = vec![format!("http://127.0.0.1:{port}")]
+    })
+    .await;
+    let output = run_node(
+        "cors.mjs",
+        &[app.url(""), port.to_string()],
+        Duration::from_secs(120),
+    )
+    .await;
+    for label in ["cors", "own page"] {
+        assert!(
+            output.contains(&format!("ok {label}:")),
+            "{label}:\n{output}"
+        );
+    }
+}
+
 /// The `eventsource` package reads the stream, then, when the server restarts, reconnects
 /// by itself with `Last-Event-ID` and gets exactly the events it missed.
 async fn eventsource_package_reads_and_resumes_across_a_restart(backend: Backend) {

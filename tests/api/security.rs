@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, assert_problem, spawn_app, spawn_app_with};
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp, assert_problem, spawn_app, spawn_app_with};
 
 async fn writes_need_a_known_token_when_tokens_are_set(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
@@ -71,6 +73,185 @@ async fn writes_need_a_known_token_when_tokens_are_set(backend: Backend) {
     assert_eq!(app.get("/funkos/1").await.status(), StatusCode::OK);
     let mut sse = app.sse(&format!("/events?lastEventId={start}"), None).await;
     assert_eq!(sse.next_event().await["data"]["name"], "Guarded");
+}
+
+/// Sends a raw HTTP/1.1 request (`head` without its final blank line) with a JSON body, and
+/// returns the status and the body.
+async fn raw_json_request(app: &TestApp, head: &str, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let request = format!(
+        "{head}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(crate::helpers::WAIT, conn.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// While writes are open (no tokens, on loopback), a write is accepted only from this
+/// server's own pages or a listed origin, and only through a loopback `Host`: a page on any
+/// other site (or a DNS name rebound to 127.0.0.1) gets 403 with a problem body that says
+/// why, and changes nothing. Reads and streams stay open to every origin.
+async fn open_writes_are_refused_from_other_origins_and_hosts(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.cors_origins = vec!["https://shop.example".into()]
+    })
+    .await;
+    let funko = app.create_funko("Target").await;
+    let id = funko["id"].as_i64().unwrap();
+    let here = format!("http://{}", app.address);
+    let body = json!({"name": "Planted", "price": 1, "stock": 1, "category": "OTROS"});
+    let writes: Vec<(reqwest::Method, String, Value)> = vec![
+        (reqwest::Method::POST, "/funkos".into(), body.clone()),
+        (reqwest::Method::PUT, format!("/funkos/{id}"), body.clone()),
+        (
+            reqwest::Method::PATCH,
+            format!("/funkos/{id}"),
+            json!({"stock": 0}),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/funkos/{id}"),
+            Value::Null,
+        ),
+        (
+            reqwest::Method::POST,
+            "/categories".into(),
+            json!({"name": "PLANTED"}),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/categories/1".into(),
+            json!({"name": "PLANTED"}),
+        ),
+        (reqwest::Method::DELETE, "/categories/1".into(), Value::Null),
+    ];
+    for (method, path, body) in &writes {
+        let send = || {
+            let mut request = app
+                .client
+                .request(method.clone(), app.url(path))
+                .header("Origin", "http://evil.example");
+            if !body.is_null() {
+                request = request.json(body);
+            }
+            async move { request.send().await.unwrap() }
+        };
+        let problem = app.assert_rejected(send(), 403).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("http://evil.example"),
+            "{method} {path}: {problem}"
+        );
+    }
+    // An upload from elsewhere, too.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"\x89PNG\r\n\x1a\nrest".to_vec()).file_name("x.png"),
+    );
+    let upload = app
+        .client
+        .put(app.url(&format!("/funkos/{id}/image")))
+        .header("Origin", "null")
+        .multipart(form);
+    app.assert_rejected(async { upload.send().await.unwrap() }, 403)
+        .await;
+
+    // A DNS name rebound to 127.0.0.1: same-origin in the browser's eyes, but not a loopback
+    // Host.
+    let before = app.snapshot().await;
+    let (status, problem) = raw_json_request(
+        &app,
+        "POST /funkos HTTP/1.1\r\nHost: rebound.example:8080\r\nOrigin: http://rebound.example:8080",
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rebound.example"),
+        "{problem}"
+    );
+    let (status, problem) = raw_json_request(
+        &app,
+        "POST /funkos HTTP/1.1\r\nHost: rebound.example",
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "without an Origin too: {problem}");
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+
+    // This server's own pages, a listed origin, and clients that send no Origin may write.
+    for (origin, name) in [
+        (Some(here.as_str()), "Same origin"),
+        (Some("https://shop.example"), "Listed origin"),
+        (None, "No origin"),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/funkos"))
+            .json(&json!({"name": name, "price": 1, "stock": 1, "category": "OTROS"}));
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            StatusCode::CREATED,
+            "{name}"
+        );
+    }
+    let (status, _) = raw_json_request(
+        &app,
+        "POST /funkos HTTP/1.1\r\nHost: localhost",
+        &json!({"name": "Localhost", "price": 1, "stock": 1, "category": "OTROS"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "localhost is loopback");
+
+    // Reads and streams stay open to any origin.
+    let read = app
+        .client
+        .get(app.url("/funkos"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let stream = app
+        .client
+        .get(app.url("/events/poll?timeout=0"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+}
+
+/// With tokens, the token is the rule: a write with a good one is accepted from anywhere.
+async fn with_tokens_a_good_token_writes_from_any_origin(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.api_tokens = vec!["s3cret".into()]).await;
+    let response = app
+        .client
+        .post(app.url("/funkos"))
+        .header("Origin", "http://elsewhere.example")
+        .bearer_auth("s3cret")
+        .json(&json!({"name": "Tokened", "price": 1, "stock": 1, "category": "OTROS"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -445,6 +626,8 @@ async fn accept_survives_running_out_of_file_descriptors() {
 }
 
 crate::backend_tests!(
+    open_writes_are_refused_from_other_origins_and_hosts,
+    with_tokens_a_good_token_writes_from_any_origin,
     writes_need_a_known_token_when_tokens_are_set,
     cors_is_off_unless_origins_are_listed,
     stream_limits_answer_503_with_retry_after,

@@ -1095,6 +1095,64 @@ async fn node_ws_package_talks_the_protocol(backend: Backend) {
 /// With tokens configured, writes over the socket need one, exactly as REST's: from the
 /// `Authorization` header or, as browsers must, a `bearer.<token>` subprotocol entry.
 /// Reading stays public.
+/// A page on another site can open `/ws` and read the stream, but while writes are open its
+/// writes are refused with the REST answer (403), as are those through a Host that is not
+/// loopback (DNS rebinding); this server's own pages write.
+async fn open_writes_over_the_socket_follow_the_origin_rule(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let connect = async |headers: &[(&'static str, String)]| {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                app.ws_url("/ws"),
+            )
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        let (stream, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.status(), 101, "reading is open to any origin");
+        let mut ws = WsClient { stream };
+        assert_eq!(ws.next_json().await["op"], "welcome");
+        ws
+    };
+    let funko = json!({"name": "Cross-site", "price": 1, "stock": 1, "category": "OTROS"});
+    let create = |id: &str| write("create", id, "FUNKOS", json!({"data": funko}));
+
+    let mut evil = connect(&[("origin", "http://evil.example".into())]).await;
+    let from_ws = ws_rejected(&app, &mut evil, create("e"), 403).await;
+    let from_rest = app
+        .assert_rejected(
+            async {
+                app.client
+                    .post(app.url("/funkos"))
+                    .header("Origin", "http://evil.example")
+                    .json(&funko)
+                    .send()
+                    .await
+                    .unwrap()
+            },
+            403,
+        )
+        .await;
+    assert_eq!(from_ws, from_rest);
+    let rebound = [
+        ("host", "rebound.example".to_owned()),
+        ("origin", "http://rebound.example".to_owned()),
+    ];
+    let mut rebound = connect(&rebound).await;
+    ws_rejected(&app, &mut rebound, create("r"), 403).await;
+
+    // The stream itself is open to it.
+    let start = app.head().await;
+    let mut own = connect(&[("origin", format!("http://{}", app.address))]).await;
+    own.send_json(create("own")).await;
+    let (result, _) = answer(&mut own, &json!("own")).await;
+    assert_eq!(result["status"], 201, "{result}");
+    let event = evil.next_event().await;
+    assert_eq!(event["id"].as_str(), result["cursor"].as_str());
+    assert!(event["id"].as_str().unwrap() > start.as_str());
+}
+
 async fn writes_need_the_same_token_as_rest(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.api_tokens = vec!["s3cret".into()]).await;
     let connect = async |header: Option<(&'static str, &'static str)>| {
@@ -1161,6 +1219,7 @@ async fn writes_need_the_same_token_as_rest(backend: Backend) {
 }
 
 crate::backend_tests!(
+    open_writes_over_the_socket_follow_the_origin_rule,
     welcome_first_with_the_head_cursor,
     same_events_as_sse_and_long_poll,
     subscribe_and_resubscribe_with_cursor_and_filters,
