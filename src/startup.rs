@@ -52,6 +52,10 @@ impl App {
         let policy = write_policy(&config)?;
         let db = Db::connect(&config.database_url()).await?;
         db.migrate().await?;
+        let images = ImageStore::new(&config.data_dir);
+        if let Err(err) = images.sweep(&db).await {
+            tracing::warn!(error = %err, "sweeping unused images failed");
+        }
         let bus = ChangeBus::new(db.clone(), config.subscriber_queue).await?;
         // SQLite: this process is the only writer, and its write queue hands the tailer every
         // committed batch.
@@ -109,8 +113,8 @@ impl App {
                 settings: Arc::new(settings),
                 policy: Arc::new(policy),
                 slots,
-                images: ImageStore::new(&config.data_dir),
-                sockets: tokio_util::task::TaskTracker::new(),
+                images,
+                tasks: tokio_util::task::TaskTracker::new(),
             },
             config,
             tasks,
@@ -151,10 +155,10 @@ impl App {
         .context("serving")?;
         bus.close();
         // Upgraded sockets outlive hyper's connections: give them the grace period to
-        // send their close frames.
-        let sockets = self.state.sockets.clone();
-        sockets.close();
-        if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+        // send their close frames (and writes whose client hung up, to finish).
+        let tasks = self.state.tasks.clone();
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!("sockets still open after the grace period");
         }
         for task in self.tasks {

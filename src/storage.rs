@@ -1,14 +1,27 @@
 //! Uploaded images on disk, under `<data dir>/storage`. File names are always chosen here
 //! (`<funko id>-<random>.<ext>`); nothing a client sends reaches a path.
+//!
+//! A file lives as long as some Funko (deleted ones included) names it as its image: several
+//! may share one (a client may copy another's `image`), so a file is removed only after a
+//! check under the write lock that nothing references it ([`ImageStore::release`]). An upload
+//! that fails or is abandoned removes its own file; a start-up sweep removes what a crash left.
 
 use std::{
     hash::{BuildHasher, RandomState},
     path::{Path, PathBuf},
 };
 
+use std::time::{Duration, SystemTime};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::{domain::funko::STORAGE_PREFIX, error::ApiError};
+use crate::{db::Db, domain::funko::STORAGE_PREFIX, error::ApiError};
+
+/// How old a file must be before the start-up sweep may take it for abandoned (another
+/// instance sharing the directory may be between saving an upload and committing it).
+const SWEEP_AFTER: Duration = Duration::from_secs(3600);
+/// Uploads in progress are written under this prefix, then renamed.
+const TEMP_PREFIX: &str = ".upload-";
 
 /// Largest accepted image.
 pub const MAX_IMAGE_BYTES: usize = 2 * 1024 * 1024;
@@ -91,21 +104,18 @@ impl ImageStore {
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         let random = RandomState::new().hash_one(funko_id);
-        let temp = self.dir.join(format!(".upload-{funko_id}-{random:016x}"));
-        let result = self.stream_to(&temp, &mut reader).await;
-        match result {
-            Ok(kind) => {
-                let name = format!("{funko_id}-{random:016x}.{}", kind.extension());
-                tokio::fs::rename(&temp, self.dir.join(&name))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
-                Ok(format!("{STORAGE_PREFIX}{name}"))
-            }
-            Err(err) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(err)
-            }
-        }
+        // Removed however this ends early: an error, or the upload dropped mid-stream.
+        let temp = TempFile(
+            self.dir
+                .join(format!("{TEMP_PREFIX}{funko_id}-{random:016x}")),
+        );
+        let kind = self.stream_to(&temp.0, &mut reader).await?;
+        let name = format!("{funko_id}-{random:016x}.{}", kind.extension());
+        tokio::fs::rename(&temp.0, self.dir.join(&name))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        std::mem::forget(temp);
+        Ok(format!("{STORAGE_PREFIX}{name}"))
     }
 
     async fn stream_to(
@@ -151,15 +161,58 @@ impl ImageStore {
         })
     }
 
-    /// Removes a file this store wrote, given its public path; anything else is left alone.
-    pub async fn remove(&self, public_path: &str) {
-        if let Some(name) = public_path.strip_prefix(STORAGE_PREFIX)
-            && name != PLACEHOLDER_NAME
-            && safe_name(name)
-            && let Err(err) = tokio::fs::remove_file(self.dir.join(name)).await
-        {
-            tracing::warn!(error = %err, file = name, "removing a replaced image failed");
+    /// Removes the file at a public path once no Funko names it, checked under the write lock
+    /// so no write can start naming it meanwhile. Paths that are not this store's files (the
+    /// placeholder, other sites) are left alone; a failure is logged (the sweep retries).
+    pub async fn release(&self, db: &Db, public_path: &str) {
+        let Some(name) = own_file(public_path) else {
+            return;
+        };
+        let result = async {
+            let mut tx = db.begin_write().await?;
+            if crate::db::funkos::count_image_users(&mut tx, public_path).await? == 0 {
+                match tokio::fs::remove_file(self.dir.join(name)).await {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, file = name, "removing an image failed")
+                    }
+                }
+            }
+            tx.commit().await
         }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, file = name, "releasing an image failed");
+        }
+    }
+
+    /// Removes what a crash or a lost follow-up left behind: uploads never finished, and files
+    /// no Funko names, once they are older than an hour.
+    pub async fn sweep(&self, db: &Db) -> anyhow::Result<()> {
+        let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
+            return Ok(());
+        };
+        let mut conn = db.reader.acquire().await?;
+        let used = crate::db::funkos::stored_images(&mut conn).await?;
+        drop(conn);
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .await?
+                .modified()
+                .ok()
+                .and_then(|at| SystemTime::now().duration_since(at).ok())
+                .is_some_and(|age| age >= SWEEP_AFTER);
+            let abandoned = name.starts_with(TEMP_PREFIX)
+                || (safe_name(&name) && !used.contains(&format!("{STORAGE_PREFIX}{name}")));
+            if old && abandoned {
+                tracing::info!(file = name, "removing an image nothing uses");
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+        Ok(())
     }
 
     /// A stored file's bytes and content type, if `name` is one of ours.
@@ -174,6 +227,22 @@ impl ImageStore {
         let bytes = tokio::fs::read(self.dir.join(name)).await.ok()?;
         Some((bytes, kind.content_type()))
     }
+}
+
+/// An upload's temporary file, removed when dropped (forgotten once renamed into place).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The file name of a public path to one of this store's own files (not the placeholder).
+fn own_file(public_path: &str) -> Option<&str> {
+    public_path
+        .strip_prefix(STORAGE_PREFIX)
+        .filter(|name| *name != PLACEHOLDER_NAME && safe_name(name))
 }
 
 /// A bare file name of the shape this store writes: no separators, no leading dot.

@@ -192,14 +192,7 @@ impl FunkosApi {
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
         let precondition = if_match(if_match_header.0)?;
-        let written = funkos::update(
-            &state.bus,
-            id.0,
-            &body.0,
-            UpdateMode::Replace,
-            precondition.as_ref(),
-        )
-        .await?;
+        let written = update(&state, id.0, body.0, UpdateMode::Replace, precondition).await?;
         Ok(updated(written.resource, written.cursor))
     }
 
@@ -217,14 +210,7 @@ impl FunkosApi {
         body: JsonBody<FunkoPatch>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
         let precondition = if_match(if_match_header.0)?;
-        let written = funkos::update(
-            &state.bus,
-            id.0,
-            &body.0,
-            UpdateMode::Merge,
-            precondition.as_ref(),
-        )
-        .await?;
+        let written = update(&state, id.0, body.0, UpdateMode::Merge, precondition).await?;
         Ok(updated(written.resource, written.cursor))
     }
 
@@ -243,6 +229,31 @@ impl FunkosApi {
         let written = funkos::delete(&state.bus, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }
+}
+
+/// A PUT or PATCH, run to its end even if the client hangs up: the image it replaces, if
+/// any, is released after the commit.
+async fn update(
+    state: &AppState,
+    id: i64,
+    body: serde_json::Value,
+    mode: UpdateMode,
+    precondition: Option<IfMatch>,
+) -> Result<crate::service::Written<Funko>, ApiError> {
+    let task = state.clone();
+    state
+        .run_to_end(async move {
+            funkos::update(
+                &task.bus,
+                &task.images,
+                id,
+                &body,
+                mode,
+                precondition.as_ref(),
+            )
+            .await
+        })
+        .await
 }
 
 fn updated(funko: Funko, cursor: i64) -> UpdateResponse {

@@ -145,22 +145,22 @@ impl ImagesApi {
                 }
             }
         };
-        let path = state.images.save(id.0, field.into_async_read()).await?;
-        match funkos::set_image(&state.bus, id.0, &path).await {
-            Ok((written, previous)) => {
-                state.images.remove(&previous).await;
-                let tag = etag(written.resource.version);
-                Ok(UploadResponse::Ok(
-                    Json(written.resource),
-                    tag,
-                    written.cursor.to_string(),
-                ))
-            }
-            Err(err) => {
-                state.images.remove(&path).await;
-                Err(err.into())
-            }
-        }
+        let (state, id) = (state.0.clone(), id.0);
+        let image = field.into_async_read();
+        // From here the upload is saved, written and its old file released as one, even if
+        // the client hangs up.
+        let written = state
+            .clone()
+            .run_to_end(
+                async move { funkos::upload_image(&state.bus, &state.images, id, image).await },
+            )
+            .await?;
+        let tag = etag(written.resource.version);
+        Ok(UploadResponse::Ok(
+            Json(written.resource),
+            tag,
+            written.cursor.to_string(),
+        ))
     }
 
     /// Get a stored image

@@ -46,8 +46,24 @@ pub struct AppState {
     pub slots: StreamSlots,
     /// Uploaded images.
     pub images: ImageStore,
-    /// Upgraded sockets' tasks (poem does not track them), awaited at shutdown.
-    pub sockets: tokio_util::task::TaskTracker,
+    /// Tasks that outlive their request, awaited at shutdown: upgraded sockets (poem does not
+    /// track them) and writes whose client hung up ([`AppState::run_to_end`]).
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl AppState {
+    /// Runs `work` to its end even if the request that asked for it is dropped (its client
+    /// hung up): for a write whose follow-up (removing the image it replaced) must not be
+    /// skipped once it has committed.
+    pub async fn run_to_end<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.tasks
+            .spawn(work)
+            .await
+            .map_err(|err| ApiError::Internal(err.into()))?
+    }
 }
 
 /// Proof that a request may write: [`WritePolicy::check`] passed for its token (when tokens

@@ -312,7 +312,7 @@ async fn upgrade(
     };
     let config = socket_config(MAX_FRAME_BYTES);
     // Shutdown waits (within the grace period) for the socket's task to send its 1001 close.
-    let running = state.sockets.token();
+    let running = state.tasks.token();
     Ok(ws
         .protocols([SUBPROTOCOL])
         .config(config)
@@ -413,14 +413,23 @@ impl Answer {
 
 impl Write {
     /// Calls the service function REST calls for the same request.
-    async fn perform(self, bus: &ChangeBus) -> Result<Answer, ApiError> {
+    async fn perform(self, state: &AppState) -> Result<Answer, ApiError> {
+        let bus = &state.bus;
         Ok(match (self.entity, self.action) {
             (Entity::Funkos, Action::Create { data }) => {
                 Answer::written(201, funkos::create(bus, &data).await?)
             }
             (Entity::Funkos, Action::Update { id, data, if_match }) => Answer::written(
                 200,
-                funkos::update(bus, id, &data, UpdateMode::Merge, if_match.as_ref()).await?,
+                funkos::update(
+                    bus,
+                    &state.images,
+                    id,
+                    &data,
+                    UpdateMode::Merge,
+                    if_match.as_ref(),
+                )
+                .await?,
             ),
             (Entity::Funkos, Action::Delete { id, if_match }) => {
                 Answer::deleted(funkos::delete(bus, id, if_match.as_ref()).await?)
@@ -926,10 +935,10 @@ impl Session {
             }
             Ok(Command::Write(write)) => {
                 let authorized = authorize_write(&self.state, &self.credentials);
-                let bus = self.state.bus.clone();
+                let state = self.state.clone();
                 writes.push(Box::pin(async move {
                     let outcome = match authorized {
-                        Ok(()) => write.perform(&bus).await,
+                        Ok(()) => write.perform(&state).await,
                         Err(err) => Err(err),
                     };
                     answer_frame(request_id, outcome)

@@ -345,6 +345,25 @@ pub async fn touch_category(
     Ok(rows.into_iter().map(Funko::from).collect())
 }
 
+/// How many Funkos, deleted ones included, name this image.
+pub async fn count_image_users(conn: &mut AnyConnection, image: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM funkos WHERE image = $1")
+        .bind(image)
+        .fetch_one(conn)
+        .await
+}
+
+/// Every image path under `/storage/` some Funko names.
+pub async fn stored_images(
+    conn: &mut AnyConnection,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let images: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT image FROM funkos WHERE image LIKE '/storage/%'")
+            .fetch_all(conn)
+            .await?;
+    Ok(images.into_iter().collect())
+}
+
 /// How many live Funkos use this category.
 pub async fn count_live_in_category(
     conn: &mut AnyConnection,

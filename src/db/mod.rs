@@ -239,7 +239,7 @@ impl Db {
     /// as on SQLite, and its event's id commits after every smaller one.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.writer.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.writer.begin_with(WRITE_LOCK).await,
         }
     }

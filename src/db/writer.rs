@@ -258,7 +258,10 @@ async fn run_batch(
     mut jobs: impl Iterator<Item = Job>,
     ran: &mut Vec<(Answer, usize)>,
 ) -> Option<(String, Vec<(i64, NewEvent)>)> {
-    let mut tx = match writer.begin().await {
+    // IMMEDIATE: the write lock is taken now, waiting (busy_timeout) for any other holder,
+    // such as a tool on the same file. A deferred transaction that read first would fail at
+    // its first write instead, since SQLite cannot wait to upgrade a read.
+    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(err) => {
             tracing::error!(error = %err, "could not begin a write transaction");

@@ -5,6 +5,7 @@ use poem_openapi::types::ToJSON;
 use serde_json::Value;
 
 use sqlx::AnyConnection;
+use tokio::io::AsyncRead;
 
 use super::{Change, Changed, IfMatch, Read, Written, on_unique, write, write_with};
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     error::ApiError,
     events::{ChangeBus, Entity, EventKind, cache::FunkoJson},
     model::{Funko, FunkoPage, PageMeta, now_rfc3339},
+    storage::ImageStore,
 };
 
 const ENTITY: &str = "funko";
@@ -99,8 +101,10 @@ pub enum UpdateMode {
     Merge,
 }
 
+/// Updates a Funko; an image of this server's that it no longer uses is released.
 pub async fn update(
     bus: &ChangeBus,
+    images: &ImageStore,
     id: i64,
     body: &Value,
     mode: UpdateMode,
@@ -128,7 +132,7 @@ pub async fn update(
     .map_err(ApiError::Validation)?;
     let body = body.clone();
     let if_match = if_match.cloned();
-    let change: Change<Funko> = Box::new(move |conn| {
+    let change: Change<Changed<Funko, String>> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
             IfMatch::check(if_match.as_ref(), current.version)?;
@@ -143,13 +147,22 @@ pub async fn update(
             .map_err(ApiError::Validation)?;
             // One statement checks the category (422), the name (409, by the unique index)
             // and updates; the row is live (just read, and this write runs alone).
-            db::funkos::update(conn, id, &draft, &now_rfc3339())
+            let funko = db::funkos::update(conn, id, &draft, &now_rfc3339())
                 .await
                 .map_err(on_unique(|| name_conflict(&draft.name)))?
-                .ok_or_else(|| unknown_category(&draft.category))
+                .ok_or_else(|| unknown_category(&draft.category))?;
+            Ok(Changed {
+                resource: funko,
+                extra: current.image,
+                also: Vec::new(),
+            })
         })
     });
-    write(bus, Entity::Funkos, EventKind::Update, change).await
+    let (written, previous) = write_with(bus, Entity::Funkos, EventKind::Update, change).await?;
+    if previous != written.resource.image {
+        images.release(bus.db(), &previous).await;
+    }
+    Ok(written)
 }
 
 pub async fn delete(
@@ -169,17 +182,20 @@ pub async fn delete(
     write(bus, Entity::Funkos, EventKind::Delete, change).await
 }
 
-/// Sets the image of a live Funko (uploads); returns the Funko and the image it replaced.
-pub async fn set_image(
+/// Stores an uploaded image and makes it a live Funko's: the image it replaced is released,
+/// or the new file removed if the write fails.
+pub async fn upload_image(
     bus: &ChangeBus,
+    images: &ImageStore,
     id: i64,
-    image: &str,
-) -> Result<(Written<Funko>, String), ApiError> {
-    let image = image.to_owned();
+    image: impl AsyncRead + Unpin,
+) -> Result<Written<Funko>, ApiError> {
+    let path = images.save(id, image).await?;
+    let saved = path.clone();
     let change: Change<Changed<Funko, String>> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
-            let funko = db::funkos::set_image(conn, id, &image, &now_rfc3339()).await?;
+            let funko = db::funkos::set_image(conn, id, &saved, &now_rfc3339()).await?;
             Ok(Changed {
                 resource: funko.ok_or_else(|| vanished(id))?,
                 extra: current.image,
@@ -187,7 +203,16 @@ pub async fn set_image(
             })
         })
     });
-    write_with(bus, Entity::Funkos, EventKind::Update, change).await
+    match write_with(bus, Entity::Funkos, EventKind::Update, change).await {
+        Ok((written, previous)) => {
+            images.release(bus.db(), &previous).await;
+            Ok(written)
+        }
+        Err(err) => {
+            images.release(bus.db(), &path).await;
+            Err(err)
+        }
+    }
 }
 
 /// Checks a live Funko exists (for uploads, before reading a body).

@@ -429,7 +429,7 @@ async fn post(session: &Arc<Session>, body: Body) -> Response {
 fn websocket_response(upgrade: WebSocket, session: Arc<Session>, probe: bool) -> Response {
     let config = crate::api::ws::socket_config(MAX_PAYLOAD);
     // Shutdown waits (within the grace period) for the socket's task to close it.
-    let running = session.state.sockets.token();
+    let running = session.state.tasks.token();
     upgrade
         .config(config)
         .on_upgrade(move |socket| async move {
