@@ -164,21 +164,43 @@ pub async fn read_after(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let entity: String = row.try_get(1)?;
-            let kind: String = row.try_get(2)?;
-            let data: String = row.try_get(3)?;
-            let created_at: String = row.try_get(4)?;
-            Ok(StoredEvent::new(
-                row.try_get(0)?,
-                Entity::parse(&entity).ok_or_else(|| decode_error("entity", &entity))?,
-                EventKind::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
-                &data,
-                &created_at,
-            ))
-        })
-        .collect()
+    rows.iter().map(stored_event).collect()
+}
+
+/// [`read_after`], with the log's floor as the same statement saw it (so in the same
+/// snapshot): `None` when there are no events after `after`. The log always keeps its newest
+/// event, so a floor past `after` always comes with events.
+pub async fn read_after_with_floor(
+    conn: &mut AnyConnection,
+    after: i64,
+    limit: i64,
+) -> Result<(Vec<StoredEvent>, Option<i64>), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, entity, type, data, created_at, \
+         (SELECT m.value FROM stream_meta m WHERE m.key = 'floor') AS floor \
+         FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let floor = rows.first().map(|row| row.try_get(5)).transpose()?;
+    let events = rows.iter().map(stored_event).collect::<Result<_, _>>()?;
+    Ok((events, floor))
+}
+
+fn stored_event(row: &sqlx::any::AnyRow) -> Result<StoredEvent, sqlx::Error> {
+    let entity: String = row.try_get(1)?;
+    let kind: String = row.try_get(2)?;
+    let data: String = row.try_get(3)?;
+    let created_at: String = row.try_get(4)?;
+    Ok(StoredEvent::new(
+        row.try_get(0)?,
+        Entity::parse(&entity).ok_or_else(|| decode_error("entity", &entity))?,
+        EventKind::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
+        &data,
+        &created_at,
+    ))
 }
 
 fn decode_error(column: &str, value: &str) -> sqlx::Error {

@@ -144,9 +144,15 @@ impl ChangeBus {
         }
     }
 
-    /// Records that the log now starts after `floor` (this process pruned it).
+    /// Records that the log now starts after `floor` (this process pruned it, or found it
+    /// pruned).
     pub fn pruned_to(&self, floor: i64) {
         self.log_floor.fetch_max(floor, Ordering::AcqRel);
+    }
+
+    /// The newest floor this process knows of: every cursor below it is gone from the log.
+    pub fn known_floor(&self) -> i64 {
+        self.log_floor.load(Ordering::Acquire)
     }
 
     /// `(floor, committed)`: the cursors this database can serve, known without a query, when
@@ -212,23 +218,47 @@ impl ChangeBus {
 
     /// Reads new events from the log into the tail until it is at the log's head.
     /// Returns how many were added.
+    ///
+    /// If the log now starts after the tail's head (this instance was away while another
+    /// pruned past it), the events in between are gone: the tail starts over at the log's
+    /// floor, so every live subscriber behind it falls out of the tail and is reset, never
+    /// handed the survivors as if nothing were missing.
     pub async fn catch_up(&self) -> Result<usize, sqlx::Error> {
         let mut added = 0;
         loop {
             let after = self.tail.read().expect("tail lock poisoned").head;
             let mut conn = self.db.reader.acquire().await?;
-            let batch = db::events::read_after(&mut conn, after, TAIL_BATCH).await?;
+            let (mut batch, floor) =
+                db::events::read_after_with_floor(&mut conn, after, TAIL_BATCH).await?;
             drop(conn);
+            let full = batch.len() as i64 == TAIL_BATCH;
+            if let Some(floor) = floor.filter(|&floor| floor > after) {
+                tracing::warn!(
+                    head = after,
+                    floor,
+                    "the log was pruned past this instance's tail; resetting its subscribers"
+                );
+                self.start_over(floor);
+                batch.retain(|e| e.id > floor);
+            }
             if batch.is_empty() {
                 return Ok(added);
             }
-            let full = batch.len() as i64 == TAIL_BATCH;
             added += batch.len();
             self.extend(batch);
             if !full {
                 return Ok(added);
             }
         }
+    }
+
+    /// Empties the tail and starts it again at `floor`, where the log now starts.
+    fn start_over(&self, floor: i64) {
+        self.pruned_to(floor);
+        let mut tail = self.tail.write().expect("tail lock poisoned");
+        tail.events.clear();
+        tail.floor = floor;
+        tail.head = floor;
     }
 
     /// Appends events newer than the tail's head, in id order, and publishes the new head.

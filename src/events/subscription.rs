@@ -206,6 +206,20 @@ impl Subscription {
             // Committed (this subscription saw it in the database) but not yet in this
             // process's tail: read it from the log rather than wait for the tailer.
             TailRead::Events(_) => None,
+            // The log was pruned past this subscriber while it was live (another instance
+            // pruned while this one was away): it must reload, as after any expired cursor.
+            TailRead::Behind if self.live && self.cursor < self.bus.known_floor() => {
+                let head = self.bus.head();
+                METRICS
+                    .resets
+                    .get_or_create(&ReasonLabel { reason: "expired" })
+                    .inc();
+                self.cursor = head;
+                return Ok(Some(Next::Reset(Reset {
+                    cursor: head.to_string(),
+                    reason: ResetReason::Expired,
+                })));
+            }
             TailRead::Behind if self.live => {
                 tracing::warn!(
                     cursor = self.cursor,

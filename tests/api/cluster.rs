@@ -595,3 +595,123 @@ async fn instances_reconnect_after_a_postgres_restart() {
         assert_eq!(followed.events, log, "{what} saw the whole log once");
     }
 }
+
+/// A TCP proxy to PostgreSQL that a test can cut (every connection through it dropped, new
+/// ones refused) and restore: an instance behind it is away from the database meanwhile.
+struct Cuttable {
+    address: std::net::SocketAddr,
+    cut: watch::Sender<bool>,
+}
+
+impl Cuttable {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (cut, watching) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watching.borrow() {
+                    continue;
+                }
+                let mut watching = watching.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watching.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { address, cut }
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    fn url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_port(Some(self.address.port())).unwrap();
+        url.to_string()
+    }
+}
+
+/// An instance away from the database (its connections cut) while another writes past the
+/// retention and prunes must not hand its live subscribers the survivors as if nothing were
+/// missing: when it is back they get a reset, as any cursor older than the log would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_was_away_while_the_log_was_pruned_resets_its_subscribers() {
+    if !postgres::available() {
+        return;
+    }
+    let a = spawn_app(Backend::Postgres).await;
+    let upstream = url::Url::parse(&a.database_url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    );
+    let proxy = Cuttable::start(upstream.parse().unwrap()).await;
+    let b = instance_on(&proxy.url(&a.database_url)).await;
+    let mut sse = b.sse("/events", None).await;
+    let (mut ws, _) = b.ws_welcomed("/ws").await;
+    let before = a.create_funko("Before the cut").await;
+    assert_eq!(sse.next_event().await["data"], before);
+    assert_eq!(ws.next_event().await["data"], before);
+    let seen = a.head().await;
+
+    proxy.cut.send_replace(true);
+    for i in 0..20 {
+        a.create_funko(&format!("While away {i}")).await;
+    }
+    assert!(a.prune_all_but_newest().await >= 20);
+    let survivor = a.head().await;
+    proxy.cut.send_replace(false);
+
+    // SSE: a reset, in the stream or on the reconnect its end asks for.
+    let reset = loop {
+        match sse
+            .next_frame_within(FOLLOW)
+            .await
+            .expect("B tells its subscriber")
+        {
+            Some(frame) if frame.event.as_deref() == Some("reset") => break frame.json(),
+            Some(frame) => assert!(!frame.is_event(), "an event without a reset: {frame:?}"),
+            None => {
+                let mut again = b.sse("/events", Some(&seen)).await;
+                break loop {
+                    let frame = again.next_frame().await.expect("a frame");
+                    assert!(!frame.is_event(), "an event without a reset: {frame:?}");
+                    if frame.event.as_deref() == Some("reset") {
+                        break frame.json();
+                    }
+                };
+            }
+        }
+    };
+    assert_eq!(reset["reason"], "expired", "{reset}");
+    assert!(
+        reset["cursor"].as_str().unwrap() >= survivor.as_str(),
+        "{reset}"
+    );
+
+    // WebSocket: a reset frame, or a close whose cursor gets one on reconnecting.
+    let frame = loop {
+        match ws
+            .next_message_within(FOLLOW)
+            .await
+            .expect("B tells its socket")
+        {
+            Some(crate::helpers::WsMessage::Text(text)) => {
+                break serde_json::from_str::<Value>(&text).unwrap();
+            }
+            Some(crate::helpers::WsMessage::Close(_)) | None => {
+                let (mut again, _) = b.ws_welcomed(&format!("/ws?after={seen}")).await;
+                break again.next_json().await;
+            }
+            Some(_) => {}
+        }
+    };
+    assert_eq!(frame["op"], "reset", "{frame}");
+    assert_eq!(frame["reason"], "expired", "{frame}");
+}
