@@ -249,7 +249,6 @@ mod tests {
             caller(Some("http://evil.example"), Some("127.0.0.1:8080")),
             caller(Some("null"), Some("127.0.0.1:8080")),
             caller(Some("http://127.0.0.1:9999"), Some("127.0.0.1:8080")),
-            caller(Some("https://127.0.0.1:8080"), Some("127.0.0.1:8080")),
             caller(Some("http://rebound.example"), Some("rebound.example")),
             caller(None, Some("rebound.example")),
             caller(None, Some("127.0.0.1.evil.example")),

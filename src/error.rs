@@ -34,9 +34,10 @@ pub enum ApiError {
     /// 409: a unique name taken, or a category still in use.
     #[error("{0}")]
     Conflict(String),
-    /// 412: `If-Match` names a version that is no longer current.
-    #[error("the resource is at version {current}, not the one If-Match names")]
-    PreconditionFailed { current: i64 },
+    /// 412: `If-Match` names a version that is no longer current (or an entity tag the
+    /// resource does not have).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// 413: the body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -89,7 +90,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -174,12 +174,12 @@ impl App {
 /// Every route: the API, its spec and Swagger UI.
 pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static {
     let api = api::openapi_service();
-    let spec = api.spec();
-    let docs = api.swagger_ui();
+    let spec = api::openapi_json();
+    let docs = api::swagger_ui_html();
     let allow = api::allow::AllowMethods::from_spec(&spec);
     Route::new()
         .nest("/", api.with(allow))
-        .nest("/docs", docs)
+        .at("/docs", make_sync(move |_| poem::web::Html(docs.clone())))
         .at(
             "/openapi.json",
             make_sync(move |_| {

@@ -3,15 +3,16 @@
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 
 use super::{ApiTags, AppState, JsonBody, WriteAccess};
 use crate::{
+    domain::category::CategoryInput,
     error::{ApiResult, CreateErrors, DeleteErrors, ListErrors, ReadErrors, UpdateErrors},
-    model::{Category, CategoryInput},
-    service::categories,
+    model::Category,
+    service::{IfMatchHeader, categories},
 };
 
 pub struct CategoriesApi;
@@ -134,9 +135,13 @@ impl CategoriesApi {
         state: Data<&AppState>,
         _access: WriteAccess,
         id: Path<i64>,
+        /// Categories carry no entity tag: only `*` (it exists) can hold; any tag is 412.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<IfMatchHeader>>,
         body: JsonBody<CategoryInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
-        let written = categories::update(&state.bus, id.0, &body.0).await?;
+        let precondition = IfMatchHeader::parse(if_match.0)?;
+        let written = categories::update(&state.bus, id.0, &body.0, precondition.as_ref()).await?;
         Ok(UpdateResponse::Ok(
             Json(written.resource),
             written.cursor.to_string(),
@@ -156,8 +161,12 @@ impl CategoriesApi {
         state: Data<&AppState>,
         _access: WriteAccess,
         id: Path<i64>,
+        /// Categories carry no entity tag: only `*` (it exists) can hold; any tag is 412.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<IfMatchHeader>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
-        let written = categories::delete(&state.bus, id.0).await?;
+        let precondition = IfMatchHeader::parse(if_match.0)?;
+        let written = categories::delete(&state.bus, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }
 }

@@ -9,13 +9,14 @@ use poem_openapi::{
 
 use super::{ApiTags, AppState, JsonBody, RawJson, WriteAccess};
 use crate::{
+    domain::funko::{FunkoInput, FunkoPatch},
     domain::query::{FunkoListQuery, RawListQuery},
     error::{
         ApiError, ApiResult, CreateErrors, DeleteErrors, ListErrors, ReadErrors, UpdateErrors,
     },
-    model::{Funko, FunkoInput, FunkoPage, FunkoPatch},
+    model::{Funko, FunkoPage},
     service::{
-        IfMatch, etag,
+        IfMatch, IfMatchHeader, etag,
         funkos::{self, UpdateMode},
     },
 };
@@ -87,10 +88,6 @@ pub enum DeleteResponse {
         #[oai(header = "Stream-Cursor")]
         String,
     ),
-}
-
-fn if_match(raw: Option<String>) -> Result<Option<IfMatch>, ApiError> {
-    raw.as_deref().map(IfMatch::parse).transpose()
 }
 
 #[OpenApi(tag = "ApiTags::Funkos")]
@@ -188,10 +185,10 @@ impl FunkosApi {
         state: Data<&AppState>,
         _access: WriteAccess,
         id: Path<i64>,
-        #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
+        #[oai(name = "If-Match")] if_match: Header<Option<IfMatchHeader>>,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
-        let precondition = if_match(if_match_header.0)?;
+        let precondition = IfMatchHeader::parse(if_match.0)?;
         let written = update(&state, id.0, body.0, UpdateMode::Replace, precondition).await?;
         Ok(updated(written.resource, written.cursor))
     }
@@ -206,10 +203,10 @@ impl FunkosApi {
         state: Data<&AppState>,
         _access: WriteAccess,
         id: Path<i64>,
-        #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
+        #[oai(name = "If-Match")] if_match: Header<Option<IfMatchHeader>>,
         body: JsonBody<FunkoPatch>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
-        let precondition = if_match(if_match_header.0)?;
+        let precondition = IfMatchHeader::parse(if_match.0)?;
         let written = update(&state, id.0, body.0, UpdateMode::Merge, precondition).await?;
         Ok(updated(written.resource, written.cursor))
     }
@@ -223,9 +220,9 @@ impl FunkosApi {
         state: Data<&AppState>,
         _access: WriteAccess,
         id: Path<i64>,
-        #[oai(name = "If-Match")] if_match_header: Header<Option<String>>,
+        #[oai(name = "If-Match")] if_match: Header<Option<IfMatchHeader>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
-        let precondition = if_match(if_match_header.0)?;
+        let precondition = IfMatchHeader::parse(if_match.0)?;
         let written = funkos::delete(&state.bus, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }

@@ -20,13 +20,14 @@ use poem::{Request, RequestBody};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions, OpenApiService, Tags,
     payload::{ParsePayload, Payload},
-    registry::{MetaSchemaRef, Registry},
+    registry::{MetaSchema, MetaSchemaRef, Registry},
     types::Type,
 };
 use serde_json::Value;
 
 use crate::{
     auth::{Caller, WriteAuth, WritePolicy},
+    domain::Shape,
     error::ApiError,
     events::ChangeBus,
     limits::StreamSlots,
@@ -161,9 +162,28 @@ pub fn openapi_service() -> OpenApiService<
     )
 }
 
-/// The spec as served at `/openapi.json` and committed as `openapi/openapi.json`.
+/// The spec as served at `/openapi.json` and committed as `openapi/openapi.json`: poem-openapi's
+/// document with each request body's schema from the domain ([`crate::domain::shapes`]), which
+/// states what poem-openapi's model cannot (`additionalProperties: false`, patterns).
 pub fn openapi_json() -> String {
-    openapi_service().spec()
+    let mut spec: Value =
+        serde_json::from_str(&openapi_service().spec()).expect("poem-openapi writes JSON");
+    for (name, schema) in crate::domain::shapes() {
+        spec["components"]["schemas"][name] = schema;
+    }
+    serde_json::to_string_pretty(&spec).expect("a JSON value serializes")
+}
+
+/// Swagger UI's page, showing [`openapi_json`].
+pub fn swagger_ui_html() -> String {
+    let service = openapi_service();
+    let page = service.swagger_ui_html();
+    let generated = service.spec();
+    assert!(
+        page.contains(&generated),
+        "Swagger UI embeds the spec it shows"
+    );
+    page.replace(&generated, &openapi_json())
 }
 
 /// A JSON body rendered beforehand (an event's JSON, rendered once and shared; a cached
@@ -198,10 +218,10 @@ impl<T: Type> poem::IntoResponse for RawJson<T> {
 
 /// A JSON request body, read with the configured size limit and checked for syntax here;
 /// the resource's rules are checked by the domain, so every field error can be listed.
-/// The schema shown in the spec is `T`'s.
+/// The schema shown in the spec is `T`'s ([`Shape`]), written beside those rules.
 pub struct JsonBody<T>(pub Value, std::marker::PhantomData<T>);
 
-impl<T: Type> Payload for JsonBody<T> {
+impl<T: Shape + Send> Payload for JsonBody<T> {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
@@ -211,15 +231,16 @@ impl<T: Type> Payload for JsonBody<T> {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        T::schema_ref()
+        MetaSchemaRef::Reference(T::NAME.to_owned())
     }
 
+    /// A stand-in under `T`'s name, which [`openapi_json`] replaces with `T`'s schema.
     fn register(registry: &mut Registry) {
-        T::register(registry);
+        registry.create_schema::<T, _>(T::NAME.to_owned(), |_| MetaSchema::new("object"));
     }
 }
 
-impl<T: Type> ParsePayload for JsonBody<T> {
+impl<T: Shape + Send> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
@@ -246,7 +267,7 @@ impl<T: Type> ParsePayload for JsonBody<T> {
     }
 }
 
-poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Type);
+poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Shape + Send);
 
 /// Parses a JSON document, answering 400 with the position of a syntax error.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {

@@ -438,10 +438,10 @@ impl Write {
                 Answer::written(201, categories::create(bus, &data).await?)
             }
             (Entity::Categories, Action::Update { id, data, .. }) => {
-                Answer::written(200, categories::update(bus, id, &data).await?)
+                Answer::written(200, categories::update(bus, id, &data, None).await?)
             }
             (Entity::Categories, Action::Delete { id, .. }) => {
-                Answer::deleted(categories::delete(bus, id).await?)
+                Answer::deleted(categories::delete(bus, id, None).await?)
             }
         })
     }

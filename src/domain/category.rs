@@ -1,8 +1,8 @@
 //! A category as a client may write it: DESIGN §2 "Category".
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{FieldErrors, ObjectReader};
+use super::{FieldErrors, ObjectReader, Shape, read_only};
 
 pub const NAME_MIN_CHARS: usize = 3;
 pub const NAME_MAX_CHARS: usize = 50;
@@ -11,6 +11,42 @@ pub const SEED: &[&str] = &["SERIE", "DISNEY", "SUPERHEROES", "PELICULA", "OTROS
 
 pub const WRITABLE: &[&str] = &["name"];
 pub const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted"];
+
+/// A name of 3..=50 characters that trimming leaves as it is: a character that is not white
+/// space, 1..=48 characters, and another that is not. (The server also trims names sent with
+/// white space around them; no pattern can count what is left.)
+pub const NAME_PATTERN: &str = r"^\S.{1,48}\S$";
+
+/// The body of `POST /categories` and `PUT /categories/{id}`.
+pub struct CategoryInput;
+
+impl Shape for CategoryInput {
+    const NAME: &'static str = "CategoryInput";
+
+    fn schema() -> Value {
+        let mut properties = serde_json::Map::new();
+        properties.insert(
+            "name".to_owned(),
+            json!({
+                "type": "string", "pattern": NAME_PATTERN,
+                "description": format!(
+                    "Trimmed, {NAME_MIN_CHARS} to {NAME_MAX_CHARS} characters; unique among live \
+                     categories in any case (a taken one is 409)."
+                ),
+            }),
+        );
+        properties.extend(read_only(READ_ONLY));
+        json!({
+            "title": Self::NAME,
+            "type": "object",
+            "description": "A category, as a client writes it. Any other field is refused (422); \
+                            the fields the server sets are accepted and ignored.",
+            "required": ["name"],
+            "properties": properties,
+            "additionalProperties": false,
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CategoryDraft {
@@ -40,8 +76,18 @@ impl CategoryDraft {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
-    use serde_json::json;
+
+    proptest! {
+        /// Whatever CategoryInput's schema allows, the rules take.
+        #[test]
+        fn every_documented_name_parses(name in &NAME_PATTERN[1..NAME_PATTERN.len() - 1]) {
+            let body = json!({"name": name, "id": 3});
+            prop_assert!(CategoryDraft::parse(&body).is_ok(), "{body}");
+        }
+    }
 
     #[test]
     fn name_is_trimmed_and_bounded() {

@@ -1,8 +1,8 @@
 //! A Funko as a client may write it: the rules of DESIGN §2 "Funko".
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
-use super::{FieldErrors, ObjectReader};
+use super::{FieldErrors, ObjectReader, Shape, read_only};
 
 pub const NAME_MAX_CHARS: usize = 100;
 pub const DESCRIPTION_MAX_CHARS: usize = 500;
@@ -13,6 +13,27 @@ pub const IMAGE_MAX_CHARS: usize = 2048;
 pub const DEFAULT_IMAGE: &str = "/storage/placeholder.png";
 /// Paths under this prefix are served by this server.
 pub const STORAGE_PREFIX: &str = "/storage/";
+
+/// What a name must contain besides its length: a character that is not white space (names
+/// are trimmed, and an empty one is refused).
+pub const NAME_PATTERN: &str = r"\S";
+/// The images this server takes, as a pattern: an absolute http(s) URL (whose host's last
+/// label starts with a letter, and no label has `--`, so it is never a number or punycode the
+/// URL parser would refuse) or one of its own files. Narrower than [`FunkoDraft::parse`]
+/// accepts, so that anything it matches is taken.
+pub const IMAGE_PATTERN: &str = concat!("^(", image_pattern!(), ")$");
+
+/// [`IMAGE_PATTERN`] without its anchors (for generators that take none).
+macro_rules! image_pattern {
+    () => {
+        concat!(
+            r"https?://([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*",
+            r"(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?",
+            r"|/storage/[A-Za-z0-9_-][A-Za-z0-9._-]*"
+        )
+    };
+}
+use image_pattern;
 
 /// The fields a client may write.
 pub const WRITABLE: &[&str] = &["name", "description", "price", "stock", "image", "category"];
@@ -111,6 +132,100 @@ impl FunkoDraft {
     }
 }
 
+/// The body of `POST /funkos` and `PUT /funkos/{id}`: a whole Funko.
+pub struct FunkoInput;
+
+/// The body of `PATCH /funkos/{id}`: a JSON merge patch of a Funko.
+pub struct FunkoPatch;
+
+/// The writable fields' schemas; `patch`: as a merge patch may send them (`null` clears the
+/// description and restores the placeholder image; the others cannot be cleared).
+fn writable_properties(patch: bool) -> Map<String, Value> {
+    let properties = json!({
+        "name": {
+            "type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS, "pattern": NAME_PATTERN,
+            "description": "Trimmed; unique among live Funkos in any case (a taken one is 409).",
+        },
+        "description": {
+            "type": "string", "nullable": true, "maxLength": DESCRIPTION_MAX_CHARS,
+            "description": if patch { "`null` clears it." } else { "Absent or `null`: none." },
+        },
+        "price": {
+            "type": "number", "minimum": 0, "maximum": PRICE_MAX, "multipleOf": 0.01,
+            "description": "At most 2 decimals.",
+        },
+        "stock": {
+            "type": "integer", "format": "int64", "minimum": 0, "maximum": STOCK_MAX,
+        },
+        "image": {
+            "type": "string", "nullable": true, "maxLength": IMAGE_MAX_CHARS, "pattern": IMAGE_PATTERN,
+            "description": format!(
+                "An absolute http(s) URL or a path under {STORAGE_PREFIX} on this server; \
+                 absent or `null`: the placeholder {DEFAULT_IMAGE}."
+            ),
+        },
+        "category": {
+            "type": "string", "minLength": 1, "pattern": NAME_PATTERN,
+            "description": "The name of a live category, in any case (answered in its own \
+                            spelling). Which ones exist no schema can say: an unknown one is 422.",
+        },
+    });
+    let Value::Object(properties) = properties else {
+        unreachable!("an object literal")
+    };
+    properties
+}
+
+fn object_schema(
+    name: &str,
+    description: &str,
+    required: &[&str],
+    mut properties: Map<String, Value>,
+) -> Value {
+    properties.extend(read_only(READ_ONLY));
+    let mut schema = json!({
+        "title": name,
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "additionalProperties": false,
+    });
+    // OpenAPI 3.0 allows no empty `required`.
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
+}
+
+impl Shape for FunkoInput {
+    const NAME: &'static str = "FunkoInput";
+
+    fn schema() -> Value {
+        object_schema(
+            Self::NAME,
+            "A whole Funko, as a client writes it (POST, PUT). Any other field is refused \
+             (422); the fields the server sets are accepted and ignored, so a client may send \
+             back what it read.",
+            &["name", "price", "stock", "category"],
+            writable_properties(false),
+        )
+    }
+}
+
+impl Shape for FunkoPatch {
+    const NAME: &'static str = "FunkoPatch";
+
+    fn schema() -> Value {
+        object_schema(
+            Self::NAME,
+            "A JSON merge patch (RFC 7396) of a Funko: any of FunkoInput's fields, applied to \
+             the current Funko, whose result must satisfy FunkoInput's rules.",
+            &[],
+            writable_properties(true),
+        )
+    }
+}
+
 fn check_name(name: &str, errors: &mut FieldErrors) -> bool {
     let chars = name.chars().count();
     if chars == 0 {
@@ -171,8 +286,90 @@ fn check_image(image: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
-    use serde_json::json;
+
+    /// A Funko's writable fields as the documented schema allows them (`patch`: each field
+    /// optional, and `null` where the schema says nullable), with the server-set fields and
+    /// any value.
+    fn documented(patch: bool) -> impl Strategy<Value = Value> {
+        let name = r"\s{0,2}\S.{0,97}";
+        let optional = |strategy: BoxedStrategy<Value>, nullable: bool| {
+            let absent = if patch { 1 } else { 0 };
+            prop_oneof![
+                absent => Just(None),
+                (nullable as u32) => Just(Some(Value::Null)),
+                3 => strategy.prop_map(Some),
+            ]
+        };
+        let required = |strategy: BoxedStrategy<Value>| {
+            if patch {
+                prop_oneof![Just(None), strategy.prop_map(Some)].boxed()
+            } else {
+                strategy.prop_map(Some).boxed()
+            }
+        };
+        (
+            required(name.prop_map(Value::from).boxed()),
+            optional(".{0,500}".prop_map(Value::from).boxed(), true),
+            required(
+                (0..=100_000_000i64)
+                    .prop_map(|c| json!(c as f64 / 100.0))
+                    .boxed(),
+            ),
+            required((0..=STOCK_MAX).prop_map(Value::from).boxed()),
+            optional(
+                image_pattern!()
+                    .prop_filter("the schema's maxLength", |i: &String| {
+                        i.chars().count() <= IMAGE_MAX_CHARS
+                    })
+                    .prop_map(Value::from)
+                    .boxed(),
+                true,
+            ),
+            required(r"\S.{0,20}".prop_map(Value::from).boxed()),
+            proptest::option::of(any::<i64>().prop_map(Value::from)),
+            proptest::option::of(".*".prop_map(Value::from)),
+        )
+            .prop_map(
+                |(name, description, price, stock, image, category, id, created)| {
+                    let fields = [
+                        ("name", name),
+                        ("description", description),
+                        ("price", price),
+                        ("stock", stock),
+                        ("image", image),
+                        ("category", category),
+                        ("id", id),
+                        ("createdAt", created),
+                    ];
+                    Value::Object(
+                        fields
+                            .into_iter()
+                            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                            .collect(),
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        /// Whatever FunkoInput's schema allows, the rules take: the spec says what is
+        /// enforced, so generated valid requests succeed.
+        #[test]
+        fn every_documented_funko_parses(body in documented(false)) {
+            prop_assert!(FunkoDraft::parse(&body).is_ok(), "{body}: {:?}", FunkoDraft::parse(&body));
+        }
+
+        /// Likewise for a merge patch of a valid Funko.
+        #[test]
+        fn every_documented_patch_applies(patch in documented(true)) {
+            let mut merged = json!({"name": "Groot", "price": 1, "stock": 1, "category": "DISNEY"});
+            crate::domain::merge_patch(&mut merged, &patch);
+            prop_assert!(FunkoDraft::parse(&merged).is_ok(), "{patch}: {:?}", FunkoDraft::parse(&merged));
+        }
+    }
 
     fn valid() -> Value {
         json!({"name":"  Groot ","description":null,"price":19.99,"stock":3,"category":"disney"})

@@ -1,5 +1,7 @@
 //! Validated domain types. No I/O: everything here turns client JSON into values that
-//! satisfy the rules of DESIGN §2, or into a list of field errors.
+//! satisfy the rules of DESIGN §2, or into a list of field errors. Each request body's JSON
+//! Schema ([`Shape`]) is written here too, from the same constants, so the spec states the
+//! rules the checks enforce.
 
 pub mod category;
 pub mod funko;
@@ -7,6 +9,39 @@ pub mod query;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// A request body whose rules this module checks, described for the OpenAPI document from
+/// the same constants and patterns. Some rules no schema can state (a category that exists,
+/// a name nobody else uses); the descriptions say so.
+pub trait Shape {
+    /// Its name among the spec's schemas.
+    const NAME: &'static str;
+    /// Its JSON Schema, in OpenAPI 3.0's dialect.
+    fn schema() -> Value;
+}
+
+/// The spec's component schemas for every request body.
+pub fn shapes() -> [(&'static str, Value); 3] {
+    [
+        (funko::FunkoInput::NAME, funko::FunkoInput::schema()),
+        (funko::FunkoPatch::NAME, funko::FunkoPatch::schema()),
+        (
+            category::CategoryInput::NAME,
+            category::CategoryInput::schema(),
+        ),
+    ]
+}
+
+/// A schema for fields the server sets: accepted with any value and ignored, so a client may
+/// send back what it read.
+fn read_only(fields: &[&str]) -> impl Iterator<Item = (String, Value)> {
+    fields.iter().map(|field| {
+        let schema = serde_json::json!({
+            "description": "Set by the server: accepted and ignored when sent."
+        });
+        ((*field).to_owned(), schema)
+    })
+}
 
 /// One rule a field broke.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use sqlx::AnyConnection;
 
-use super::{Change, Changed, Read, Written, funko_updated, on_unique, write, write_with};
+use super::{Change, Changed, IfMatch, Read, Written, funko_updated, on_unique, write, write_with};
 use crate::{
     db,
     domain::category::CategoryDraft,
@@ -60,11 +60,18 @@ pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Category>, 
 
 /// Renames a category. Every Funko in it reads differently afterwards, so each gets a new
 /// version (its ETag changes with its body) and an UPDATE event after the category's.
-pub async fn update(bus: &ChangeBus, id: i64, body: &Value) -> Result<Written<Category>, ApiError> {
+pub async fn update(
+    bus: &ChangeBus,
+    id: i64,
+    body: &Value,
+    if_match: Option<&IfMatch>,
+) -> Result<Written<Category>, ApiError> {
     let draft = CategoryDraft::parse(body).map_err(ApiError::Validation)?;
+    let if_match = if_match.cloned();
     let change: Change<Changed<Category>> = Box::new(move |conn| {
         Box::pin(async move {
             fetch_live(conn, id).await?;
+            IfMatch::check_untagged(if_match.as_ref())?;
             ensure_name_free(conn, &draft.name, Some(id)).await?;
             let now = now_rfc3339();
             db::categories::rename(conn, id, &draft.name, &now)
@@ -82,10 +89,16 @@ pub async fn update(bus: &ChangeBus, id: i64, body: &Value) -> Result<Written<Ca
     Ok(written)
 }
 
-pub async fn delete(bus: &ChangeBus, id: i64) -> Result<Written<Category>, ApiError> {
+pub async fn delete(
+    bus: &ChangeBus,
+    id: i64,
+    if_match: Option<&IfMatch>,
+) -> Result<Written<Category>, ApiError> {
+    let if_match = if_match.cloned();
     let change: Change<Category> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
+            IfMatch::check_untagged(if_match.as_ref())?;
             let in_use = db::funkos::count_live_in_category(conn, id).await?;
             if in_use > 0 {
                 return Err(ApiError::Conflict(format!(

@@ -256,6 +256,32 @@ async fn a_rename_changes_the_etag_and_the_stream_of_its_funkos(backend: Backend
     assert_eq!(untouched, other);
 }
 
+/// Categories carry no entity tag, so an `If-Match` naming one cannot hold (412, nothing
+/// changed); `*` holds while the category exists.
+async fn if_match_on_a_category_holds_only_for_any(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = create(&app, "Tagless").await["id"].as_i64().unwrap();
+    let path = format!("/categories/{id}");
+    let rename = json!({"name": "Renamed"});
+    app.assert_rejected(
+        app.if_match(Method::PUT, &path, "\"1\"", Some(rename.clone())),
+        412,
+    )
+    .await;
+    app.assert_rejected(app.if_match(Method::DELETE, &path, "\"1\"", None), 412)
+        .await;
+    let response = app.if_match(Method::PUT, &path, "*", Some(rename)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_problem(
+        app.if_match(Method::PUT, &path, "nope", Some(json!({"name": "X1"})))
+            .await,
+        400,
+    )
+    .await;
+    let response = app.if_match(Method::DELETE, &path, "*", None).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
 async fn delete_is_soft(backend: Backend) {
     let app = spawn_app(backend).await;
     let created = create(&app, "Anime").await;
@@ -460,6 +486,7 @@ async fn bad_ids_are_400_and_unknown_ids_404(backend: Backend) {
 }
 
 crate::backend_tests!(
+    if_match_on_a_category_holds_only_for_any,
     a_rename_changes_the_etag_and_the_stream_of_its_funkos,
     categories_are_seeded,
     create_answers_201_with_location_and_stream_cursor,
