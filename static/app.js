@@ -1,237 +1,364 @@
-// The live page: loads the Funkos, then follows the change stream from the cursor of that
-// read, so nothing committed in between is missed. Three transports, one cursor:
-// Server-Sent Events (default), long-polling (the fallback when EventSource keeps failing)
-// and WebSocket. A `reset` means the cursor cannot be served: reload, continue from it.
-"use strict";
-
-const state = {
-  funkos: new Map(),   // id -> Funko (live ones only)
-  cursor: null,        // the last position applied
-  transport: null,     // "sse" | "poll" | "ws"
-  stop: () => {},      // closes the current transport
-  sseFailures: 0,
-};
+// The live page, built on /client.js: the Funkos of a view (category, search, price range)
+// followed live on a chosen transport, a form that creates, edits and deletes them, and the
+// recent events with their cursors.
+import { liveFunkos, matches, request } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
-const SSE_FAILURES_BEFORE_FALLBACK = 3;
+const TOKEN_KEY = "funko-live.token"; // in sessionStorage: it lasts as long as the tab
+const EVENTS_SHOWN = 30;
+const SEARCH_DELAY_MS = 250;
+const TRANSPORT_NAMES = { sse: "Server-Sent Events", poll: "long-polling", ws: "WebSocket" };
+const VIEW_INPUTS = { category: "view-category", q: "view-q", minPrice: "view-min", maxPrice: "view-max" };
+const PLACEHOLDER_IMAGE = "/storage/placeholder.png"; // the server's, for images that fail
+const FORM_FIELDS = ["name", "price", "stock", "category", "description", "image"];
 
-function setStatus(status) {
-  $("state").dataset.state = status;
-  $("state").textContent = status;
+let live = null;
+let editing = null; // the Funko the form edits; null while it creates one
+let rows = new Map(); // id -> { funko, tr }: a row is kept while its Funko does not change
+
+// --- Following the view -----------------------------------------------------------------
+
+/** (Re)starts the live list for the current view and transport. */
+function follow() {
+  live?.stop();
+  live = liveFunkos({ filters: currentView(), transport: $("transport").value, onChange });
+  rememberInUrl();
 }
 
-function setCursor(cursor) {
-  state.cursor = cursor;
+/** Everything the library reports: see the Change type in /client.d.ts. */
+function onChange(funkos, change) {
+  if (change.kind === "status") showStatus(change.status, change.error);
+  if (change.kind === "transport") showTransport(change.transport);
+  if (change.kind === "load") loadCategories();
+  if (change.kind === "reset") logReset(change);
+  if (change.event) logEvent(change);
+  if (["load", "upsert", "remove"].includes(change.kind)) render(funkos, change.funko?.id);
+  showCursor(live.cursor);
+}
+
+/** The view in the filter inputs; empty ones filter nothing. */
+function currentView() {
+  const view = {};
+  for (const [key, id] of Object.entries(VIEW_INPUTS)) {
+    const value = $(id).value.trim();
+    if (value) view[key] = value;
+  }
+  return view;
+}
+
+/** Keeps the transport and the view in the address, so a reload or a link shows the same. */
+function rememberInUrl() {
+  const params = new URLSearchParams(currentView());
+  if ($("transport").value !== "auto") params.set("transport", $("transport").value);
+  history.replaceState(null, "", params.size ? `?${params}` : location.pathname);
+}
+
+// --- Rendering ----------------------------------------------------------------------------
+
+function showStatus(status, error) {
+  $("state").dataset.state = status;
+  $("state").textContent = status;
+  $("state").title = error?.message ?? ""; // why it is reconnecting, when a request failed
+}
+
+function showTransport(transport) {
+  $("transport-name").textContent = TRANSPORT_NAMES[transport];
+  document.body.dataset.transport = transport;
+}
+
+function showCursor(cursor) {
   $("cursor").textContent = cursor ?? "—";
   document.body.dataset.cursor = cursor ?? "";
 }
 
-function render(changedId) {
-  const rows = [...state.funkos.values()].sort((a, b) => a.id - b.id);
-  const body = $("funkos").querySelector("tbody");
-  body.replaceChildren(...rows.map((f) => {
-    const tr = document.createElement("tr");
-    tr.dataset.id = f.id;
-    if (f.id === changedId) tr.classList.add("flash");
-    const cells = [
-      f.id, f.name, null, f.price.toFixed(2), f.stock,
-      new Date(f.updatedAt).toLocaleTimeString(),
-    ];
-    cells.forEach((value, i) => {
-      const td = document.createElement("td");
-      if (i === 2) {
-        const tag = document.createElement("span");
-        tag.className = "tag";
-        tag.textContent = f.category;
-        td.append(tag);
-      } else {
-        td.textContent = value;
-      }
-      if (i === 3 || i === 4) td.className = "num";
-      if (i === 1) td.className = "name";
-      tr.append(td);
-    });
-    return tr;
+/** Shows `funkos` in order, touching only rows that changed; flashes the one with `changedId`. */
+function render(funkos, changedId) {
+  const next = new Map(funkos.map((funko) => {
+    const kept = rows.get(funko.id);
+    return [funko.id, kept?.funko === funko ? kept : { funko, tr: row(funko) }];
   }));
-  $("count").textContent = rows.length;
-  $("empty").hidden = rows.length > 0;
+  const body = $("funkos").tBodies[0];
+  const wanted = [...next.values()].map(({ tr }) => tr);
+  const keep = new Set(wanted);
+  [...body.rows].filter((tr) => !keep.has(tr)).forEach((tr) => tr.remove());
+  wanted.forEach((tr, i) => body.rows[i] !== tr && body.insertBefore(tr, body.rows[i] ?? null));
+  rows = next;
+  if (changedId !== undefined) flash(rows.get(changedId)?.tr);
+  showCount(funkos.length);
 }
 
-function logEvent(event) {
+function row(funko) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = funko.id;
+  const image = document.createElement("img");
+  image.src = funko.image;
+  image.alt = "";
+  image.loading = "lazy";
+  image.addEventListener("error", () => { image.src = PLACEHOLDER_IMAGE; }, { once: true });
+  const tag = document.createElement("span");
+  tag.className = "tag";
+  tag.textContent = funko.category;
+  const edit = document.createElement("button");
+  edit.type = "button";
+  edit.className = "edit";
+  edit.textContent = "Edit";
+  edit.setAttribute("aria-label", `Edit ${funko.name}`);
+  edit.addEventListener("click", () => startEditing(funko.id));
+  const updated = new Date(funko.updatedAt);
+  tr.append(
+    cell("thumb", image), cell("id", `#${funko.id}`), cell("name", funko.name),
+    cell("description", funko.description ?? ""), cell("category", tag),
+    cell("price num", funko.price.toFixed(2)), cell("stock num", String(funko.stock)),
+    cell("updated", updated.toLocaleTimeString()), cell("actions", edit),
+  );
+  tr.querySelector(".updated").title = updated.toLocaleString();
+  return tr;
+}
+
+function cell(className, content) {
+  const td = document.createElement("td");
+  td.className = className;
+  td.append(content);
+  return td;
+}
+
+function flash(tr) {
+  if (!tr) return;
+  tr.classList.remove("flash");
+  void tr.offsetWidth; // restart the animation on a row that flashed a moment ago
+  tr.classList.add("flash");
+}
+
+function showCount(count) {
+  const filtered = Object.keys(currentView()).length > 0;
+  $("count").textContent = `${count} Funko${count === 1 ? "" : "s"}${filtered ? " in this view" : ""}`;
+  $("empty").hidden = count > 0;
+  $("empty").textContent = filtered
+    ? "No Funko matches this view."
+    : "No Funkos yet. Create one with the form: it appears here, and in every open page, at once.";
+}
+
+/** One line per event: its type, the Funko, the view tag when the server sends one, the cursor. */
+function logEvent({ kind, event }) {
+  const line = logLine(kind, event.type, `${event.data.name} #${event.data.id}`, event.id);
+  if (event.view) line.querySelector(".what").after(badge("view-tag", event.view));
+  if (kind === "skip") line.title = "not in this view";
+  prependLog(line);
+}
+
+function logReset({ reason, cursor }) {
+  prependLog(logLine("reset", "RESET", `${reason}: reloaded the list`, cursor));
+}
+
+function logLine(kind, type, what, cursor) {
   const li = document.createElement("li");
-  const what = event.entity === "FUNKOS" ? event.data.name : `category ${event.data.name}`;
-  li.innerHTML = `<b></b> ${event.entity} ${event.type} · cursor ${event.id}`;
-  li.querySelector("b").textContent = what;
+  li.dataset.kind = kind;
+  const text = document.createElement("span");
+  text.className = "what";
+  text.textContent = what;
+  const at = document.createElement("code");
+  at.textContent = cursor;
+  li.append(badge(`type type-${type.toLowerCase()}`, type), text, at);
+  return li;
+}
+
+function badge(className, text) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.textContent = text;
+  return span;
+}
+
+function prependLog(li) {
   const list = $("events");
   list.prepend(li);
-  while (list.children.length > 20) list.lastChild.remove();
+  while (list.children.length > EVENTS_SHOWN) list.lastChild.remove();
 }
 
-function apply(event) {
-  if (event.entity === "FUNKOS") {
-    if (event.data.isDeleted) state.funkos.delete(event.data.id);
-    else state.funkos.set(event.data.id, event.data);
-    render(event.data.id);
-  } else {
-    // A renamed category changes how its Funkos read: reload them (the cursor stays the
-    // stream's; the reload is at least as new as this event).
-    loadAll().catch(() => {});
+// --- Categories -----------------------------------------------------------------------------
+
+/** Fills both category selects from `GET /categories`, keeping what each has selected. */
+async function loadCategories() {
+  const answer = await request("GET", "/categories").catch(() => null);
+  if (!answer?.ok) return;
+  const names = answer.body.filter((category) => !category.isDeleted).map((category) => category.name);
+  fillSelect($("view-category"), [["", "All categories"], ...names.map((name) => [name, name])]);
+  fillSelect($("f-category"), names.map((name) => [name, name]));
+}
+
+function fillSelect(select, options) {
+  const selected = select.value.toLowerCase();
+  select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
+  const match = options.find(([value]) => value.toLowerCase() === selected);
+  if (match) select.value = match[0];
+}
+
+// --- The form -------------------------------------------------------------------------------
+
+function startEditing(id) {
+  const funko = live.funkos.get(id);
+  if (!funko) return;
+  editing = funko;
+  const form = $("editor");
+  for (const field of FORM_FIELDS) form.elements[field].value = funko[field] ?? "";
+  $("editor-title").textContent = `Edit #${funko.id}`;
+  $("f-submit").textContent = "Save";
+  $("f-delete").hidden = false;
+  $("f-cancel").hidden = false;
+  clearProblems();
+  say("");
+  $("f-name").focus(); // scrolls the form into view where it is below the list
+}
+
+function stopEditing() {
+  editing = null;
+  const form = $("editor");
+  const category = form.elements.category.value;
+  form.reset();
+  form.elements.category.value = category; // the next Funko is often of the same category
+  $("editor-title").textContent = "New Funko";
+  $("f-submit").textContent = "Create";
+  $("f-delete").hidden = true;
+  $("f-cancel").hidden = true;
+  clearProblems();
+}
+
+/** The form as a Funko body: numbers as numbers, an empty description or image as none. */
+function formBody() {
+  const value = (field) => $("editor").elements[field].value.trim();
+  const number = (field) => (value(field) === "" ? undefined : Number(value(field)));
+  return {
+    name: value("name"),
+    price: number("price"),
+    stock: number("stock"),
+    category: value("category"),
+    description: value("description") || null,
+    image: value("image") || undefined,
+  };
+}
+
+async function save(event) {
+  event.preventDefault();
+  const body = formBody();
+  const answer = editing
+    ? await submit("PUT", `/funkos/${editing.id}`, body, editing)
+    : await submit("POST", "/funkos", body);
+  if (!answer) return;
+  const inView = matches(answer.body, currentView()) ? "" : " (not in this view)";
+  say(`${editing ? "Saved" : "Created"} ${answer.body.name} #${answer.body.id}${inView}.`);
+  stopEditing();
+}
+
+async function remove() {
+  const { id, name } = editing;
+  if (await submit("DELETE", `/funkos/${id}`, undefined, editing)) {
+    say(`Deleted ${name} #${id}.`);
+    stopEditing();
   }
-  logEvent(event);
-  setCursor(event.id);
 }
 
-/** Loads every live Funko and returns the stream cursor that read saw. */
-async function loadAll() {
-  const funkos = new Map();
-  let cursor = null;
-  for (let page = 1; ; page++) {
-    const response = await fetch(`/funkos?limit=100&page=${page}`);
-    if (!response.ok) throw new Error(`GET /funkos: ${response.status}`);
-    // The first page's cursor is the oldest position any page saw: resuming from it may
-    // repeat a change (applied idempotently), never miss one.
-    cursor ??= response.headers.get("Stream-Cursor");
-    const body = await response.json();
-    body.data.forEach((f) => funkos.set(f.id, f));
-    if (page >= body.meta.totalPages) break;
+/**
+ * Sends a write (with If-Match when it changes `funko`, so a change made meanwhile is not
+ * overwritten); answers the answer when it succeeded, otherwise shows why and answers null.
+ */
+async function submit(method, path, body, funko) {
+  clearProblems();
+  setBusy(true);
+  try {
+    const headers = funko ? { "If-Match": `"${funko.version}"` } : {};
+    const answer = await write(method, path, body, headers);
+    if (answer.ok) return answer;
+    showProblem(answer);
+  } catch {
+    showProblem({ body: { detail: "The server cannot be reached. Try again in a moment." } });
+  } finally {
+    setBusy(false);
   }
-  state.funkos = funkos;
-  render();
-  return cursor;
+  return null;
 }
 
-async function reload(cursorAfter) {
-  const cursor = await loadAll();
-  setCursor(cursorAfter ?? cursor);
+function setBusy(busy) {
+  for (const button of $("editor").querySelectorAll(".buttons button")) button.disabled = busy;
 }
 
-function onReset(reset) {
-  // The cursor cannot be served (too old, or from elsewhere): reload, go on from the reset.
-  logEvent({ entity: "STREAM", type: "RESET", id: reset.cursor, data: { name: reset.reason } });
-  return reload(reset.cursor);
-}
-
-// --- Server-Sent Events -------------------------------------------------------------
-function startSse() {
-  const source = new EventSource(`/events?lastEventId=${encodeURIComponent(state.cursor)}`);
-  let opened = false;
-  source.onopen = () => {
-    opened = true;
-    state.sseFailures = 0;
-    setStatus("live");
-  };
-  source.onmessage = (message) => apply(JSON.parse(message.data));
-  source.addEventListener("reset", (message) => onReset(JSON.parse(message.data)));
-  source.onerror = () => {
-    setStatus("connecting");
-    if (!opened) state.sseFailures++;
-    opened = false;
-    // EventSource reconnects by itself with Last-Event-ID; when it keeps failing (a proxy
-    // that buffers or blocks streams), fall back to long-polling.
-    if (state.sseFailures >= SSE_FAILURES_BEFORE_FALLBACK) {
-      source.close();
-      switchTo("poll");
-    }
-  };
-  return () => source.close();
-}
-
-// --- Long-polling --------------------------------------------------------------------
-function startPoll() {
-  let running = true;
-  const controller = new AbortController();
-  (async () => {
-    let delay = 500;
-    let timeout = 0; // the first poll answers at once, so the page knows it is connected
-    while (running) {
-      try {
-        const response = await fetch(
-          `/events/poll?after=${encodeURIComponent(state.cursor)}&timeout=${timeout}`,
-          { signal: controller.signal },
-        );
-        timeout = 25;
-        if (!response.ok) throw new Error(`poll: ${response.status}`);
-        const body = await response.json();
-        setStatus("live");
-        delay = 500;
-        if (body.reset) {
-          await onReset(body.reset);
-          continue;
-        }
-        body.events.forEach(apply);
-        setCursor(body.cursor);
-      } catch (error) {
-        if (!running) return;
-        setStatus("connecting");
-        await new Promise((resolve) => setTimeout(resolve, delay));
-        delay = Math.min(delay * 2, 10000);
-      }
-    }
-  })();
-  return () => {
-    running = false;
-    controller.abort();
-  };
-}
-
-// --- WebSocket ---------------------------------------------------------------------
-function startWs() {
-  let socket;
-  let closed = false;
-  let delay = 500;
-  const connect = () => {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/ws?after=${encodeURIComponent(state.cursor)}`);
-    socket.onopen = () => {
-      setStatus("live");
-      delay = 500;
-    };
-    socket.onmessage = (message) => {
-      const frame = JSON.parse(message.data);
-      if (!frame.op) apply(frame);
-      else if (frame.op === "reset") onReset(frame);
-    };
-    socket.onclose = () => {
-      if (closed) return;
-      // Cut off (slow), restarted server, network: resume from the last applied cursor.
-      setStatus("connecting");
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
-    };
-  };
-  connect();
-  return () => {
-    closed = true;
-    socket.close();
-  };
-}
-
-const transports = { sse: startSse, poll: startPoll, ws: startWs };
-const names = { sse: "Server-Sent Events", poll: "long-polling", ws: "WebSocket" };
-
-function switchTo(transport) {
-  state.stop();
-  state.transport = transport;
-  $("transport").value = transport;
-  $("transport-name").textContent = names[transport];
-  document.body.dataset.transport = transport;
-  setStatus("connecting");
-  state.stop = transports[transport]();
-}
-
-async function main() {
-  const wanted = new URLSearchParams(location.search).get("transport");
-  $("transport").addEventListener("change", (e) => switchTo(e.target.value));
-  for (let delay = 500; ; delay = Math.min(delay * 2, 10000)) {
-    try {
-      setCursor(await loadAll());
-      break;
-    } catch (error) {
-      setStatus("error");
-      await new Promise((resolve) => setTimeout(resolve, delay));
-    }
+/** A write with the tab's token; asks for one when the server answers 401 or 403. */
+async function write(method, path, body, headers) {
+  for (;;) {
+    const answer = await request(method, path, { body, headers, token: sessionStorage.getItem(TOKEN_KEY) });
+    if (answer.status !== 401 && answer.status !== 403) return answer;
+    const question = answer.status === 401
+      ? "This server needs an API token to write. Token:"
+      : "That token may not write. Another token:";
+    const token = prompt(question);
+    if (!token) return answer;
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
   }
-  switchTo(transports[wanted] ? wanted : (window.EventSource ? "sse" : "poll"));
 }
 
-main();
+/** Shows a problem's detail above the buttons and each field's error under its field. */
+function showProblem({ status, body }) {
+  const problem = typeof body === "object" && body ? body : { detail: `The server answered ${status}.` };
+  const unplaced = [];
+  for (const { field, message } of problem.errors ?? []) {
+    if (!FORM_FIELDS.includes(field)) {
+      unplaced.push(`${field}: ${message}`);
+      continue;
+    }
+    $(`f-${field}-error`).textContent = message;
+    $("editor").elements[field].setAttribute("aria-invalid", "true");
+  }
+  const hint = status === 412 && "Someone changed it meanwhile: choose Edit again to start from the latest.";
+  const box = $("form-problem");
+  box.textContent = [problem.detail ?? problem.title ?? "The write failed.", hint, ...unplaced].filter(Boolean).join(" · ");
+  box.hidden = false;
+  const firstInvalid = $("editor").querySelector('[aria-invalid="true"]');
+  firstInvalid?.focus();
+}
+
+function clearProblems() {
+  $("form-problem").hidden = true;
+  for (const field of FORM_FIELDS) {
+    $(`f-${field}-error`).textContent = "";
+    $("editor").elements[field].removeAttribute("aria-invalid");
+  }
+}
+
+function say(text) {
+  $("form-status").textContent = text;
+}
+
+// --- Start ----------------------------------------------------------------------------------
+
+/** Takes the transport and the view from the address (`?transport=ws&category=DISNEY`). */
+function restoreFromUrl() {
+  const params = new URLSearchParams(location.search);
+  if (TRANSPORT_NAMES[params.get("transport")]) $("transport").value = params.get("transport");
+  for (const [key, id] of Object.entries(VIEW_INPUTS)) {
+    if (params.has(key)) $(id).value = params.get(key);
+  }
+  // Until GET /categories answers, the wanted category is the only option besides "All".
+  if (params.get("category")) {
+    $("view-category").append(new Option(params.get("category")));
+    $("view-category").value = params.get("category");
+  }
+}
+
+function listen() {
+  let typing;
+  $("view").addEventListener("input", (event) => {
+    clearTimeout(typing);
+    typing = setTimeout(follow, event.target.tagName === "SELECT" ? 0 : SEARCH_DELAY_MS);
+  });
+  $("view").addEventListener("submit", (event) => event.preventDefault());
+  $("transport").addEventListener("change", follow);
+  $("editor").addEventListener("submit", save);
+  $("f-delete").addEventListener("click", remove);
+  $("f-cancel").addEventListener("click", () => {
+    stopEditing();
+    say("");
+  });
+}
+
+restoreFromUrl();
+listen();
+follow();

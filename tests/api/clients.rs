@@ -11,17 +11,38 @@ use crate::{
     js::{chromium, js_dir, node_ready, run_node},
 };
 
+/// A server that prunes almost at once, so a client that was away gets a reset.
+async fn forgetful() -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
+        c.retention_events = 1;
+        c.prune_interval_seconds = 1;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_page_follows_changes_on_every_transport_in_chromium() {
     if !node_ready() || chromium().is_none() {
         return;
     }
-    let app = spawn_app(Backend::Sqlite).await;
+    let (app, forgetful) = (spawn_app(Backend::Sqlite).await, forgetful().await);
     let page = app.get("/").await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("funko-live"));
-    let output = run_node("browser.mjs", &[app.url("")], Duration::from_secs(180)).await;
-    for label in ["sse", "poll", "ws", "fallback"] {
+    for asset in ["/client.js", "/client.d.ts", "/app.js", "/app.css"] {
+        let response = app.get(asset).await;
+        assert_eq!(response.status(), 200, "{asset}");
+        assert_eq!(response.headers()["cache-control"], "no-cache", "{asset}");
+    }
+    let output = run_node(
+        "browser.mjs",
+        &[app.url(""), forgetful.url("")],
+        Duration::from_secs(240),
+    )
+    .await;
+    for label in [
+        "sse", "poll", "ws", "fallback", "form", "view", "reset", "phone", "desktop",
+    ] {
         assert!(
             output.contains(&format!("ok {label}:")),
             "the page followed changes on {label}:\n{output}"
@@ -55,6 +76,68 @@ async fn a_listed_origin_reads_the_cursor_headers_and_the_own_page_stays_live() 
             "{label}:\n{output}"
         );
     }
+}
+
+/// The client library (`/client.js`) in Node: paged loads, live changes, a dropped connection,
+/// the fallback to long-polling, a reset and a view, on every transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_follows_the_store_in_node() {
+    if !node_ready() {
+        return;
+    }
+    let (app, forgetful) = (spawn_app(Backend::Sqlite).await, forgetful().await);
+    let output = run_node(
+        "client.mjs",
+        &[app.url(""), forgetful.url("")],
+        Duration::from_secs(180),
+    )
+    .await;
+    for case in [
+        "initial load and live changes",
+        "pages read across a delete",
+        "cursor kept across a drop",
+        "fallback",
+        "reset",
+        "view",
+    ] {
+        assert!(
+            output.contains(&format!("ok client: {case}")),
+            "{case}:\n{output}"
+        );
+    }
+}
+
+/// The Postman collection, run by newman as Postman's "Run collection" would: every request
+/// and assertion passes, open and with a token, and twice on one server (it makes its own
+/// names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postman_collection_passes_in_newman() {
+    if !node_ready() {
+        return;
+    }
+    let requests = |output: &str| -> usize {
+        let line = output
+            .lines()
+            .find_map(|l| l.strip_prefix("ok postman: "))
+            .unwrap_or_else(|| panic!("newman's summary:\n{output}"));
+        line.split(' ').next().unwrap().parse().unwrap()
+    };
+    let app = spawn_app(Backend::Sqlite).await;
+    for _ in 0..2 {
+        let output = run_node("postman.mjs", &[app.url("")], Duration::from_secs(120)).await;
+        assert!(requests(&output) >= 40, "{output}");
+    }
+    let guarded = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
+        c.api_tokens = vec!["postman-token".into()]
+    })
+    .await;
+    let output = run_node(
+        "postman.mjs",
+        &[guarded.url(""), "postman-token".into()],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(requests(&output) >= 40, "{output}");
 }
 
 /// The `eventsource` package reads the stream, then, when the server restarts, reconnects
