@@ -91,6 +91,16 @@ pub struct Config {
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
 
+    /// Seconds a request body (JSON or an upload) may take to arrive whole; slower ones get
+    /// 408, so a client cannot hold a request open by trickling its body.
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub body_timeout_seconds: u64,
+
+    /// Most connections open at once from one client IP; past it a new one is answered 503
+    /// and closed.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 2_000)]
+    pub max_connections_per_ip: usize,
+
     /// Seconds a write may wait for the client to read before the connection is closed: a
     /// stream client that stopped reading is cut off and resumes by cursor.
     #[arg(long, env = "WRITE_STALL_SECONDS", default_value_t = 10)]

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 409: a unique name taken, or a category still in use.
     #[error("{0}")]
     Conflict(String),
+    /// 408: the body did not arrive within the body timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 412: `If-Match` names a version that is no longer current (or an entity tag the
     /// resource does not have).
     #[error("{0}")]
@@ -76,6 +79,14 @@ impl ApiError {
         }
     }
 
+    /// 408 for a body that did not arrive within the body timeout.
+    pub fn body_timed_out(timeout: std::time::Duration) -> Self {
+        Self::RequestTimeout(format!(
+            "the body did not arrive within {} s",
+            timeout.as_secs()
+        ))
+    }
+
     pub fn not_found(entity: &'static str, id: impl ToString) -> Self {
         Self::NotFound {
             entity,
@@ -90,6 +101,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -145,7 +157,7 @@ impl poem::error::ResponseError for ApiError {
                 poem::http::HeaderValue::from_static("Bearer realm=\"funko-live\""),
             );
         }
-        if matches!(self, Self::PayloadTooLarge { .. }) {
+        if matches!(self, Self::PayloadTooLarge { .. } | Self::RequestTimeout(_)) {
             // The rest of the body is left unread, so the server drops the connection after
             // this answer; saying so keeps a client from reusing it for its next request.
             response.headers_mut().insert(
@@ -336,11 +348,11 @@ statuses! {
     /// Reads of one resource by id.
     ReadErrors = [400, 404];
     /// Creates: body problems, auth, conflicts.
-    CreateErrors = [400, 401, 403, 409, 413, 415, 422];
+    CreateErrors = [400, 401, 403, 408, 409, 413, 415, 422];
     /// Updates by id: as creates, plus unknown ids and stale versions.
-    UpdateErrors = [400, 401, 403, 404, 409, 412, 413, 415, 422];
+    UpdateErrors = [400, 401, 403, 404, 408, 409, 412, 413, 415, 422];
     /// Image uploads: as updates, without conflicts or preconditions.
-    UploadErrors = [400, 401, 403, 404, 413, 415, 422];
+    UploadErrors = [400, 401, 403, 404, 408, 413, 415, 422];
     /// Deletes by id.
     DeleteErrors = [400, 401, 403, 404, 409, 412];
     /// Stream reads: bad cursor or filter, or at the connection limit.

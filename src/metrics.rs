@@ -150,7 +150,7 @@ impl Metrics {
                 .get_or_create(&ReasonLabel { reason })
                 .inc_by(0);
         }
-        for reason in ["streams", "streams_per_ip", "pollers"] {
+        for reason in ["streams", "streams_per_ip", "pollers", "connections_per_ip"] {
             metrics
                 .refused
                 .get_or_create(&ReasonLabel { reason })

@@ -54,7 +54,76 @@ pub struct Limits {
     pub send_buffer: Option<usize>,
     /// How long open connections get to finish at shutdown before they are dropped.
     pub grace: Duration,
+    /// The most connections one client IP may hold open; past it a new one is answered 503
+    /// and closed, so one address cannot take every file descriptor.
+    pub max_connections_per_ip: usize,
 }
+
+/// Open connections by client IP, for [`Limits::max_connections_per_ip`].
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place among its IP's; freed when dropped.
+struct IpSlot {
+    counts: PerIp,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.0.lock().expect("not poisoned");
+        let count = counts.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("not poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection past its IP's bound with 503 and closes it: after the answer, what
+/// the client sent is read and dropped (briefly), so closing does not reset the connection
+/// under the answer.
+async fn refuse(mut socket: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = crate::error::ProblemBody::new(
+        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections from your address; retry later".to_owned(),
+        None,
+    );
+    let body = poem_openapi::types::ToJSON::to_json_string(&body);
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        socket.write_all(answer.as_bytes()).await?;
+        socket.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while socket.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// How long a refused connection is given to take its answer.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Applies the per-connection socket options; a failure only loses the option.
 fn tune(socket: &TcpStream, limits: &Limits, remote: SocketAddr) {
@@ -113,6 +182,7 @@ where
         .max_buf_size(MAX_BUF_SIZE);
     let (phase, watching) = watch::channel(Phase::Serving);
     let connections = TaskTracker::new();
+    let per_ip = PerIp::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -121,6 +191,11 @@ where
         };
         match accepted {
             Ok((socket, remote)) => {
+                let Some(slot) = per_ip.take(remote.ip(), limits.max_connections_per_ip) else {
+                    crate::metrics::METRICS.refused("connections_per_ip");
+                    connections.spawn(refuse(socket));
+                    continue;
+                };
                 tune(&socket, &limits, remote);
                 let socket = Shared::new(socket);
                 let service = Service {
@@ -135,7 +210,11 @@ where
                         service,
                     )
                     .with_upgrades();
-                connections.spawn(drive(connection, remote, watching.clone()));
+                let watching = watching.clone();
+                connections.spawn(async move {
+                    let _slot = slot;
+                    drive(connection, remote, watching).await;
+                });
             }
             // The peer gave up before we accepted: nothing to do.
             Err(err) if is_connection_error(&err) => {}

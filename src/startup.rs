@@ -95,6 +95,7 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             keepalive: config.keepalive(),
             write_stall: config.write_stall(),
+            body_timeout: Duration::from_secs(config.body_timeout_seconds.max(1)),
         };
         // One shard per worker thread: a busy fan-out spreads over the cores it may use.
         let hub = Hub::start(
@@ -144,6 +145,7 @@ impl App {
             notsent_lowat: (self.config.notsent_lowat_bytes > 0)
                 .then_some(self.config.notsent_lowat_bytes),
             grace,
+            max_connections_per_ip: self.config.max_connections_per_ip.max(1),
         };
         let closing = bus.clone();
         server::serve(listener, routes, limits, async move {
@@ -188,7 +190,7 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
                     .body(spec.clone())
             }),
         )
-        .at("/ws", api::ws::handler)
+        .at("/ws", poem::get(api::ws::handler))
         .nest("/socket.io", api::socketio::endpoint())
         .at("/metrics", api::health::metrics)
         .data(state)

@@ -8,18 +8,24 @@ use poem_openapi::{
     registry::{MetaSchema, MetaSchemaRef},
 };
 
-use super::{ApiTags, AppState, WriteAccess};
+use super::{ApiTags, AppState, WriteAccess, check_coding};
 use crate::{
     error::{ApiError, ApiResult, ReadErrors, UploadErrors},
     model::Funko,
     service::{etag, funkos},
+    storage::MAX_IMAGE_BYTES,
 };
 
 pub struct ImagesApi;
 
 /// A `multipart/form-data` body with the image in a part named `file`. The parts are read as
-/// they arrive (never buffered whole), so the size limit holds while streaming.
-pub struct ImageForm(poem::web::Multipart);
+/// they arrive (never buffered whole), and the whole body is bounded ([`UPLOAD_BODY_BYTES`])
+/// however many parts come before the file.
+pub struct ImageForm(multer::Multipart<'static>);
+
+/// The most bytes an upload's whole body may have: the image and room for its part's
+/// headers and a few small fields.
+const UPLOAD_BODY_BYTES: usize = MAX_IMAGE_BYTES + 64 * 1024;
 
 impl Payload for ImageForm {
     const CONTENT_TYPE: &'static str = "multipart/form-data";
@@ -48,15 +54,38 @@ impl ParsePayload for ImageForm {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        use poem::FromRequest;
-        let multipart = poem::web::Multipart::from_request(request, body)
-            .await
+        check_coding(request)?;
+        let content_type = request
+            .headers()
+            .get(poem::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = multer::parse_boundary(content_type)
             .map_err(|err| ApiError::bad_request(format!("not a multipart body: {err}")))?;
-        Ok(Self(multipart))
+        let declared = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > UPLOAD_BODY_BYTES as u64) {
+            return Err(too_large().into());
+        }
+        let stream = tokio_util::io::ReaderStream::new(body.take()?.into_async_read());
+        let limits = multer::Constraints::new()
+            .size_limit(multer::SizeLimit::new().whole_stream(UPLOAD_BODY_BYTES as u64));
+        Ok(Self(multer::Multipart::with_constraints(
+            stream, boundary, limits,
+        )))
     }
 }
 
 poem_openapi::impl_apirequest_for_payload!(ImageForm,);
+
+fn too_large() -> ApiError {
+    ApiError::PayloadTooLarge {
+        limit: UPLOAD_BODY_BYTES,
+    }
+}
 
 #[derive(ApiResponse)]
 pub enum UploadResponse {
@@ -138,6 +167,7 @@ impl ImagesApi {
                     ))
                     .into());
                 }
+                Err(multer::Error::StreamSizeExceeded { .. }) => return Err(too_large().into()),
                 Err(err) => {
                     return Err(
                         ApiError::bad_request(format!("malformed multipart body: {err}")).into(),
@@ -146,14 +176,18 @@ impl ImagesApi {
             }
         };
         let (state, id) = (state.0.clone(), id.0);
-        let image = field.into_async_read();
+        let image = tokio_util::io::StreamReader::new(futures_util::TryStreamExt::map_err(
+            field,
+            std::io::Error::other,
+        ));
         // From here the upload is saved, written and its old file released as one, even if
         // the client hangs up.
         let written = state
             .clone()
-            .run_to_end(
-                async move { funkos::upload_image(&state.bus, &state.images, id, image).await },
-            )
+            .run_to_end(async move {
+                let timeout = state.settings.body_timeout;
+                funkos::upload_image(&state.bus, &state.images, id, image, timeout).await
+            })
             .await?;
         let tag = etag(written.resource.version);
         Ok(UploadResponse::Ok(

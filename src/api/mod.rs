@@ -115,6 +115,8 @@ pub struct Settings {
     pub keepalive: std::time::Duration,
     /// How long a stream's write may wait for the client before the stream is cut off.
     pub write_stall: std::time::Duration,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: std::time::Duration,
 }
 
 #[derive(Tags)]
@@ -244,9 +246,10 @@ impl<T: Shape + Send> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let limit = request
-            .data::<AppState>()
-            .map_or(1024 * 1024, |s| s.settings.max_body_bytes);
+        let settings = request.data::<AppState>().map(|s| s.settings.clone());
+        let limit = settings.as_ref().map_or(1024 * 1024, |s| s.max_body_bytes);
+        let timeout = settings.map_or(std::time::Duration::from_secs(60), |s| s.body_timeout);
+        check_coding(request)?;
         let declared = request
             .headers()
             .get(poem::http::header::CONTENT_LENGTH)
@@ -255,15 +258,28 @@ impl<T: Shape + Send> ParsePayload for JsonBody<T> {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(ApiError::PayloadTooLarge { limit }.into());
         }
-        let bytes = body
-            .take()?
-            .into_bytes_limit(limit)
+        let read = body.take()?.into_bytes_limit(limit);
+        let bytes = tokio::time::timeout(timeout, read)
             .await
+            .map_err(|_| ApiError::body_timed_out(timeout))?
             .map_err(|err| match err {
                 poem::error::ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge { limit },
                 other => ApiError::bad_request(format!("reading the body failed: {other}")),
             })?;
         Ok(Self(parse_json(&bytes)?, std::marker::PhantomData))
+    }
+}
+
+/// 415 for a body in a content coding (`gzip`, say): the server reads bodies as sent.
+pub fn check_coding(request: &Request) -> Result<(), ApiError> {
+    match request.headers().get(poem::http::header::CONTENT_ENCODING) {
+        Some(coding) if !coding.as_bytes().eq_ignore_ascii_case(b"identity") => {
+            Err(ApiError::UnsupportedMediaType(format!(
+                "request bodies are read as sent: Content-Encoding {} is not accepted",
+                String::from_utf8_lossy(coding.as_bytes())
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -274,6 +290,6 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON body is required"));
     }
-    serde_json::from_slice(bytes)
+    crate::domain::parse_json_strictly(bytes)
         .map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))
 }

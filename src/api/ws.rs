@@ -449,7 +449,7 @@ impl Write {
 
 /// Parses a text frame: its `requestId` (`null` when absent or unusable) and its command.
 fn parse_frame(text: &str) -> (Value, Result<Command, ApiError>) {
-    let value: Value = match serde_json::from_str(text) {
+    let value: Value = match crate::domain::parse_json_strictly(text.as_bytes()) {
         Ok(value) => value,
         Err(err) => {
             let detail = format!("the frame is not valid JSON: {err}");
@@ -851,8 +851,12 @@ impl Session {
             out.push(answer);
         }
         match end {
-            // Only the socket's own close reply (if the client sent a close) is left to send.
-            End::ByClient => out.queue.clear(),
+            // Only the socket's own close reply (if the client sent a close) is left to send:
+            // flushing sends it.
+            End::ByClient => {
+                out.queue.clear();
+                out.unflushed = true;
+            }
             End::ByServer(reason) => {
                 tracing::debug!(reason = reason.as_str(), "closing a WebSocket");
                 out.push(reason.frame(self.subscription.cursor()));

@@ -13,9 +13,9 @@ pub const WRITABLE: &[&str] = &["name"];
 pub const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted"];
 
 /// A name of 3..=50 characters that trimming leaves as it is: a character that is not white
-/// space, 1..=48 characters, and another that is not. (The server also trims names sent with
+/// space, 1..=48 characters, and another that is not; none of them NUL. (The server also trims names sent with
 /// white space around them; no pattern can count what is left.)
-pub const NAME_PATTERN: &str = r"^\S.{1,48}\S$";
+pub const NAME_PATTERN: &str = r"^[^\s\u0000][^\u0000]{1,48}[^\s\u0000]$";
 
 /// The body of `POST /categories` and `PUT /categories/{id}`.
 pub struct CategoryInput;

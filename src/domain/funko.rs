@@ -14,9 +14,11 @@ pub const DEFAULT_IMAGE: &str = "/storage/placeholder.png";
 /// Paths under this prefix are served by this server.
 pub const STORAGE_PREFIX: &str = "/storage/";
 
-/// What a name must contain besides its length: a character that is not white space (names
-/// are trimmed, and an empty one is refused).
-pub const NAME_PATTERN: &str = r"\S";
+/// What a name must be besides its length: with a character that is not white space (names
+/// are trimmed, and an empty one is refused), and no NUL (no string may hold one).
+pub const NAME_PATTERN: &str = r"^[^\u0000]*\S[^\u0000]*$";
+/// Any other text: no NUL.
+pub const TEXT_PATTERN: &str = r"^[^\u0000]*$";
 /// The images this server takes, as a pattern: an absolute http(s) URL (whose host's last
 /// label starts with a letter, and no label has `--`, so it is never a number or punycode the
 /// URL parser would refuse) or one of its own files. Narrower than [`FunkoDraft::parse`]
@@ -148,6 +150,7 @@ fn writable_properties(patch: bool) -> Map<String, Value> {
         },
         "description": {
             "type": "string", "nullable": true, "maxLength": DESCRIPTION_MAX_CHARS,
+            "pattern": TEXT_PATTERN,
             "description": if patch { "`null` clears it." } else { "Absent or `null`: none." },
         },
         "price": {
@@ -294,7 +297,7 @@ mod tests {
     /// optional, and `null` where the schema says nullable), with the server-set fields and
     /// any value.
     fn documented(patch: bool) -> impl Strategy<Value = Value> {
-        let name = r"\s{0,2}\S.{0,97}";
+        let name = r"\s{0,2}[^\s\u0000][^\u0000\n]{0,97}";
         let optional = |strategy: BoxedStrategy<Value>, nullable: bool| {
             let absent = if patch { 1 } else { 0 };
             prop_oneof![
@@ -312,7 +315,7 @@ mod tests {
         };
         (
             required(name.prop_map(Value::from).boxed()),
-            optional(".{0,500}".prop_map(Value::from).boxed(), true),
+            optional(r"[^\u0000]{0,500}".prop_map(Value::from).boxed(), true),
             required(
                 (0..=100_000_000i64)
                     .prop_map(|c| json!(c as f64 / 100.0))
@@ -328,7 +331,7 @@ mod tests {
                     .boxed(),
                 true,
             ),
-            required(r"\S.{0,20}".prop_map(Value::from).boxed()),
+            required(r"[^\s\u0000]{1,20}".prop_map(Value::from).boxed()),
             proptest::option::of(any::<i64>().prop_map(Value::from)),
             proptest::option::of(".*".prop_map(Value::from)),
         )

@@ -133,8 +133,13 @@ impl<'a> ObjectReader<'a> {
         }
     }
 
+    /// A string; NUL characters are refused, as PostgreSQL cannot store them.
     fn str_value(&mut self, field: &str, value: &Value) -> Option<String> {
         match value.as_str() {
+            Some(s) if s.contains('\0') => {
+                self.errors.add(field, "must not contain NUL characters");
+                None
+            }
             Some(s) => Some(s.to_owned()),
             None => {
                 self.errors.add(field, "must be a string");
@@ -180,6 +185,75 @@ impl<'a> ObjectReader<'a> {
             },
         }
     }
+}
+
+/// Parses a JSON document, refusing an object with a key twice: parsers disagree on which one
+/// counts (the first, the last), so such a body means different things to different readers.
+/// serde_json's recursion limit bounds nesting.
+pub fn parse_json_strictly(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+    struct Strict;
+
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(Strict)? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    return Err(A::Error::custom(format!("the key {key:?} appears twice")));
+                }
+                let value = map.next_value_seed(Strict)?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = Strict.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
 }
 
 /// The key under which a name is unique: case-insensitive, Unicode-aware.
@@ -237,6 +311,25 @@ mod tests {
     fn name_key_is_case_insensitive_beyond_ascii() {
         assert_eq!(name_key("GROOT"), name_key("groot"));
         assert_eq!(name_key("ÉLAN"), name_key("élan"));
+    }
+
+    #[test]
+    fn a_key_twice_is_refused_at_any_depth() {
+        assert!(parse_json_strictly(br#"{"a":1,"b":{"c":[{"d":2}]}}"#).is_ok());
+        for twice in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"x":{"k":1,"k":1}}"#,
+            r#"[{"k":1,"k":2}]"#,
+        ] {
+            let err = parse_json_strictly(twice.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("appears twice"), "{twice}: {err}");
+        }
+        assert!(parse_json_strictly(b"{} trailing").is_err());
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            parse_json_strictly(deep.as_bytes()).is_err(),
+            "nesting is bounded"
+        );
     }
 
     #[test]

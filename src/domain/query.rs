@@ -102,6 +102,15 @@ impl FunkoListQuery {
         {
             errors.add("q", "must be at most 100 characters");
         }
+        for (field, value) in [
+            ("q", &raw.q),
+            ("category", &raw.category),
+            ("sort", &raw.sort),
+        ] {
+            if value.as_ref().is_some_and(|v| v.contains('\0')) {
+                errors.add(field, "must not contain NUL characters");
+            }
+        }
         let q = raw
             .q
             .map(|q| q.trim().to_lowercase())

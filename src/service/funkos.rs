@@ -189,8 +189,11 @@ pub async fn upload_image(
     images: &ImageStore,
     id: i64,
     image: impl AsyncRead + Unpin,
+    timeout: std::time::Duration,
 ) -> Result<Written<Funko>, ApiError> {
-    let path = images.save(id, image).await?;
+    let path = tokio::time::timeout(timeout, images.save(id, image))
+        .await
+        .map_err(|_| ApiError::body_timed_out(timeout))??;
     let saved = path.clone();
     let change: Change<Changed<Funko, String>> = Box::new(move |conn| {
         Box::pin(async move {

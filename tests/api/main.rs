@@ -14,6 +14,7 @@ mod cluster;
 mod crash;
 mod events_log;
 mod funkos;
+mod hostile;
 mod images;
 mod openapi;
 mod schemathesis;
