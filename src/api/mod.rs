@@ -255,7 +255,13 @@ impl<T: Shape + Send> ParsePayload for JsonBody<T> {
             .get(poem::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+        if let Some(len) = declared.filter(|&len| len > limit as u64) {
+            // Read what is on its way before answering, up to a bound, so the client gets the
+            // answer rather than a reset under a body it is still sending.
+            if len <= DRAIN_BYTES {
+                let drain = body.take()?.into_bytes_limit(DRAIN_BYTES as usize);
+                let _ = tokio::time::timeout(timeout, drain).await;
+            }
             return Err(ApiError::PayloadTooLarge { limit }.into());
         }
         let read = body.take()?.into_bytes_limit(limit);
@@ -269,6 +275,9 @@ impl<T: Shape + Send> ParsePayload for JsonBody<T> {
         Ok(Self(parse_json(&bytes)?, std::marker::PhantomData))
     }
 }
+
+/// A body declared over the limit but at most this long is read (and dropped) before the 413.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// 415 for a body in a content coding (`gzip`, say): the server reads bodies as sent.
 pub fn check_coding(request: &Request) -> Result<(), ApiError> {

@@ -13,6 +13,7 @@ mod categories;
 mod cluster;
 mod crash;
 mod events_log;
+mod fanout;
 mod funkos;
 mod hostile;
 mod images;
