@@ -15,18 +15,18 @@ use crate::error::ApiError;
 /// `Authorization: Bearer <token>`.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "opaque token")]
-pub struct BearerToken(pub Bearer);
+pub(crate) struct BearerToken(pub Bearer);
 
 /// What a write presented: a bearer token, or nothing (allowed when no tokens are set).
 #[derive(SecurityScheme)]
-pub enum WriteAuth {
+pub(crate) enum WriteAuth {
     Bearer(BearerToken),
     #[oai(fallback)]
     Anonymous,
 }
 
 impl WriteAuth {
-    pub fn token(&self) -> Option<&str> {
+    pub(crate) fn token(&self) -> Option<&str> {
         match self {
             Self::Bearer(BearerToken(bearer)) => Some(&bearer.token),
             Self::Anonymous => None,
@@ -37,13 +37,13 @@ impl WriteAuth {
 /// Where a request says it comes from: its `Origin` (sent by browsers on every cross-origin
 /// request, every WebSocket and every write) and its `Host`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub origin: Option<String>,
     pub host: Option<String>,
 }
 
 impl Caller {
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
         let text = |name| {
             headers
                 .get(name)
@@ -57,7 +57,7 @@ impl Caller {
 
     /// Whether `Origin` names the server the request was sent to (its scheme's default port
     /// stands for a `Host` without one).
-    pub fn is_same_origin(&self) -> bool {
+    pub(crate) fn is_same_origin(&self) -> bool {
         let (Some(origin), Some(host)) = (&self.origin, &self.host) else {
             return false;
         };
@@ -74,7 +74,7 @@ impl Caller {
 
 /// Whether a `Host` value names this machine: `localhost` (and its subdomains, which
 /// resolve to loopback by RFC 6761 and cannot be rebound) or a loopback address.
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     match url::Url::parse(&format!("http://{host}"))
         .ok()
         .and_then(|u| u.host().map(|h| h.to_owned()))
@@ -88,7 +88,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// How writes without a token are guarded, when no tokens are configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenWrites {
+pub(crate) enum OpenWrites {
     /// The server listens on loopback only: the `Host` must be loopback too.
     Loopback,
     /// `--allow-open-writes` on a reachable address: clients use its public name.
@@ -97,7 +97,7 @@ pub enum OpenWrites {
 
 /// The configured tokens, or how open writes are guarded.
 #[derive(Clone, Debug)]
-pub struct WritePolicy {
+pub(crate) struct WritePolicy {
     tokens: Vec<Vec<u8>>,
     open: OpenWrites,
     /// The origins of `CORS_ORIGINS`, whose pages may write like this server's own.
@@ -105,7 +105,7 @@ pub struct WritePolicy {
 }
 
 impl WritePolicy {
-    pub fn new(tokens: &[String], open: OpenWrites, origins: &[String]) -> Self {
+    pub(crate) fn new(tokens: &[String], open: OpenWrites, origins: &[String]) -> Self {
         Self {
             tokens: tokens
                 .iter()
@@ -118,14 +118,14 @@ impl WritePolicy {
         }
     }
 
-    pub fn requires_token(&self) -> bool {
+    pub(crate) fn requires_token(&self) -> bool {
         !self.tokens.is_empty()
     }
 
     /// With tokens: 401 without one, 403 for an unknown one. Every configured token is
     /// compared, in constant time for equal lengths, so timing does not tell which bytes
     /// matched. Without tokens: 403 for a caller outside the origin and host rules.
-    pub fn check(&self, token: Option<&str>, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, token: Option<&str>, caller: &Caller) -> Result<(), ApiError> {
         if !self.requires_token() {
             return self.check_open(caller);
         }
@@ -169,7 +169,7 @@ impl WritePolicy {
 
     /// The token of a WebSocket upgrade: `Authorization: Bearer <t>`, or for browsers (which
     /// cannot set headers on a WebSocket) a `Sec-WebSocket-Protocol` entry `bearer.<t>`.
-    pub fn token_from_upgrade(headers: &HeaderMap) -> Option<String> {
+    pub(crate) fn token_from_upgrade(headers: &HeaderMap) -> Option<String> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

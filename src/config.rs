@@ -139,6 +139,8 @@ impl Config {
         }
     }
 
+    // The settings as the server uses them: each clamped to what it can work with.
+
     pub fn write_stall(&self) -> Duration {
         Duration::from_secs(self.write_stall_seconds.max(1))
     }
@@ -149,6 +151,38 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_seconds.max(1))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_seconds.max(1))
+    }
+
+    /// Longer than the longest long-poll, so a held poll is never taken for an idle
+    /// connection.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds.max(61))
+    }
+
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_secs(self.prune_interval_seconds.max(1))
+    }
+
+    /// `None`: the kernel's autotuning.
+    pub fn send_buffer(&self) -> Option<usize> {
+        (self.send_buffer_bytes > 0).then_some(self.send_buffer_bytes)
+    }
+
+    /// `None`: no bound.
+    pub fn notsent_lowat(&self) -> Option<u32> {
+        (self.notsent_lowat_bytes > 0).then_some(self.notsent_lowat_bytes)
+    }
+
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.max_connections_per_ip.max(1)
     }
 
     /// Defaults as if no flag nor variable were given; tests start from this.

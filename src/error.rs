@@ -12,9 +12,9 @@ use poem_openapi::{
     types::{ToJSON, Type},
 };
 
-use crate::domain::FieldErrors;
+use crate::domain::{FieldErrors, precondition::PreconditionError};
 
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+pub(crate) const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// Every way a request can fail. Each variant's doc says its status.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,15 @@ pub enum ApiError {
     /// 500: a fault on our side; logged with its chain, never shown to the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<PreconditionError> for ApiError {
+    fn from(err: PreconditionError) -> Self {
+        match err {
+            PreconditionError::Malformed(detail) => Self::bad_request(detail),
+            PreconditionError::Failed(detail) => Self::PreconditionFailed(detail),
+        }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -224,7 +233,7 @@ impl ProblemBody {
 
 /// Renders any error that reached the edge (poem's own parse, routing and method errors
 /// included) as a problem body.
-pub fn render_any_error(err: poem::Error) -> poem::Response {
+pub(crate) fn render_any_error(err: poem::Error) -> poem::Response {
     // Keep the operation id (the route label of the request metrics) on the response.
     let operation = err
         .data::<poem_openapi::OperationId>()
@@ -334,7 +343,7 @@ macro_rules! statuses {
     ($($(#[$doc:meta])* $name:ident = [$($status:literal),*];)*) => {
         $(
             $(#[$doc])*
-            pub struct $name;
+            pub(crate) struct $name;
             impl ErrorStatuses for $name {
                 const STATUSES: &'static [u16] = &[$($status),*];
             }
@@ -360,4 +369,4 @@ statuses! {
 }
 
 /// Shorthand for handler results.
-pub type ApiResult<T, S> = Result<T, Problem<S>>;
+pub(crate) type ApiResult<T, S> = Result<T, Problem<S>>;

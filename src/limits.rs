@@ -10,11 +10,11 @@ use std::{
 
 use crate::{
     error::ApiError,
-    metrics::{ConnectionGauge, METRICS},
+    metrics::{ConnectionGauge, METRICS, Transport},
 };
 
 #[derive(Clone, Copy, Debug)]
-pub struct StreamLimits {
+pub(crate) struct StreamLimits {
     /// Open streams (SSE, WebSocket, Socket.IO, held long-polls) in the whole server.
     pub max_streams: usize,
     /// Open streams from one client IP.
@@ -32,14 +32,14 @@ struct Counts {
 
 /// Hands out [`StreamSlot`]s within the limits.
 #[derive(Clone, Debug)]
-pub struct StreamSlots {
+pub(crate) struct StreamSlots {
     limits: StreamLimits,
     /// Short critical sections only (a few integer updates).
     counts: Arc<Mutex<Counts>>,
 }
 
 /// One open stream; frees its place when dropped.
-pub struct StreamSlot {
+pub(crate) struct StreamSlot {
     slots: StreamSlots,
     ip: Option<IpAddr>,
     poller: bool,
@@ -47,7 +47,7 @@ pub struct StreamSlot {
 }
 
 impl StreamSlots {
-    pub fn new(limits: StreamLimits) -> Self {
+    pub(crate) fn new(limits: StreamLimits) -> Self {
         Self {
             limits,
             counts: Arc::default(),
@@ -55,12 +55,12 @@ impl StreamSlots {
     }
 
     /// A place for a stream of `transport` from `ip`, or 503.
-    pub fn acquire(
+    pub(crate) fn acquire(
         &self,
-        transport: &'static str,
+        transport: Transport,
         ip: Option<IpAddr>,
     ) -> Result<StreamSlot, ApiError> {
-        let poller = transport == "poll";
+        let poller = transport == Transport::Poll;
         let mut counts = self.counts.lock().expect("stream counts poisoned");
         let refuse = |reason: &'static str, what: &str| {
             METRICS.refused(reason);
@@ -114,7 +114,7 @@ impl Drop for StreamSlot {
 }
 
 /// The client's IP as poem saw it (no proxy headers are trusted).
-pub fn client_ip(request: &poem::Request) -> Option<IpAddr> {
+pub(crate) fn client_ip(request: &poem::Request) -> Option<IpAddr> {
     match request.remote_addr().0 {
         poem::Addr::SocketAddr(addr) => Some(addr.ip()),
         _ => None,
@@ -134,14 +134,15 @@ mod tests {
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = slots.acquire("sse", Some(a)).unwrap();
-        let _second = slots.acquire("sse", Some(a)).unwrap();
-        assert!(slots.acquire("sse", Some(a)).is_err(), "per IP");
-        let poll = slots.acquire("poll", Some(b)).unwrap();
-        assert!(slots.acquire("sse", Some(b)).is_err(), "server-wide");
-        drop(poll);
-        assert!(slots.acquire("poll", Some(b)).is_ok());
+        let (sse, poll) = (Transport::Sse, Transport::Poll);
+        let first = slots.acquire(sse, Some(a)).unwrap();
+        let _second = slots.acquire(sse, Some(a)).unwrap();
+        assert!(slots.acquire(sse, Some(a)).is_err(), "per IP");
+        let polling = slots.acquire(poll, Some(b)).unwrap();
+        assert!(slots.acquire(sse, Some(b)).is_err(), "server-wide");
+        drop(polling);
+        assert!(slots.acquire(poll, Some(b)).is_ok());
         drop(first);
-        assert!(slots.acquire("sse", Some(a)).is_ok());
+        assert!(slots.acquire(sse, Some(a)).is_ok());
     }
 }

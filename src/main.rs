@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use funko_live::{App, Config, config::LogFormat};
+use funko_live::{App, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc malloc: under write load glibc's malloc, free and their
-/// consolidation took ~12% of the server's core, requests and the SQLite worker thread
-/// allocating and freeing each other's buffers.
+/// consolidation took a large share of the server's core, requests and the SQLite worker
+/// thread allocating and freeing each other's buffers.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

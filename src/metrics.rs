@@ -16,18 +16,42 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// The transports a stream can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    Sse,
+    /// A held long-poll.
+    Poll,
+    Ws,
+    SocketIo,
+}
+
+impl Transport {
+    pub(crate) const ALL: [Self; 4] = [Self::Sse, Self::Poll, Self::Ws, Self::SocketIo];
+
+    /// Its name in metrics labels.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Poll => "poll",
+            Self::Ws => "ws",
+            Self::SocketIo => "socketio",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransportLabel {
+pub(crate) struct TransportLabel {
     pub transport: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabel {
+pub(crate) struct RequestLabel {
     /// One of the standard methods, or `other`: a client may send any token as a method.
     pub method: &'static str,
     /// The operation id, or `other` (bounded cardinality: never the raw path).
@@ -36,14 +60,14 @@ pub struct RequestLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabel {
+pub(crate) struct PoolLabel {
     pub pool: &'static str,
     pub state: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Open stream connections by transport (sse, poll, ws, socketio).
     pub connections: Family<TransportLabel, Gauge>,
     pub events_appended: Counter,
@@ -134,7 +158,7 @@ impl Metrics {
         );
         // Every known series exists from the start, at zero, so dashboards and alerts see
         // it before the first occurrence.
-        for transport in ["sse", "poll", "ws", "socketio"] {
+        for transport in Transport::ALL.map(Transport::as_str) {
             metrics
                 .connections
                 .get_or_create(&TransportLabel { transport })
@@ -163,34 +187,34 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 
-    pub fn delivered(&self, transport: &'static str, count: usize) {
-        self.events_delivered
-            .get_or_create(&TransportLabel { transport })
-            .inc_by(count as u64);
+    pub(crate) fn delivered(&self, transport: Transport, count: usize) {
+        self.delivered_counter(transport).inc_by(count as u64);
     }
 
     /// The delivery counter of one transport, for a stream to keep: counting through it skips
     /// the family's lock and label lookup on every delivery.
-    pub fn delivered_counter(&self, transport: &'static str) -> Counter {
+    pub(crate) fn delivered_counter(&self, transport: Transport) -> Counter {
         self.events_delivered
-            .get_or_create(&TransportLabel { transport })
+            .get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            })
             .clone()
     }
 
-    pub fn refused(&self, reason: &'static str) {
+    pub(crate) fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 }
 
 /// The label of a request's method: the standard ones by name, anything else `other`, so a
 /// client cannot add series by inventing methods.
-pub fn method_label(method: &poem::http::Method) -> &'static str {
+pub(crate) fn method_label(method: &poem::http::Method) -> &'static str {
     use poem::http::Method;
     const KNOWN: [Method; 9] = [
         Method::GET,
@@ -209,26 +233,26 @@ pub fn method_label(method: &poem::http::Method) -> &'static str {
         .map_or("other", Method::as_str)
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// Counts one open stream connection while it lives.
-pub struct ConnectionGauge(&'static str);
+pub(crate) struct ConnectionGauge(Gauge);
 
 impl ConnectionGauge {
-    pub fn open(transport: &'static str) -> Self {
-        METRICS
+    pub(crate) fn open(transport: Transport) -> Self {
+        let gauge = METRICS
             .connections
-            .get_or_create(&TransportLabel { transport })
-            .inc();
-        Self(transport)
+            .get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            })
+            .clone();
+        gauge.inc();
+        Self(gauge)
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        METRICS
-            .connections
-            .get_or_create(&TransportLabel { transport: self.0 })
-            .dec();
+        self.0.dec();
     }
 }

@@ -7,36 +7,38 @@ use poem::{EndpointExt, Route, endpoint::make_sync};
 use tokio::task::JoinHandle;
 
 use crate::{
-    api::{self, AppState, Settings, cors::Cors, observe::Observe},
+    api::{AppState, Settings, allow::AllowMethods, cors::Cors, health, observe::Observe},
     auth::{OpenWrites, WritePolicy},
     config::Config,
     db::{Backend, Db},
     error::render_any_error,
     events::{
-        ChangeBus,
-        hub::Hub,
-        listener,
+        Tail, listener,
         retention::{self, Retention},
     },
+    http::{self, Limits, fanout::Hub, net::Deadlines},
     limits::{StreamLimits, StreamSlots},
-    net::Deadlines,
-    server::{self, Limits},
+    service::Store,
+    spec,
     storage::ImageStore,
+    stream::{socketio, ws},
 };
 
 /// SQLite: how long after a write its WAL is checkpointed. Each checkpoint's fsync makes the
 /// file system commit its journal, which stalls the write queue's next WAL append for a few
-/// milliseconds, longer the more the checkpoint copied: at 1,000 writes/s, checkpoints a
-/// second apart showed as 15–20 ms spikes in the events' delivery every second, and a tenth
-/// of a second apart as rare ones (`bench slow`: readers' p99 after the first second 5.5–9.3
-/// → 3.1–6.0 ms).
+/// milliseconds, longer the more the checkpoint copied: checkpoints close together keep each
+/// one small.
 const CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 /// ...unless fewer than this many events came since the last checkpoint: then it waits for
-/// them, or for [`CHECKPOINT_QUIET`] without a write (see [`Db::run_checkpoints`]). At 1,000
-/// writes/s nothing changes; a write every 150 ms no longer pays the WAL header's fsync in
-/// its commit: `POST` sent → event received 1.39 → 0.90 ms (medians, one subscriber).
+/// them, or for [`CHECKPOINT_QUIET`] without a write (see [`Db::run_checkpoints`]), so a
+/// trickle of writes does not pay the WAL header's fsync in every commit.
 const CHECKPOINT_BATCH: i64 = 50;
 const CHECKPOINT_QUIET: Duration = Duration::from_secs(1);
+/// PostgreSQL: how often the tailer reads the log with no wake-up. LISTEN/NOTIFY wakes it on
+/// every commit and after each reconnect; this is only the safety net for a wake-up lost
+/// while the listener's connection still looks alive (a silent network failure), and bounds
+/// how late such an event can be.
+const SAFETY_POLL: Duration = Duration::from_secs(5);
 
 /// A running store: its state and the background tasks it owns.
 pub struct App {
@@ -56,50 +58,41 @@ impl App {
         if let Err(err) = images.sweep(&db).await {
             tracing::warn!(error = %err, "sweeping unused images failed");
         }
-        let bus = ChangeBus::new(db.clone(), config.subscriber_queue).await?;
+        let tail = Tail::new(db.clone(), config.subscriber_queue).await?;
         // SQLite: this process is the only writer, and its write queue hands the tailer every
-        // committed batch.
-        // PostgreSQL: other instances write too; the listener wakes the tailer on their
-        // commits (LISTEN/NOTIFY) and after each reconnect. The poll is only the safety net
-        // for a wake-up lost while the listener's connection still looks alive (a silent
-        // network failure), so it is lengthened from 1 s to 5 s: at most one cheap indexed
-        // query per instance every 5 s, and that bounds how late such an event can be.
-        let poll_every = match db.backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(Duration::from_secs(5)),
-        };
+        // committed batch. PostgreSQL: other instances write too; the listener wakes the
+        // tailer on their commits.
+        let poll_every = (db.backend == Backend::Postgres).then_some(SAFETY_POLL);
         let mut tasks = vec![
-            tokio::spawn(bus.clone().run_tailer(poll_every)),
+            tokio::spawn(tail.clone().run_tailer(poll_every)),
             tokio::spawn(retention::run(
-                bus.clone(),
+                tail.clone(),
                 Retention {
                     max_age: Duration::from_secs(config.retention_seconds),
                     max_events: config.retention_events,
-                    every: Duration::from_secs(config.prune_interval_seconds.max(1)),
+                    every: config.prune_interval(),
                 },
             )),
         ];
-        if db.backend == Backend::Sqlite {
-            tasks.push(tokio::spawn(db.clone().run_checkpoints(
+        match db.backend {
+            Backend::Sqlite => tasks.push(tokio::spawn(db.clone().run_checkpoints(
                 CHECKPOINT_AFTER,
                 CHECKPOINT_QUIET,
                 CHECKPOINT_BATCH,
-                bus.subscribe_head(),
-            )));
-        }
-        if db.backend == Backend::Postgres {
-            // Stops when the bus closes (shutdown), like the tailer and the pruner.
-            tasks.push(tokio::spawn(listener::run(bus.clone())));
+                tail.subscribe_head(),
+            ))),
+            // Stops when the tail closes (shutdown), like the tailer and the pruner.
+            Backend::Postgres => tasks.push(tokio::spawn(listener::run(tail.clone()))),
         }
         let settings = Settings {
             max_body_bytes: config.max_body_bytes,
             keepalive: config.keepalive(),
             write_stall: config.write_stall(),
-            body_timeout: Duration::from_secs(config.body_timeout_seconds.max(1)),
+            body_timeout: config.body_timeout(),
         };
         // One shard per worker thread: a busy fan-out spreads over the cores it may use.
         let hub = Hub::start(
-            bus.clone(),
+            tail.clone(),
             tokio::runtime::Handle::current().metrics().num_workers(),
         );
         let slots = StreamSlots::new(StreamLimits {
@@ -109,12 +102,12 @@ impl App {
         });
         Ok(Self {
             state: AppState {
-                bus,
+                store: Arc::new(Store::new(tail.clone(), images)),
+                tail,
                 hub,
                 settings: Arc::new(settings),
                 policy: Arc::new(policy),
                 slots,
-                images,
                 tasks: tokio_util::task::TaskTracker::new(),
             },
             config,
@@ -131,31 +124,30 @@ impl App {
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!("listening on http://{address}");
-        let bus = self.state.bus.clone();
+        let tail = self.state.tail.clone();
         let routes = routes(self.state.clone(), &self.config);
-        let grace = self.config.shutdown_grace();
+        let config = &self.config;
+        let grace = config.shutdown_grace();
         let limits = Limits {
-            header_timeout: Duration::from_secs(self.config.header_timeout_seconds.max(1)),
+            header_timeout: config.header_timeout(),
             deadlines: Deadlines {
-                idle: Duration::from_secs(self.config.idle_timeout_seconds.max(61)),
-                write_stall: self.config.write_stall(),
+                idle: config.idle_timeout(),
+                write_stall: config.write_stall(),
             },
-            send_buffer: (self.config.send_buffer_bytes > 0)
-                .then_some(self.config.send_buffer_bytes),
-            notsent_lowat: (self.config.notsent_lowat_bytes > 0)
-                .then_some(self.config.notsent_lowat_bytes),
+            send_buffer: config.send_buffer(),
+            notsent_lowat: config.notsent_lowat(),
             grace,
-            max_connections_per_ip: self.config.max_connections_per_ip.max(1),
+            max_connections_per_ip: config.max_connections_per_ip(),
         };
-        let closing = bus.clone();
-        server::serve(listener, routes, limits, async move {
+        let closing = tail.clone();
+        http::serve(listener, routes, limits, async move {
             shutdown.await;
             tracing::info!("shutting down: closing streams, finishing requests");
             closing.close();
         })
         .await
         .context("serving")?;
-        bus.close();
+        tail.close();
         // Upgraded sockets outlive hyper's connections: give them the grace period to
         // send their close frames (and writes whose client hung up, to finish).
         let tasks = self.state.tasks.clone();
@@ -167,18 +159,18 @@ impl App {
             task.abort();
             let _ = task.await;
         }
-        bus.db().close().await;
+        tail.db().close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Every route: the API, its spec and Swagger UI.
-pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static {
-    let api = api::openapi_service();
-    let spec = api::openapi_json();
-    let docs = api::swagger_ui_html();
-    let allow = api::allow::AllowMethods::from_spec(&spec);
+/// Every route: the API, its spec and Swagger UI, the sockets and the metrics.
+fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static {
+    let api = spec::openapi_service();
+    let spec = spec::openapi_json();
+    let docs = spec::swagger_ui_html();
+    let allow = AllowMethods::from_spec(&spec);
     Route::new()
         .nest("/", api.with(allow))
         .at("/docs", make_sync(move |_| poem::web::Html(docs.clone())))
@@ -190,9 +182,9 @@ pub fn routes(state: AppState, config: &Config) -> impl poem::Endpoint + 'static
                     .body(spec.clone())
             }),
         )
-        .at("/ws", poem::get(api::ws::handler))
-        .nest("/socket.io", api::socketio::endpoint())
-        .at("/metrics", api::health::metrics)
+        .at("/ws", poem::get(ws::handler))
+        .nest("/socket.io", socketio::endpoint())
+        .at("/metrics", health::metrics)
         .data(state)
         .with(Cors::new(&config.cors_origins))
         .catch_all_error(|err| async move { render_any_error(err) })

@@ -24,15 +24,15 @@ const SWEEP_AFTER: Duration = Duration::from_secs(3600);
 const TEMP_PREFIX: &str = ".upload-";
 
 /// Largest accepted image.
-pub const MAX_IMAGE_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_IMAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Served for Funkos without an image of their own.
-pub const PLACEHOLDER: &[u8] = include_bytes!("../static/placeholder.png");
-pub const PLACEHOLDER_NAME: &str = "placeholder.png";
+pub(crate) const PLACEHOLDER: &[u8] = include_bytes!("../static/placeholder.png");
+pub(crate) const PLACEHOLDER_NAME: &str = "placeholder.png";
 
 /// An image format we accept, known by its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageKind {
+pub(crate) enum ImageKind {
     Png,
     Jpeg,
     Gif,
@@ -41,7 +41,7 @@ pub enum ImageKind {
 
 impl ImageKind {
     /// Recognises an image by its signature, never by its name or declared type.
-    pub fn sniff(head: &[u8]) -> Option<Self> {
+    pub(crate) fn sniff(head: &[u8]) -> Option<Self> {
         if head.starts_with(b"\x89PNG\r\n\x1a\n") {
             Some(Self::Png)
         } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
@@ -55,7 +55,7 @@ impl ImageKind {
         }
     }
 
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             Self::Png => "png",
             Self::Jpeg => "jpg",
@@ -64,7 +64,7 @@ impl ImageKind {
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::Png => "image/png",
             Self::Jpeg => "image/jpeg",
@@ -81,12 +81,12 @@ impl ImageKind {
 }
 
 #[derive(Clone, Debug)]
-pub struct ImageStore {
+pub(crate) struct ImageStore {
     dir: PathBuf,
 }
 
 impl ImageStore {
-    pub fn new(data_dir: &Path) -> Self {
+    pub(crate) fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("storage"),
         }
@@ -95,7 +95,7 @@ impl ImageStore {
     /// Streams an upload to disk, refusing it (413) as soon as it passes the limit and (415)
     /// unless its first bytes are an image we accept. Returns the public path
     /// (`/storage/<name>`).
-    pub async fn save(
+    pub(crate) async fn save(
         &self,
         funko_id: i64,
         mut reader: impl AsyncRead + Unpin,
@@ -164,7 +164,7 @@ impl ImageStore {
     /// Removes the file at a public path once no Funko names it, checked under the write lock
     /// so no write can start naming it meanwhile. Paths that are not this store's files (the
     /// placeholder, other sites) are left alone; a failure is logged (the sweep retries).
-    pub async fn release(&self, db: &Db, public_path: &str) {
+    pub(crate) async fn release(&self, db: &Db, public_path: &str) {
         let Some(name) = own_file(public_path) else {
             return;
         };
@@ -189,7 +189,7 @@ impl ImageStore {
 
     /// Removes what a crash or a lost follow-up left behind: uploads never finished, and files
     /// no Funko names, once they are older than an hour.
-    pub async fn sweep(&self, db: &Db) -> anyhow::Result<()> {
+    pub(crate) async fn sweep(&self, db: &Db) -> anyhow::Result<()> {
         let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
             return Ok(());
         };
@@ -216,7 +216,7 @@ impl ImageStore {
     }
 
     /// A stored file's bytes and content type, if `name` is one of ours.
-    pub async fn read(&self, name: &str) -> Option<(Vec<u8>, &'static str)> {
+    pub(crate) async fn read(&self, name: &str) -> Option<(Vec<u8>, &'static str)> {
         if name == PLACEHOLDER_NAME {
             return Some((PLACEHOLDER.to_vec(), ImageKind::Png.content_type()));
         }

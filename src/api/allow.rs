@@ -14,7 +14,7 @@ const OPERATIONS: &[&str] = &[
 
 /// The documented methods of every path template of the API.
 #[derive(Clone, Debug, Default)]
-pub struct AllowMethods {
+pub(crate) struct AllowMethods {
     /// Path templates split into segments (`{id}` matches any one segment), with the value
     /// of their `Allow` header.
     paths: Arc<Vec<(Vec<String>, String)>>,
@@ -23,7 +23,7 @@ pub struct AllowMethods {
 impl AllowMethods {
     /// Reads the paths and methods of an OpenAPI document. `HEAD` is allowed wherever `GET`
     /// is (poem answers it).
-    pub fn from_spec(spec: &str) -> Self {
+    pub(crate) fn from_spec(spec: &str) -> Self {
         let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
         let mut paths = Vec::new();
         for (path, item) in spec["paths"].as_object().into_iter().flatten() {
@@ -78,7 +78,7 @@ impl<E: Endpoint> Middleware<E> for AllowMethods {
     }
 }
 
-pub struct AllowMethodsEndpoint<E> {
+pub(crate) struct AllowMethodsEndpoint<E> {
     inner: E,
     methods: AllowMethods,
 }

@@ -7,15 +7,15 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiTags, AppState, JsonBody, WriteAccess};
+use super::{ApiTags, AppState, IfMatchHeader, JsonBody, WriteAccess};
 use crate::{
     domain::category::CategoryInput,
+    domain::resource::Category,
     error::{ApiResult, CreateErrors, DeleteErrors, ListErrors, ReadErrors, UpdateErrors},
-    model::Category,
-    service::{IfMatchHeader, categories},
+    service::categories,
 };
 
-pub struct CategoriesApi;
+pub(crate) struct CategoriesApi;
 
 #[derive(ApiResponse)]
 pub enum ListResponse {
@@ -85,7 +85,7 @@ impl CategoriesApi {
         state: Data<&AppState>,
         #[oai(name = "includeDeleted")] include_deleted: Query<Option<bool>>,
     ) -> ApiResult<ListResponse, ListErrors> {
-        let read = categories::list(&state.bus, include_deleted.0.unwrap_or(false)).await?;
+        let read = categories::list(&state.store, include_deleted.0.unwrap_or(false)).await?;
         Ok(ListResponse::Ok(
             Json(read.resource),
             read.cursor.to_string(),
@@ -100,7 +100,7 @@ impl CategoriesApi {
         id: Path<i64>,
         #[oai(name = "includeDeleted")] include_deleted: Query<Option<bool>>,
     ) -> ApiResult<GetResponse, ReadErrors> {
-        let read = categories::get(&state.bus, id.0, include_deleted.0.unwrap_or(false)).await?;
+        let read = categories::get(&state.store, id.0, include_deleted.0.unwrap_or(false)).await?;
         Ok(GetResponse::Ok(
             Json(read.resource),
             read.cursor.to_string(),
@@ -115,7 +115,7 @@ impl CategoriesApi {
         _access: WriteAccess,
         body: JsonBody<CategoryInput>,
     ) -> ApiResult<CreateResponse, CreateErrors> {
-        let written = categories::create(&state.bus, &body.0).await?;
+        let written = categories::create(&state.store, &body.0).await?;
         let location = format!("/categories/{}", written.resource.id);
         Ok(CreateResponse::Created(
             Json(written.resource),
@@ -141,7 +141,8 @@ impl CategoriesApi {
         body: JsonBody<CategoryInput>,
     ) -> ApiResult<UpdateResponse, UpdateErrors> {
         let precondition = IfMatchHeader::parse(if_match.0)?;
-        let written = categories::update(&state.bus, id.0, &body.0, precondition.as_ref()).await?;
+        let written =
+            categories::update(&state.store, id.0, &body.0, precondition.as_ref()).await?;
         Ok(UpdateResponse::Ok(
             Json(written.resource),
             written.cursor.to_string(),
@@ -166,7 +167,7 @@ impl CategoriesApi {
         if_match: Header<Option<IfMatchHeader>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
         let precondition = IfMatchHeader::parse(if_match.0)?;
-        let written = categories::delete(&state.bus, id.0, precondition.as_ref()).await?;
+        let written = categories::delete(&state.store, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }
 }

@@ -27,12 +27,12 @@ const MAX_AGE: &str = "600";
 
 /// The CORS middleware; see the module docs.
 #[derive(Clone, Debug)]
-pub struct Cors {
+pub(crate) struct Cors {
     origins: Arc<Vec<HeaderValue>>,
 }
 
 impl Cors {
-    pub fn new(origins: &[String]) -> Self {
+    pub(crate) fn new(origins: &[String]) -> Self {
         Self {
             origins: Arc::new(
                 origins
@@ -55,7 +55,7 @@ impl<E: Endpoint> Middleware<E> for Cors {
     }
 }
 
-pub struct CorsEndpoint<E> {
+pub(crate) struct CorsEndpoint<E> {
     inner: E,
     origins: Arc<Vec<HeaderValue>>,
 }

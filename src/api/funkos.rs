@@ -7,21 +7,21 @@ use poem_openapi::{
     payload::Json,
 };
 
-use super::{ApiTags, AppState, JsonBody, RawJson, WriteAccess};
+use super::{ApiTags, AppState, IfMatchHeader, JsonBody, RawJson, WriteAccess};
 use crate::{
-    domain::funko::{FunkoInput, FunkoPatch},
-    domain::query::{FunkoListQuery, RawListQuery},
+    domain::{
+        funko::{FunkoInput, FunkoPatch},
+        precondition::{IfMatch, etag},
+        query::{FunkoListQuery, RawListQuery},
+        resource::{Funko, FunkoPage},
+    },
     error::{
         ApiError, ApiResult, CreateErrors, DeleteErrors, ListErrors, ReadErrors, UpdateErrors,
     },
-    model::{Funko, FunkoPage},
-    service::{
-        IfMatch, IfMatchHeader, etag,
-        funkos::{self, UpdateMode},
-    },
+    service::funkos::{self, UpdateMode},
 };
 
-pub struct FunkosApi;
+pub(crate) struct FunkosApi;
 
 #[derive(ApiResponse)]
 pub enum ListResponse {
@@ -131,7 +131,7 @@ impl FunkosApi {
             detail: "invalid query parameters".to_owned(),
             errors,
         })?;
-        let read = funkos::list(&state.bus, &query).await?;
+        let read = funkos::list(&state.store, &query).await?;
         Ok(ListResponse::Ok(
             RawJson::new(read.resource),
             read.cursor.to_string(),
@@ -148,7 +148,7 @@ impl FunkosApi {
         #[oai(name = "includeDeleted")]
         include_deleted: Query<Option<bool>>,
     ) -> ApiResult<GetResponse, ReadErrors> {
-        let read = funkos::get(&state.bus, id.0, include_deleted.0.unwrap_or(false)).await?;
+        let read = funkos::get(&state.store, id.0, include_deleted.0.unwrap_or(false)).await?;
         let tag = etag(read.resource.version);
         Ok(GetResponse::Ok(
             RawJson::new(read.resource.json),
@@ -165,7 +165,7 @@ impl FunkosApi {
         _access: WriteAccess,
         body: JsonBody<FunkoInput>,
     ) -> ApiResult<CreateResponse, CreateErrors> {
-        let written = funkos::create(&state.bus, &body.0).await?;
+        let written = funkos::create(&state.store, &body.0).await?;
         let funko = written.resource;
         let (location, tag) = (format!("/funkos/{}", funko.id), etag(funko.version));
         Ok(CreateResponse::Created(
@@ -223,7 +223,7 @@ impl FunkosApi {
         #[oai(name = "If-Match")] if_match: Header<Option<IfMatchHeader>>,
     ) -> ApiResult<DeleteResponse, DeleteErrors> {
         let precondition = IfMatchHeader::parse(if_match.0)?;
-        let written = funkos::delete(&state.bus, id.0, precondition.as_ref()).await?;
+        let written = funkos::delete(&state.store, id.0, precondition.as_ref()).await?;
         Ok(DeleteResponse::NoContent(written.cursor.to_string()))
     }
 }
@@ -240,15 +240,7 @@ async fn update(
     let task = state.clone();
     state
         .run_to_end(async move {
-            funkos::update(
-                &task.bus,
-                &task.images,
-                id,
-                &body,
-                mode,
-                precondition.as_ref(),
-            )
-            .await
+            funkos::update(&task.store, id, &body, mode, precondition.as_ref()).await
         })
         .await
 }

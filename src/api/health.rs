@@ -6,7 +6,7 @@ use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};
 use super::{ApiTags, AppState};
 use crate::metrics::{METRICS, PoolLabel};
 
-pub struct HealthApi;
+pub(crate) struct HealthApi;
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
@@ -29,10 +29,10 @@ impl HealthApi {
     /// Readiness: the database answers and the server is not shutting down.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
     async fn ready(&self, state: Data<&AppState>) -> ReadyResponse {
-        if state.bus.closing().is_cancelled() {
+        if state.tail.closing().is_cancelled() {
             return ReadyResponse::NotReady(PlainText("shutting down".to_owned()));
         }
-        match state.bus.db().ping().await {
+        match state.store.ping().await {
             Ok(()) => ReadyResponse::Ready(PlainText("ready".to_owned())),
             Err(err) => ReadyResponse::NotReady(PlainText(format!("database: {err}"))),
         }
@@ -41,8 +41,8 @@ impl HealthApi {
 
 /// `GET /metrics`: Prometheus text. The pools are sampled at each scrape.
 #[handler]
-pub fn metrics(state: Data<&AppState>) -> poem::Response {
-    let db = state.bus.db();
+pub(crate) fn metrics(state: Data<&AppState>) -> poem::Response {
+    let db = state.store.db();
     let pools = [("writer", &db.writer), ("reader", &db.reader)];
     for (pool, handle) in pools {
         let size = i64::from(handle.size());

@@ -10,18 +10,18 @@ use poem_openapi::{
 
 use super::{ApiTags, AppState, WriteAccess, check_coding};
 use crate::{
+    domain::{precondition::etag, resource::Funko},
     error::{ApiError, ApiResult, ReadErrors, UploadErrors},
-    model::Funko,
-    service::{etag, funkos},
+    service::funkos,
     storage::MAX_IMAGE_BYTES,
 };
 
-pub struct ImagesApi;
+pub(crate) struct ImagesApi;
 
 /// A `multipart/form-data` body with the image in a part named `file`. The parts are read as
 /// they arrive (never buffered whole), and the whole body is bounded ([`UPLOAD_BODY_BYTES`])
 /// however many parts come before the file.
-pub struct ImageForm(multer::Multipart<'static>);
+pub(crate) struct ImageForm(multer::Multipart<'static>);
 
 /// The most bytes an upload's whole body may have: the image and room for its part's
 /// headers and a few small fields.
@@ -154,7 +154,7 @@ impl ImagesApi {
         id: Path<i64>,
         form: ImageForm,
     ) -> ApiResult<UploadResponse, UploadErrors> {
-        funkos::exists_live(&state.bus, id.0).await?;
+        funkos::exists_live(&state.store, id.0).await?;
         let mut multipart = form.0;
         let field = loop {
             match multipart.next_field().await {
@@ -186,7 +186,7 @@ impl ImagesApi {
             .clone()
             .run_to_end(async move {
                 let timeout = state.settings.body_timeout;
-                funkos::upload_image(&state.bus, &state.images, id, image, timeout).await
+                funkos::upload_image(&state.store, id, image, timeout).await
             })
             .await?;
         let tag = etag(written.resource.version);
@@ -209,7 +209,8 @@ impl ImagesApi {
         file: Path<String>,
     ) -> ApiResult<FileResponse, ReadErrors> {
         let (bytes, content_type) = state
-            .images
+            .store
+            .images()
             .read(&file.0)
             .await
             .ok_or_else(|| ApiError::not_found("file", &file.0))?;

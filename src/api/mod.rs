@@ -1,24 +1,23 @@
-//! The HTTP surface: one `#[OpenApi]` impl per resource, `stream` for SSE and long-poll,
-//! `ws` for the socket, `page` for the live page. Handlers parse, call one service function,
+//! The REST surface: one `#[OpenApi]` impl per resource (Funkos, categories, images, health)
+//! and the live page, the middleware around every route (CORS, `Allow` on 405, one span and
+//! the metrics per request), and what handlers share: [`AppState`], the write-auth extractor,
+//! the JSON body and the pre-rendered JSON payload. Handlers parse, call one service function,
 //! and map the result to a typed response enum.
 
-pub mod allow;
-pub mod categories;
-pub mod cors;
-pub mod funkos;
-pub mod health;
-pub mod images;
-pub mod observe;
-pub mod page;
-pub mod socketio;
-pub mod stream;
-pub mod ws;
+pub(crate) mod allow;
+pub(crate) mod categories;
+pub(crate) mod cors;
+pub(crate) mod funkos;
+pub(crate) mod health;
+pub(crate) mod images;
+pub(crate) mod observe;
+pub(crate) mod page;
 
 use std::sync::Arc;
 
 use poem::{Request, RequestBody};
 use poem_openapi::{
-    ApiExtractor, ApiExtractorType, ExtractParamOptions, OpenApiService, Tags,
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, Tags,
     payload::{ParsePayload, Payload},
     registry::{MetaSchema, MetaSchemaRef, Registry},
     types::Type,
@@ -27,36 +26,41 @@ use serde_json::Value;
 
 use crate::{
     auth::{Caller, WriteAuth, WritePolicy},
-    domain::Shape,
+    domain::{
+        Shape,
+        precondition::{IF_MATCH_PATTERN, IfMatch},
+    },
     error::ApiError,
-    events::ChangeBus,
+    events::Tail,
+    http::fanout::Hub,
     limits::StreamSlots,
-    storage::ImageStore,
+    service::Store,
 };
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub bus: Arc<ChangeBus>,
+    /// The store's operations.
+    pub(crate) store: Arc<Store>,
+    /// The log's tail, for the streams.
+    pub(crate) tail: Arc<Tail>,
     /// Writes live events to SSE subscribers' sockets.
-    pub hub: Arc<crate::events::hub::Hub>,
-    pub settings: Arc<Settings>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) settings: Arc<Settings>,
     /// Who may write.
-    pub policy: Arc<WritePolicy>,
+    pub(crate) policy: Arc<WritePolicy>,
     /// Places for open streams.
-    pub slots: StreamSlots,
-    /// Uploaded images.
-    pub images: ImageStore,
+    pub(crate) slots: StreamSlots,
     /// Tasks that outlive their request, awaited at shutdown: upgraded sockets (poem does not
     /// track them) and writes whose client hung up ([`AppState::run_to_end`]).
-    pub tasks: tokio_util::task::TaskTracker,
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
     /// Runs `work` to its end even if the request that asked for it is dropped (its client
     /// hung up): for a write whose follow-up (removing the image it replaced) must not be
     /// skipped once it has committed.
-    pub async fn run_to_end<T: Send + 'static>(
+    pub(crate) async fn run_to_end<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -65,12 +69,26 @@ impl AppState {
             .await
             .map_err(|err| ApiError::Internal(err.into()))?
     }
+
+    /// Runs one retention pass now, keeping the newest `keep` events; returns how many it
+    /// removed. The pruner does the same on its schedule.
+    pub async fn prune_now(&self, keep: u64) -> anyhow::Result<u64> {
+        Ok(
+            crate::events::retention::prune_once(&self.tail, std::time::Duration::ZERO, keep)
+                .await?,
+        )
+    }
+
+    /// The log's floor (the cursor below its oldest event), as the database holds it.
+    pub async fn log_floor(&self) -> anyhow::Result<i64> {
+        self.store.log_floor().await
+    }
 }
 
 /// Proof that a request may write: [`WritePolicy::check`] passed for its token (when tokens
 /// are configured) or its origin and host (when writes are open). An operation that takes
 /// one is documented with the bearer scheme and refuses (401/403) before reading its body.
-pub struct WriteAccess(());
+pub(crate) struct WriteAccess(());
 
 impl<'a> ApiExtractor<'a> for WriteAccess {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
@@ -108,7 +126,7 @@ impl<'a> ApiExtractor<'a> for WriteAccess {
 
 /// The settings handlers read on each request.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Largest JSON body, in bytes.
     pub max_body_bytes: usize,
     /// Interval of SSE keep-alive comments.
@@ -120,7 +138,7 @@ pub struct Settings {
 }
 
 #[derive(Tags)]
-pub enum ApiTags {
+pub(crate) enum ApiTags {
     /// Funkos: the store's products.
     Funkos,
     /// Categories Funkos belong to.
@@ -129,63 +147,6 @@ pub enum ApiTags {
     Stream,
     /// Liveness and readiness.
     Health,
-}
-
-/// The OpenAPI service with every operation.
-pub fn openapi_service() -> OpenApiService<
-    (
-        funkos::FunkosApi,
-        categories::CategoriesApi,
-        stream::StreamApi,
-        health::HealthApi,
-        images::ImagesApi,
-        page::PageApi,
-    ),
-    (),
-> {
-    OpenApiService::new(
-        (
-            funkos::FunkosApi,
-            categories::CategoriesApi,
-            stream::StreamApi,
-            health::HealthApi,
-            images::ImagesApi,
-            page::PageApi,
-        ),
-        "funko-live",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "A Funko store whose clients see every committed change live. Every write appends one \
-         event to an ordered, durable change stream, served as Server-Sent Events (`/events`), \
-         long-polling (`/events/poll`) and WebSocket (`/ws`) with one cursor. Reads answer a \
-         `Stream-Cursor` header: subscribe from it and miss nothing. Errors are \
-         `application/problem+json` (RFC 9457).",
-    )
-}
-
-/// The spec as served at `/openapi.json` and committed as `openapi/openapi.json`: poem-openapi's
-/// document with each request body's schema from the domain ([`crate::domain::shapes`]), which
-/// states what poem-openapi's model cannot (`additionalProperties: false`, patterns).
-pub fn openapi_json() -> String {
-    let mut spec: Value =
-        serde_json::from_str(&openapi_service().spec()).expect("poem-openapi writes JSON");
-    for (name, schema) in crate::domain::shapes() {
-        spec["components"]["schemas"][name] = schema;
-    }
-    serde_json::to_string_pretty(&spec).expect("a JSON value serializes")
-}
-
-/// Swagger UI's page, showing [`openapi_json`].
-pub fn swagger_ui_html() -> String {
-    let service = openapi_service();
-    let page = service.swagger_ui_html();
-    let generated = service.spec();
-    assert!(
-        page.contains(&generated),
-        "Swagger UI embeds the spec it shows"
-    );
-    page.replace(&generated, &openapi_json())
 }
 
 /// A JSON body rendered beforehand (an event's JSON, rendered once and shared; a cached
@@ -221,7 +182,7 @@ impl<T: Type> poem::IntoResponse for RawJson<T> {
 /// A JSON request body, read with the configured size limit and checked for syntax here;
 /// the resource's rules are checked by the domain, so every field error can be listed.
 /// The schema shown in the spec is `T`'s ([`Shape`]), written beside those rules.
-pub struct JsonBody<T>(pub Value, std::marker::PhantomData<T>);
+pub(crate) struct JsonBody<T>(pub Value, std::marker::PhantomData<T>);
 
 impl<T: Shape + Send> Payload for JsonBody<T> {
     const CONTENT_TYPE: &'static str = "application/json";
@@ -280,7 +241,7 @@ impl<T: Shape + Send> ParsePayload for JsonBody<T> {
 const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// 415 for a body in a content coding (`gzip`, say): the server reads bodies as sent.
-pub fn check_coding(request: &Request) -> Result<(), ApiError> {
+pub(crate) fn check_coding(request: &Request) -> Result<(), ApiError> {
     match request.headers().get(poem::http::header::CONTENT_ENCODING) {
         Some(coding) if !coding.as_bytes().eq_ignore_ascii_case(b"identity") => {
             Err(ApiError::UnsupportedMediaType(format!(
@@ -294,8 +255,51 @@ pub fn check_coding(request: &Request) -> Result<(), ApiError> {
 
 poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Shape + Send);
 
+/// The `If-Match` header as received, documented with [`IF_MATCH_PATTERN`] and read with
+/// [`IfMatch::parse`] by the operation, so a bad one answers the same 400 everywhere.
+pub(crate) struct IfMatchHeader(pub String);
+
+impl IfMatchHeader {
+    pub(crate) fn parse(header: Option<Self>) -> Result<Option<IfMatch>, ApiError> {
+        Ok(header.map(|h| IfMatch::parse(&h.0)).transpose()?)
+    }
+}
+
+impl poem_openapi::types::Type for IfMatchHeader {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string(if-match)".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
+            poem_openapi::registry::MetaSchema {
+                pattern: Some(IF_MATCH_PATTERN.to_owned()),
+                ..poem_openapi::registry::MetaSchema::new("string")
+            },
+        ))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl poem_openapi::types::ParseFromParameter for IfMatchHeader {
+    fn parse_from_parameter(value: &str) -> poem_openapi::types::ParseResult<Self> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
 /// Parses a JSON document, answering 400 with the position of a syntax error.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON body is required"));
     }

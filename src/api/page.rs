@@ -57,7 +57,7 @@ impl ApiResponse for AssetResponse {
     fn register(_registry: &mut Registry) {}
 }
 
-pub struct PageApi;
+pub(crate) struct PageApi;
 
 #[OpenApi]
 impl PageApi {

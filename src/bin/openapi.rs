@@ -1,5 +1,5 @@
 //! Prints the OpenAPI document the server serves: `cargo run --bin openapi > openapi/openapi.json`.
 
 fn main() {
-    println!("{}", funko_live::api::openapi_json());
+    println!("{}", funko_live::openapi_json());
 }

@@ -2,7 +2,7 @@
 
 use sqlx::AnyConnection;
 
-use crate::{domain::name_key, model::Category};
+use crate::domain::{name_key, resource::Category};
 
 macro_rules! select {
     () => {
@@ -31,7 +31,10 @@ impl From<CategoryRow> for Category {
     }
 }
 
-pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Category>, sqlx::Error> {
+pub(crate) async fn get(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<Category>, sqlx::Error> {
     let row: Option<CategoryRow> = sqlx::query_as(concat!(select!(), " WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)
@@ -40,7 +43,7 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Category>, 
 }
 
 /// The live category with this name, any case.
-pub async fn find_live_by_name(
+pub(crate) async fn find_live_by_name(
     conn: &mut AnyConnection,
     name: &str,
 ) -> Result<Option<Category>, sqlx::Error> {
@@ -54,7 +57,7 @@ pub async fn find_live_by_name(
     Ok(row.map(Category::from))
 }
 
-pub async fn list(
+pub(crate) async fn list(
     conn: &mut AnyConnection,
     include_deleted: bool,
 ) -> Result<Vec<Category>, sqlx::Error> {
@@ -68,7 +71,11 @@ pub async fn list(
     Ok(rows.into_iter().map(Category::from).collect())
 }
 
-pub async fn insert(conn: &mut AnyConnection, name: &str, now: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    name: &str,
+    now: &str,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO categories (name, name_key, created_at, updated_at) VALUES ($1, $2, $3, $3) \
          RETURNING id",
@@ -80,7 +87,7 @@ pub async fn insert(conn: &mut AnyConnection, name: &str, now: &str) -> Result<i
     .await
 }
 
-pub async fn rename(
+pub(crate) async fn rename(
     conn: &mut AnyConnection,
     id: i64,
     name: &str,
@@ -96,7 +103,11 @@ pub async fn rename(
     Ok(())
 }
 
-pub async fn soft_delete(conn: &mut AnyConnection, id: i64, now: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn soft_delete(
+    conn: &mut AnyConnection,
+    id: i64,
+    now: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE categories SET is_deleted = 1, updated_at = $1 WHERE id = $2")
         .bind(now)
         .bind(id)

@@ -9,15 +9,27 @@ use std::{
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{Backend, Db, Placeholders};
-use crate::{
-    domain::category::SEED,
-    events::{Entity, EventKind, StoredEvent},
-    model::now_rfc3339,
+use crate::domain::{
+    category::SEED,
+    event::{Entity, EventKind},
+    resource::now_rfc3339,
 };
+
+/// An event as the log holds it.
+#[derive(Debug)]
+pub(crate) struct EventRow {
+    /// The cursor.
+    pub id: i64,
+    pub entity: Entity,
+    pub kind: EventKind,
+    /// The resource's JSON as `GET` returned it after the change.
+    pub data: String,
+    pub created_at: String,
+}
 
 /// An event a write is about to append: the resource's JSON as `GET` returns it.
 #[derive(Debug)]
-pub struct NewEvent {
+pub(crate) struct NewEvent {
     pub entity: Entity,
     pub kind: EventKind,
     pub data: String,
@@ -26,15 +38,14 @@ pub struct NewEvent {
 /// The events one write appends, in order: its resource's, then those of any other resource
 /// it changed (a category rename changes each of its Funkos). Never empty.
 #[derive(Debug)]
-pub struct NewEvents {
+pub(crate) struct NewEvents {
     pub first: NewEvent,
     pub rest: Vec<NewEvent>,
 }
 
 impl NewEvents {
-    /// How many: at least one, so there is no `is_empty`.
-    #[expect(clippy::len_without_is_empty, reason = "never empty, by construction")]
-    pub fn len(&self) -> usize {
+    /// How many: at least one, by construction.
+    pub(crate) fn len(&self) -> usize {
         1 + self.rest.len()
     }
 }
@@ -59,7 +70,7 @@ impl IntoIterator for NewEvents {
 
 /// The PostgreSQL channel every append notifies, with the new event's id as payload.
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
-pub const NOTIFY_CHANNEL: &str = "funko_events";
+pub(crate) const NOTIFY_CHANNEL: &str = "funko_events";
 
 /// PostgreSQL: appends one event inside the caller's write transaction (`conn` is in it) and
 /// returns its id, the cursor. (SQLite appends a batch's events at once: [`append_all`].)
@@ -91,7 +102,7 @@ pub const NOTIFY_CHANNEL: &str = "funko_events";
 /// On PostgreSQL the same statement queues a `NOTIFY` (`pg_notify`), which PostgreSQL
 /// delivers only if and when the transaction commits, after the commit is visible; the
 /// payload is the new id. It is only a wake-up: listeners read the table.
-pub async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, sqlx::Error> {
+pub(crate) async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "WITH e AS (INSERT INTO events (entity, type, data, created_at) \
          VALUES ($1, $2, $3, $4) RETURNING id) \
@@ -111,7 +122,7 @@ pub async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, s
 /// writer, and the rows of one `INSERT` take increasing ids in the order of its `VALUES`
 /// (`AUTOINCREMENT`), so sorting the returned ids (SQLite returns them in no promised order)
 /// gives each event its own.
-pub async fn append_all(
+pub(crate) async fn append_all(
     conn: &mut AnyConnection,
     events: &[NewEvent],
     created_at: &str,
@@ -152,11 +163,11 @@ pub async fn append_all(
 }
 
 /// Events after `after`, oldest first, at most `limit`.
-pub async fn read_after(
+pub(crate) async fn read_after(
     conn: &mut AnyConnection,
     after: i64,
     limit: i64,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
+) -> Result<Vec<EventRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, entity, type, data, created_at FROM events WHERE id > $1 ORDER BY id LIMIT $2",
     )
@@ -164,17 +175,17 @@ pub async fn read_after(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(stored_event).collect()
+    rows.iter().map(event_row).collect()
 }
 
 /// [`read_after`], with the log's floor as the same statement saw it (so in the same
 /// snapshot): `None` when there are no events after `after`. The log always keeps its newest
 /// event, so a floor past `after` always comes with events.
-pub async fn read_after_with_floor(
+pub(crate) async fn read_after_with_floor(
     conn: &mut AnyConnection,
     after: i64,
     limit: i64,
-) -> Result<(Vec<StoredEvent>, Option<i64>), sqlx::Error> {
+) -> Result<(Vec<EventRow>, Option<i64>), sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, entity, type, data, created_at, \
          (SELECT m.value FROM stream_meta m WHERE m.key = 'floor') AS floor \
@@ -185,22 +196,20 @@ pub async fn read_after_with_floor(
     .fetch_all(conn)
     .await?;
     let floor = rows.first().map(|row| row.try_get(5)).transpose()?;
-    let events = rows.iter().map(stored_event).collect::<Result<_, _>>()?;
+    let events = rows.iter().map(event_row).collect::<Result<_, _>>()?;
     Ok((events, floor))
 }
 
-fn stored_event(row: &sqlx::any::AnyRow) -> Result<StoredEvent, sqlx::Error> {
+fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
     let entity: String = row.try_get(1)?;
     let kind: String = row.try_get(2)?;
-    let data: String = row.try_get(3)?;
-    let created_at: String = row.try_get(4)?;
-    Ok(StoredEvent::new(
-        row.try_get(0)?,
-        Entity::parse(&entity).ok_or_else(|| decode_error("entity", &entity))?,
-        EventKind::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
-        &data,
-        &created_at,
-    ))
+    Ok(EventRow {
+        id: row.try_get(0)?,
+        entity: Entity::parse(&entity).ok_or_else(|| decode_error("entity", &entity))?,
+        kind: EventKind::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
+        data: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+    })
 }
 
 fn decode_error(column: &str, value: &str) -> sqlx::Error {
@@ -210,7 +219,7 @@ fn decode_error(column: &str, value: &str) -> sqlx::Error {
 /// The stream's bounds as this connection sees them: `(floor, head)`. Every event with an
 /// id in `floor+1..=head` is in the log; `head` is the newest event (or `floor` when the log
 /// is empty). Inside a read transaction, `head` is the cursor of that snapshot.
-pub async fn bounds(conn: &mut AnyConnection) -> Result<(i64, i64), sqlx::Error> {
+pub(crate) async fn bounds(conn: &mut AnyConnection) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query(
         "SELECT m.value, COALESCE((SELECT MAX(id) FROM events), m.value) \
          FROM stream_meta m WHERE m.key = 'floor'",
@@ -224,7 +233,7 @@ pub async fn bounds(conn: &mut AnyConnection) -> Result<(i64, i64), sqlx::Error>
 ///
 /// A new log starts at a random id rather than 1, so a cursor from another database is
 /// almost surely outside this one's range and answered with a reset, not silently misread.
-pub async fn init_stream(db: &Db) -> Result<(), sqlx::Error> {
+pub(crate) async fn init_stream(db: &Db) -> Result<(), sqlx::Error> {
     // Instances starting together: the write lock lets one seed; the others then see the floor.
     let mut tx = db.begin_write().await?;
     let existing: Option<i64> =
@@ -271,7 +280,7 @@ pub async fn init_stream(db: &Db) -> Result<(), sqlx::Error> {
 
 /// Deletes events older than `max_age_secs` or beyond the newest `max_count`, keeping at
 /// least the newest one, and raises the floor to the last deleted id. Returns how many went.
-pub async fn prune(db: &Db, max_age_secs: u64, max_count: u64) -> Result<u64, sqlx::Error> {
+pub(crate) async fn prune(db: &Db, max_age_secs: u64, max_count: u64) -> Result<u64, sqlx::Error> {
     let cutoff = (chrono::Utc::now() - chrono::Duration::seconds(max_age_secs as i64))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let max_count = max_count.max(1) as i64;

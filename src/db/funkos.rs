@@ -5,13 +5,11 @@
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::Placeholders;
-use crate::{
-    domain::{
-        funko::{FunkoDraft, cents_to_price},
-        name_key,
-        query::{FunkoListQuery, SortField},
-    },
-    model::Funko,
+use crate::domain::{
+    funko::{FunkoDraft, cents_to_price},
+    name_key,
+    query::{FunkoListQuery, SortField},
+    resource::Funko,
 };
 
 /// The columns of a [`Funko`]...
@@ -80,7 +78,7 @@ impl From<FunkoRow> for Funko {
 }
 
 /// The Funko with this id, deleted or not.
-pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Funko>, sqlx::Error> {
+pub(crate) async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Funko>, sqlx::Error> {
     let row: Option<FunkoRow> = sqlx::query_as(concat!(select!(), " WHERE f.id = $1"))
         .bind(id)
         .fetch_optional(conn)
@@ -90,7 +88,7 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Option<Funko>, sql
 
 /// The Funko with this id, deleted or not, and the stream's head cursor, in one statement
 /// (one statement is one snapshot on both databases: the cursor is the position the read saw).
-pub async fn get_with_cursor(
+pub(crate) async fn get_with_cursor(
     conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<(Funko, i64)>, sqlx::Error> {
@@ -116,7 +114,7 @@ pub async fn get_with_cursor(
 
 /// One page of the list, the number of matching rows and the stream's head cursor, all read in
 /// one snapshot.
-pub async fn list(
+pub(crate) async fn list(
     conn: &mut AnyConnection,
     query: &FunkoListQuery,
 ) -> Result<(Vec<Funko>, i64, i64), sqlx::Error> {
@@ -231,7 +229,7 @@ pub async fn list(
 /// category and inserts, so the category cannot go between the two; a live Funko with the
 /// same name key fails it with a unique violation (index `funkos_live_name`), which the
 /// database undoes alone: the transaction stays usable.
-pub async fn insert(
+pub(crate) async fn insert(
     conn: &mut AnyConnection,
     draft: &FunkoDraft,
     now: &str,
@@ -261,7 +259,7 @@ pub async fn insert(
 /// `draft.category` (any case) and bumps the version; returns it as [`get`] would. `None`
 /// when no live category has that name, or no Funko that id. As in [`insert`], one
 /// statement finds the category and writes, and a taken name is a unique violation.
-pub async fn update(
+pub(crate) async fn update(
     conn: &mut AnyConnection,
     id: i64,
     draft: &FunkoDraft,
@@ -291,7 +289,7 @@ pub async fn update(
 
 /// Sets the image only (uploads) and bumps the version; returns the Funko, `None` if no
 /// Funko has that id.
-pub async fn set_image(
+pub(crate) async fn set_image(
     conn: &mut AnyConnection,
     id: i64,
     image: &str,
@@ -310,7 +308,7 @@ pub async fn set_image(
 }
 
 /// Marks Funko `id` deleted and bumps the version; returns it, `None` if no Funko has that id.
-pub async fn soft_delete(
+pub(crate) async fn soft_delete(
     conn: &mut AnyConnection,
     id: i64,
     now: &str,
@@ -328,7 +326,7 @@ pub async fn soft_delete(
 
 /// Bumps the version of every Funko in a category (whose name changed: their bodies did) and
 /// returns them as [`get`] would, in id order.
-pub async fn touch_category(
+pub(crate) async fn touch_category(
     conn: &mut AnyConnection,
     category_id: i64,
     now: &str,
@@ -346,7 +344,10 @@ pub async fn touch_category(
 }
 
 /// How many Funkos, deleted ones included, name this image.
-pub async fn count_image_users(conn: &mut AnyConnection, image: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn count_image_users(
+    conn: &mut AnyConnection,
+    image: &str,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM funkos WHERE image = $1")
         .bind(image)
         .fetch_one(conn)
@@ -354,7 +355,7 @@ pub async fn count_image_users(conn: &mut AnyConnection, image: &str) -> Result<
 }
 
 /// Every image path under `/storage/` some Funko names.
-pub async fn stored_images(
+pub(crate) async fn stored_images(
     conn: &mut AnyConnection,
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let images: Vec<String> =
@@ -365,7 +366,7 @@ pub async fn stored_images(
 }
 
 /// How many live Funkos use this category.
-pub async fn count_live_in_category(
+pub(crate) async fn count_live_in_category(
     conn: &mut AnyConnection,
     category_id: i64,
 ) -> Result<i64, sqlx::Error> {

@@ -12,10 +12,10 @@ macro_rules! head_cursor {
     };
 }
 
-pub mod categories;
-pub mod events;
-pub mod funkos;
-pub mod writer;
+pub(crate) mod categories;
+pub(crate) mod events;
+pub(crate) mod funkos;
+pub(crate) mod writer;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -30,7 +30,7 @@ use writer::{Change, Commit, WriteError, WriteQueue};
 
 /// Which database engine is behind the pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -45,7 +45,7 @@ pub enum Backend {
 /// Reads use their own pool and run in snapshots (SQLite's WAL; PostgreSQL's `REPEATABLE
 /// READ`), so a read never waits for a write and its rows match the cursor it reports.
 #[derive(Clone, Debug)]
-pub struct Db {
+pub(crate) struct Db {
     pub backend: Backend,
     /// Reads; each read of rows and cursor runs in one snapshot ([`Db::begin_read`]).
     pub reader: AnyPool,
@@ -59,7 +59,7 @@ pub struct Db {
     pub url: String,
 }
 
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Begins a PostgreSQL write transaction and takes the advisory lock that serialises writes
 /// across instances, in one round trip. The key is any constant unique to this application:
@@ -74,7 +74,7 @@ const PG_WRITERS: u32 = 4;
 impl Db {
     /// Opens the pools, creating a SQLite file's directory when missing. A failure names
     /// the database (its URL without the password) and what to check.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let shown = redacted(url);
         let fail = |what: &str, err: &dyn std::fmt::Display, hint: &str| {
@@ -222,7 +222,7 @@ impl Db {
     }
 
     /// Applies the migrations of this backend, then seeds a new database.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
+    pub(crate) async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
@@ -237,7 +237,7 @@ impl Db {
     /// connection; on PostgreSQL it holds [`WRITE_LOCK`] until it commits or rolls back, so
     /// its checks (a free name, a current version, an unused category) still hold at commit,
     /// as on SQLite, and its event's id commits after every smaller one.
-    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+    pub(crate) async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.writer.begin_with(WRITE_LOCK).await,
@@ -252,7 +252,7 @@ impl Db {
     /// [`writer`]): `change` must fail only in ways [`WriteError::changed_nothing`] tells
     /// apart. On PostgreSQL it is this write's own, under [`WRITE_LOCK`]; a failed statement
     /// there aborts the transaction, which a shared one could not survive.
-    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
+    pub(crate) async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,
         E: WriteError,
@@ -274,14 +274,14 @@ impl Db {
     /// SQLite: what the write queue commits, batch by batch in commit order, for the one
     /// tailer of this database's bus; `None` on PostgreSQL (other instances write: the log
     /// is read) and once taken.
-    pub fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
+    pub(crate) fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
         self.writes.as_ref()?.take_commits()
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot (SQLite's
     /// deferred transaction does this; PostgreSQL's default, `READ COMMITTED`, would give
     /// each statement a newer one, and a list's cursor could then run ahead of its rows).
-    pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+    pub(crate) async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.reader.begin().await,
             Backend::Postgres => {
@@ -302,7 +302,7 @@ impl Db {
     /// `batch` have come or none has for `quiet`: the first commit after a checkpoint starts
     /// the WAL again and syncs its header, so a checkpoint after every write of a trickle puts
     /// a fsync into every commit.
-    pub async fn run_checkpoints(
+    pub(crate) async fn run_checkpoints(
         self,
         after: Duration,
         quiet: Duration,
@@ -332,13 +332,13 @@ impl Db {
     }
 
     /// Checks that the database answers (for `/health/ready`).
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
         let mut conn: PoolConnection<sqlx::Any> = self.reader.acquire().await?;
         conn.execute("SELECT 1").await?;
         Ok(())
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         if let Some(queue) = &self.writes {
             queue.close().await;
         }
@@ -348,7 +348,7 @@ impl Db {
 }
 
 /// A database URL as it may be shown: without its password.
-pub fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));
@@ -368,7 +368,7 @@ fn sqlite_path(url: &str) -> Option<&Path> {
 }
 
 /// Is this error the violation of a unique index? (A race the pre-check lost: answer 409.)
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
@@ -378,7 +378,7 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 pub(crate) struct Placeholders(usize);
 
 impl Placeholders {
-    pub fn next(&mut self) -> String {
+    pub(crate) fn next(&mut self) -> String {
         self.0 += 1;
         format!("${}", self.0)
     }

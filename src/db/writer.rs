@@ -41,10 +41,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::events::{self, NewEvent, NewEvents};
-use crate::model::now_rfc3339;
+use crate::domain::resource::now_rfc3339;
 
 /// What a write can fail with, as the queue needs to know it.
-pub trait WriteError: From<sqlx::Error> + Send + 'static {
+pub(crate) trait WriteError: From<sqlx::Error> + Send + 'static {
     /// Whether the write refused and left the transaction as it found it; if not, its
     /// batch is rolled back.
     fn changed_nothing(&self) -> bool;
@@ -55,7 +55,7 @@ pub trait WriteError: From<sqlx::Error> + Send + 'static {
 
 /// A write: the rows it changes through the connection of its batch's transaction; it
 /// returns its result and the events that describe the change.
-pub type Change<T, E> = Box<
+pub(crate) type Change<T, E> = Box<
     dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(T, NewEvents), E>> + Send,
 >;
 
@@ -85,7 +85,7 @@ struct Ran {
 
 /// What a batch left in the log, sent to the bus's tailer in commit order.
 #[derive(Debug)]
-pub enum Commit {
+pub(crate) enum Commit {
     /// The batch committed these events, ids increasing, all created at `created_at`
     /// (exactly the rows it inserted).
     Events {
@@ -107,7 +107,7 @@ const COMMITS: usize = 64;
 
 /// The queue of SQLite writes and the task that commits them in batches.
 #[derive(Debug)]
-pub struct WriteQueue {
+pub(crate) struct WriteQueue {
     /// Writes waiting for the batch task; bounded by [`QUEUE`].
     jobs: mpsc::Sender<Job>,
     /// Stops the batch task (after the batch it is running) at [`WriteQueue::close`].
@@ -121,7 +121,7 @@ pub struct WriteQueue {
 impl WriteQueue {
     /// Starts the batch task on `writer`, a pool of exactly one connection (the transaction
     /// of a batch takes it, so other users of the pool wait between batches).
-    pub fn start(writer: AnyPool) -> Self {
+    pub(crate) fn start(writer: AnyPool) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let (committed, commits) = mpsc::channel(COMMITS);
         let closing = CancellationToken::new();
@@ -136,14 +136,14 @@ impl WriteQueue {
 
     /// The batches' [`Commit`]s, in commit order; `None` once taken. The taker must keep
     /// receiving (or drop the receiver): past [`COMMITS`] unread, writes wait.
-    pub fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
+    pub(crate) fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
         self.commits.lock().expect("not poisoned").take()
     }
 
     /// Runs `change` in the next batch and answers after that batch committed (or failed),
     /// with the id of the change's last event. Once queued, the write runs and commits even if
     /// the caller stops waiting (a client that hung up), like a write that reached `COMMIT`.
-    pub async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
+    pub(crate) async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,
         E: WriteError,
@@ -181,7 +181,7 @@ impl WriteQueue {
     }
 
     /// Stops the batch task once its current batch is done; later writes fail.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.closing.cancel();
         let task = self.task.lock().expect("not poisoned").take();
         if let Some(task) = task {
@@ -308,7 +308,7 @@ mod tests {
     use super::*;
     use crate::{
         db::Db,
-        events::{Entity, EventKind},
+        domain::event::{Entity, EventKind},
     };
 
     #[derive(Debug, PartialEq)]

@@ -1,24 +1,24 @@
-//! A category as a client may write it: DESIGN §2 "Category".
+//! A category as a client may write it: its rules, and the schema that states them.
 
 use serde_json::{Value, json};
 
 use super::{FieldErrors, ObjectReader, Shape, read_only};
 
-pub const NAME_MIN_CHARS: usize = 3;
-pub const NAME_MAX_CHARS: usize = 50;
+pub(crate) const NAME_MIN_CHARS: usize = 3;
+pub(crate) const NAME_MAX_CHARS: usize = 50;
 /// Categories every new database starts with.
-pub const SEED: &[&str] = &["SERIE", "DISNEY", "SUPERHEROES", "PELICULA", "OTROS"];
+pub(crate) const SEED: &[&str] = &["SERIE", "DISNEY", "SUPERHEROES", "PELICULA", "OTROS"];
 
-pub const WRITABLE: &[&str] = &["name"];
-pub const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted"];
+pub(crate) const WRITABLE: &[&str] = &["name"];
+pub(crate) const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted"];
 
 /// A name of 3..=50 characters that trimming leaves as it is: a character that is not white
 /// space, 1..=48 characters, and another that is not; none of them NUL. (The server also trims names sent with
 /// white space around them; no pattern can count what is left.)
-pub const NAME_PATTERN: &str = r"^[^\s\u0000][^\u0000]{1,48}[^\s\u0000]$";
+pub(crate) const NAME_PATTERN: &str = r"^[^\s\u0000][^\u0000]{1,48}[^\s\u0000]$";
 
 /// The body of `POST /categories` and `PUT /categories/{id}`.
-pub struct CategoryInput;
+pub(crate) struct CategoryInput;
 
 impl Shape for CategoryInput {
     const NAME: &'static str = "CategoryInput";
@@ -49,13 +49,13 @@ impl Shape for CategoryInput {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CategoryDraft {
+pub(crate) struct CategoryDraft {
     /// Trimmed, 3..=50 chars; unique case-insensitively among live categories.
     pub name: String,
 }
 
 impl CategoryDraft {
-    pub fn parse(value: &Value) -> Result<Self, FieldErrors> {
+    pub(crate) fn parse(value: &Value) -> Result<Self, FieldErrors> {
         let mut reader = ObjectReader::new(value, WRITABLE, READ_ONLY)?;
         let name = reader.required_str("name").map(|n| n.trim().to_owned());
         if let Some(name) = &name {

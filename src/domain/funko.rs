@@ -1,29 +1,29 @@
-//! A Funko as a client may write it: the rules of DESIGN §2 "Funko".
+//! A Funko as a client may write it: its rules, and the schemas that state them.
 
 use serde_json::{Map, Value, json};
 
 use super::{FieldErrors, ObjectReader, Shape, read_only};
 
-pub const NAME_MAX_CHARS: usize = 100;
-pub const DESCRIPTION_MAX_CHARS: usize = 500;
-pub const PRICE_MAX: f64 = 1_000_000.0;
-pub const STOCK_MAX: i64 = 1_000_000;
-pub const IMAGE_MAX_CHARS: usize = 2048;
+pub(crate) const NAME_MAX_CHARS: usize = 100;
+pub(crate) const DESCRIPTION_MAX_CHARS: usize = 500;
+pub(crate) const PRICE_MAX: f64 = 1_000_000.0;
+pub(crate) const STOCK_MAX: i64 = 1_000_000;
+pub(crate) const IMAGE_MAX_CHARS: usize = 2048;
 /// Served for a Funko that has no image of its own.
-pub const DEFAULT_IMAGE: &str = "/storage/placeholder.png";
+pub(crate) const DEFAULT_IMAGE: &str = "/storage/placeholder.png";
 /// Paths under this prefix are served by this server.
-pub const STORAGE_PREFIX: &str = "/storage/";
+pub(crate) const STORAGE_PREFIX: &str = "/storage/";
 
 /// What a name must be besides its length: with a character that is not white space (names
 /// are trimmed, and an empty one is refused), and no NUL (no string may hold one).
-pub const NAME_PATTERN: &str = r"^[^\u0000]*\S[^\u0000]*$";
+pub(crate) const NAME_PATTERN: &str = r"^[^\u0000]*\S[^\u0000]*$";
 /// Any other text: no NUL.
-pub const TEXT_PATTERN: &str = r"^[^\u0000]*$";
+pub(crate) const TEXT_PATTERN: &str = r"^[^\u0000]*$";
 /// The images this server takes, as a pattern: an absolute http(s) URL (whose host's last
 /// label starts with a letter, and no label has `--`, so it is never a number or punycode the
 /// URL parser would refuse) or one of its own files. Narrower than [`FunkoDraft::parse`]
 /// accepts, so that anything it matches is taken.
-pub const IMAGE_PATTERN: &str = concat!("^(", image_pattern!(), ")$");
+pub(crate) const IMAGE_PATTERN: &str = concat!("^(", image_pattern!(), ")$");
 
 /// [`IMAGE_PATTERN`] without its anchors (for generators that take none).
 macro_rules! image_pattern {
@@ -38,13 +38,14 @@ macro_rules! image_pattern {
 use image_pattern;
 
 /// The fields a client may write.
-pub const WRITABLE: &[&str] = &["name", "description", "price", "stock", "image", "category"];
+pub(crate) const WRITABLE: &[&str] =
+    &["name", "description", "price", "stock", "image", "category"];
 /// Fields the server sets; sent back by a client they are ignored.
-pub const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted", "version"];
+pub(crate) const READ_ONLY: &[&str] = &["id", "createdAt", "updatedAt", "isDeleted", "version"];
 
 /// A Funko that satisfies every rule that needs no database.
 #[derive(Clone, Debug, PartialEq)]
-pub struct FunkoDraft {
+pub(crate) struct FunkoDraft {
     /// Trimmed, 1..=100 chars.
     pub name: String,
     pub description: Option<String>,
@@ -58,7 +59,7 @@ pub struct FunkoDraft {
 
 impl FunkoDraft {
     /// Parses a whole Funko (POST and PUT; PATCH merges first, then parses the result).
-    pub fn parse(value: &Value) -> Result<Self, FieldErrors> {
+    pub(crate) fn parse(value: &Value) -> Result<Self, FieldErrors> {
         let mut reader = ObjectReader::new(value, WRITABLE, READ_ONLY)?;
         let name = reader.required_str("name").and_then(|n| {
             let name = n.trim().to_owned();
@@ -135,10 +136,10 @@ impl FunkoDraft {
 }
 
 /// The body of `POST /funkos` and `PUT /funkos/{id}`: a whole Funko.
-pub struct FunkoInput;
+pub(crate) struct FunkoInput;
 
 /// The body of `PATCH /funkos/{id}`: a JSON merge patch of a Funko.
-pub struct FunkoPatch;
+pub(crate) struct FunkoPatch;
 
 /// The writable fields' schemas; `patch`: as a merge patch may send them (`null` clears the
 /// description and restores the placeholder image; the others cannot be cleared).
@@ -246,7 +247,7 @@ fn check_name(name: &str, errors: &mut FieldErrors) -> bool {
 }
 
 /// Exact cents for a price of at most two decimals within 0..=1,000,000.
-pub fn price_to_cents(price: f64) -> Result<i64, String> {
+pub(crate) fn price_to_cents(price: f64) -> Result<i64, String> {
     if !price.is_finite() || !(0.0..=PRICE_MAX).contains(&price) {
         return Err(format!("must be between 0 and {PRICE_MAX}"));
     }
@@ -260,7 +261,7 @@ pub fn price_to_cents(price: f64) -> Result<i64, String> {
 }
 
 /// The price as a JSON number (for the API and the event payload).
-pub fn cents_to_price(cents: i64) -> f64 {
+pub(crate) fn cents_to_price(cents: i64) -> f64 {
     cents as f64 / 100.0
 }
 

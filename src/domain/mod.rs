@@ -1,11 +1,16 @@
-//! Validated domain types. No I/O: everything here turns client JSON into values that
-//! satisfy the rules of DESIGN §2, or into a list of field errors. Each request body's JSON
+//! The store's vocabulary, with no I/O: the resources as clients see them ([`resource`]), the
+//! change stream's terms ([`event`]), preconditions ([`precondition`]), and the validated
+//! input of writes and lists, which turns client JSON into values that satisfy the rules, or
+//! into a list of field errors. Each request body's JSON
 //! Schema ([`Shape`]) is written here too, from the same constants, so the spec states the
 //! rules the checks enforce.
 
-pub mod category;
-pub mod funko;
-pub mod query;
+pub(crate) mod category;
+pub(crate) mod event;
+pub(crate) mod funko;
+pub(crate) mod precondition;
+pub(crate) mod query;
+pub(crate) mod resource;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -13,7 +18,7 @@ use serde_json::{Map, Value};
 /// A request body whose rules this module checks, described for the OpenAPI document from
 /// the same constants and patterns. Some rules no schema can state (a category that exists,
 /// a name nobody else uses); the descriptions say so.
-pub trait Shape {
+pub(crate) trait Shape {
     /// Its name among the spec's schemas.
     const NAME: &'static str;
     /// Its JSON Schema, in OpenAPI 3.0's dialect.
@@ -21,7 +26,7 @@ pub trait Shape {
 }
 
 /// The spec's component schemas for every request body.
-pub fn shapes() -> [(&'static str, Value); 3] {
+pub(crate) fn shapes() -> [(&'static str, Value); 3] {
     [
         (funko::FunkoInput::NAME, funko::FunkoInput::schema()),
         (funko::FunkoPatch::NAME, funko::FunkoPatch::schema()),
@@ -93,7 +98,7 @@ pub(crate) struct ObjectReader<'a> {
 impl<'a> ObjectReader<'a> {
     /// Checks that `value` is an object whose keys are all in `writable` or `read_only`
     /// (read-only fields are accepted and ignored, so a client may send back what it read).
-    pub fn new(
+    pub(crate) fn new(
         value: &'a Value,
         writable: &[&str],
         read_only: &[&str],
@@ -115,7 +120,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     /// A required string, trimmed.
-    pub fn required_str(&mut self, field: &str) -> Option<String> {
+    pub(crate) fn required_str(&mut self, field: &str) -> Option<String> {
         match self.present(field) {
             None => {
                 self.errors.add(field, "is required");
@@ -126,7 +131,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     /// An optional string (absent or null is `None`), not trimmed.
-    pub fn optional_str(&mut self, field: &str) -> Option<Option<String>> {
+    pub(crate) fn optional_str(&mut self, field: &str) -> Option<Option<String>> {
         match self.present(field) {
             None => Some(None),
             Some(value) => self.str_value(field, value).map(Some),
@@ -149,7 +154,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     /// A required JSON number.
-    pub fn required_f64(&mut self, field: &str) -> Option<f64> {
+    pub(crate) fn required_f64(&mut self, field: &str) -> Option<f64> {
         match self.present(field) {
             None => {
                 self.errors.add(field, "is required");
@@ -166,7 +171,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     /// A required JSON integer (`3`, not `3.0` nor `"3"`).
-    pub fn required_i64(&mut self, field: &str) -> Option<i64> {
+    pub(crate) fn required_i64(&mut self, field: &str) -> Option<i64> {
         match self.present(field) {
             None => {
                 self.errors.add(field, "is required");
@@ -190,7 +195,7 @@ impl<'a> ObjectReader<'a> {
 /// Parses a JSON document, refusing an object with a key twice: parsers disagree on which one
 /// counts (the first, the last), so such a body means different things to different readers.
 /// serde_json's recursion limit bounds nesting.
-pub fn parse_json_strictly(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub(crate) fn parse_json_strictly(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
     struct Strict;
@@ -257,12 +262,12 @@ pub fn parse_json_strictly(bytes: &[u8]) -> Result<Value, serde_json::Error> {
 }
 
 /// The key under which a name is unique: case-insensitive, Unicode-aware.
-pub fn name_key(name: &str) -> String {
+pub(crate) fn name_key(name: &str) -> String {
     name.to_lowercase()
 }
 
 /// Applies an RFC 7396 JSON merge patch to `target`.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(patch) => {
             if !target.is_object() {

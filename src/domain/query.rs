@@ -2,12 +2,12 @@
 
 use super::{FieldErrors, funko::price_to_cents};
 
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
+pub(crate) const DEFAULT_LIMIT: i64 = 20;
+pub(crate) const MAX_LIMIT: i64 = 100;
 
 /// A sortable column, by its API name; the mapping to SQL lives in `db/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SortField {
+pub(crate) enum SortField {
     Name,
     Price,
     Stock,
@@ -18,7 +18,7 @@ pub enum SortField {
 
 /// Equal queries answer equal pages (the page cache's key).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct FunkoListQuery {
+pub(crate) struct FunkoListQuery {
     pub page: i64,
     pub limit: i64,
     pub sort: SortField,
@@ -33,7 +33,7 @@ pub struct FunkoListQuery {
 
 /// The raw query parameters, as typed by the transport.
 #[derive(Clone, Debug, Default)]
-pub struct RawListQuery {
+pub(crate) struct RawListQuery {
     pub page: Option<i64>,
     pub limit: Option<i64>,
     pub sort: Option<String>,
@@ -45,7 +45,7 @@ pub struct RawListQuery {
 }
 
 impl FunkoListQuery {
-    pub fn parse(raw: RawListQuery) -> Result<Self, FieldErrors> {
+    pub(crate) fn parse(raw: RawListQuery) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::default();
         let page = raw.page.unwrap_or(1);
         if !(1..=1_000_000_000).contains(&page) {
@@ -132,7 +132,7 @@ impl FunkoListQuery {
         })
     }
 
-    pub fn offset(&self) -> i64 {
+    pub(crate) fn offset(&self) -> i64 {
         (self.page - 1) * self.limit
     }
 }

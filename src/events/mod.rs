@@ -1,111 +1,80 @@
-//! The change stream's engine: the event type, the in-memory tail of the log ([`bus`]), its
-//! wake-up by other instances on PostgreSQL ([`listener`]), and subscriptions
-//! ([`subscription`]) that replay from the database and then follow live events. SSE,
-//! long-poll and WebSocket are thin adapters over [`subscription::Subscription`].
+//! The change stream's engine, transport-agnostic: the event as it enters the process
+//! ([`StoredEvent`]), the log's recent end in memory and its tailer ([`tail`]), the PostgreSQL
+//! wake-up ([`listener`]), retention ([`retention`]), and [`subscription`]: replay from the
+//! database, then live events, the one thing every transport drives.
 
-pub mod bus;
-pub mod cache;
-pub mod hub;
-pub mod listener;
-pub mod retention;
-pub mod subscription;
+pub(crate) mod listener;
+pub(crate) mod retention;
+pub(crate) mod subscription;
+pub(crate) mod tail;
 
 use std::sync::Arc;
 
-use poem_openapi::{Enum, Object, Union};
+use serde_json::value::RawValue;
 
-use crate::model::{Category, Funko};
+use crate::{
+    db::events::EventRow,
+    domain::event::{Entity, EventKind},
+};
 
-pub use bus::ChangeBus;
-pub use subscription::{Filter, Start, Subscription};
+pub(crate) use subscription::{End, Filter, Next, Start, Subscription};
 
-/// Which resource an event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Enum, serde::Serialize, serde::Deserialize)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Entity {
-    Funkos,
-    Categories,
-}
+/// Events read from the log or its tail at a time: a subscription's step on every transport,
+/// a round of the SSE fan-out.
+pub(crate) const BATCH: usize = 256;
+pub(crate) use tail::Tail;
 
-impl Entity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Funkos => "FUNKOS",
-            Self::Categories => "CATEGORIES",
-        }
-    }
-
-    /// Case-insensitive, as filters are typed by hand.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "FUNKOS" => Some(Self::Funkos),
-            "CATEGORIES" => Some(Self::Categories),
-            _ => None,
-        }
-    }
-}
-
-/// What happened to the resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Enum, serde::Serialize, serde::Deserialize)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum EventKind {
-    Create,
-    Update,
-    /// A soft delete: `data.isDeleted` is true.
-    Delete,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "CREATE",
-            Self::Update => "UPDATE",
-            Self::Delete => "DELETE",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "CREATE" => Some(Self::Create),
-            "UPDATE" => Some(Self::Update),
-            "DELETE" => Some(Self::Delete),
-            _ => None,
-        }
-    }
-}
-
-/// One committed change, as read from the log. Cheap to clone: the JSON every transport
-/// sends is rendered once, when the event enters the process, and shared.
+/// One committed change, as read from the log. Cheap to clone: what the transports send is
+/// rendered once, when the event enters the process, and shared.
 #[derive(Clone, Debug)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     /// The cursor: strictly increasing in commit order.
     pub id: i64,
     pub entity: Entity,
     pub kind: EventKind,
     /// `{"id":"…","entity":…,"type":…,"data":…,"createdAt":…}`, exactly as clients get it.
-    pub json: Arc<str>,
+    pub json: Arc<RawValue>,
     /// Where `data` (the resource) lies in `json`.
     data_at: (u32, u32),
-    /// The event as one Server-Sent Events frame (`id: …` + `data: …`), rendered once and
-    /// shared by every SSE subscriber: a delivery is a reference count, not a copy.
+    /// The event as one Server-Sent Events frame (`id: …` + `data: …`), shared by every SSE
+    /// subscriber: a delivery is a reference count, not a copy.
     pub sse: bytes::Bytes,
 }
 
+/// The event's JSON, as every transport sends it: the course project's
+/// `{entity, type, data, createdAt}` plus the cursor `id`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    id: String,
+    entity: Entity,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    data: &'a RawValue,
+    created_at: &'a str,
+}
+
 impl StoredEvent {
-    /// `data` is the resource's JSON as `GET` returns it.
-    pub fn new(id: i64, entity: Entity, kind: EventKind, data: &str, created_at: &str) -> Self {
-        let mut json = format!(
-            r#"{{"id":"{id}","entity":"{}","type":"{}","data":"#,
-            entity.as_str(),
-            kind.as_str()
-        );
-        let data_at = (json.len() as u32, (json.len() + data.len()) as u32);
-        json.push_str(data);
-        json.push_str(r#","createdAt":""#);
-        json.push_str(created_at);
-        json.push_str(r#""}"#);
+    /// `data` is the resource's JSON as `GET` returns it (written by this server, so valid).
+    pub(crate) fn new(
+        id: i64,
+        entity: Entity,
+        kind: EventKind,
+        data: &str,
+        created_at: &str,
+    ) -> Self {
+        let raw: &RawValue = serde_json::from_str(data).expect("events carry JSON");
+        let wire = Wire {
+            id: id.to_string(),
+            entity,
+            kind,
+            data: raw,
+            created_at,
+        };
+        let json = serde_json::to_string(&wire).expect("an event serializes");
+        // `data` follows the three fields before it, none of which can hold this key.
+        let start = json.find(r#""data":"#).expect("the data field") + r#""data":"#.len();
+        let data_at = (start as u32, (start + raw.get().len()) as u32);
         let mut sse = format!("id: {id}\n");
         // Compact JSON has no line breaks; split anyway so a frame can never be malformed.
         for line in json.lines() {
@@ -118,79 +87,22 @@ impl StoredEvent {
             id,
             entity,
             kind,
-            json: json.into(),
+            json: Arc::from(RawValue::from_string(json).expect("serde_json writes JSON")),
             data_at,
             sse: sse.into(),
         }
     }
 
     /// The resource's JSON, as `GET` returns it.
-    pub fn data(&self) -> &str {
-        &self.json[self.data_at.0 as usize..self.data_at.1 as usize]
+    pub(crate) fn data(&self) -> &str {
+        &self.json.get()[self.data_at.0 as usize..self.data_at.1 as usize]
     }
 }
 
-/// The resource an event carries.
-#[derive(Clone, Debug, Union, serde::Deserialize)]
-#[serde(untagged)]
-pub enum EventData {
-    Funko(Funko),
-    Category(Category),
-}
-
-/// A change event, as every transport delivers it (the course project's
-/// `{entity, type, data, createdAt}` plus the cursor `id`).
-#[derive(Clone, Debug, Object, serde::Deserialize)]
-#[oai(rename = "ChangeEvent", rename_all = "camelCase")]
-#[serde(rename_all = "camelCase")]
-pub struct ChangeEventDoc {
-    /// The cursor: a decimal string, strictly increasing in commit order.
-    pub id: String,
-    pub entity: Entity,
-    #[oai(rename = "type")]
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    /// The resource after the change, as `GET` returns it.
-    pub data: EventData,
-    /// RFC 3339 UTC, millisecond precision.
-    pub created_at: String,
-}
-
-/// Why a subscriber must reload its state instead of resuming.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
-#[oai(rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum ResetReason {
-    /// The cursor is older than the retained log: events after it were pruned.
-    Expired,
-    /// The cursor was never issued here (ahead of the head, or from another database).
-    Unknown,
-}
-
-impl ResetReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Expired => "expired",
-            Self::Unknown => "unknown",
-        }
+impl From<EventRow> for StoredEvent {
+    fn from(row: EventRow) -> Self {
+        Self::new(row.id, row.entity, row.kind, &row.data, &row.created_at)
     }
-}
-
-/// A reset: reload (for example `GET /funkos`) and continue from `cursor`.
-#[derive(Clone, Debug, PartialEq, Eq, Object, serde::Serialize, serde::Deserialize)]
-pub struct Reset {
-    /// The current head: continue from here after reloading.
-    pub cursor: String,
-    pub reason: ResetReason,
-}
-
-/// Parses a client's cursor: a decimal, non-negative integer.
-pub fn parse_cursor(raw: &str) -> Option<i64> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    raw.parse().ok()
 }
 
 #[cfg(test)]
@@ -206,28 +118,16 @@ mod tests {
             r#"{"id":7}"#,
             "2026-11-27T19:00:00.123Z",
         );
-        let value: serde_json::Value = serde_json::from_str(&event.json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(event.json.get()).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"id":"42","entity":"FUNKOS","type":"UPDATE","data":{"id":7},
                                "createdAt":"2026-11-27T19:00:00.123Z"})
         );
         assert_eq!(event.data(), r#"{"id":7}"#);
-    }
-
-    #[test]
-    fn cursors() {
-        assert_eq!(parse_cursor("1042"), Some(1042));
-        assert_eq!(parse_cursor(" 0 "), Some(0));
-        for bad in ["", "-1", "1e3", "abc", "12a", "99999999999999999999", "+5"] {
-            assert_eq!(parse_cursor(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn filters_parse_case_insensitively() {
-        assert_eq!(Entity::parse("funkos"), Some(Entity::Funkos));
-        assert_eq!(EventKind::parse("Delete"), Some(EventKind::Delete));
-        assert_eq!(EventKind::parse("PATCH"), None);
+        assert_eq!(
+            std::str::from_utf8(&event.sse).unwrap(),
+            format!("id: 42\ndata: {}\n\n", event.json.get())
+        );
     }
 }

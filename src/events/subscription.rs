@@ -1,5 +1,5 @@
 //! [`Subscription`]: one subscriber's position in the stream. It replays matching events
-//! after its cursor from the database, switches to the bus's in-memory tail once it is within
+//! after its cursor from the database, switches to the in-memory tail once it is within
 //! it, and then waits for live events. Every transport drives one of these.
 //!
 //! No gap, no duplicate at the switch: the cursor is the only state. Each step reads "events
@@ -11,18 +11,19 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    Entity, EventKind, Reset, ResetReason, StoredEvent,
-    bus::{ChangeBus, TailRead},
+    StoredEvent,
+    tail::{Tail, TailRead},
 };
 use crate::{
     db,
+    domain::event::{Entity, EventKind, Reset, ResetReason},
     error::ApiError,
     metrics::{METRICS, ReasonLabel},
 };
 
 /// Which events a subscriber wants. The cursor advances past the others all the same.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub entity: Option<Entity>,
     /// Empty: all types.
     pub types: Vec<EventKind>,
@@ -30,7 +31,7 @@ pub struct Filter {
 
 impl Filter {
     /// Parses the `entity` and `types` parameters shared by every transport.
-    pub fn parse<'a>(
+    pub(crate) fn parse<'a>(
         entity: Option<&str>,
         types: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, ApiError> {
@@ -62,7 +63,7 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, event: &StoredEvent) -> bool {
+    pub(crate) fn matches(&self, event: &StoredEvent) -> bool {
         self.entity.is_none_or(|e| e == event.entity)
             && (self.types.is_empty() || self.types.contains(&event.kind))
     }
@@ -70,33 +71,41 @@ impl Filter {
 
 /// Where a subscription begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// Live events only, from the current head.
     Now,
     /// Every event after this cursor, then live.
     After(i64),
 }
 
-/// What a subscriber gets next.
+/// What a subscriber gets next: the one answer every transport translates into its frames.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// The matching events after the previous cursor (possibly none, when every event read
     /// was filtered out) and the cursor after them.
     Events {
         events: Vec<StoredEvent>,
         cursor: i64,
     },
-    /// Events after the cursor were pruned while replaying: reload, continue from the reset.
+    /// Events after the cursor were pruned: reload, continue from the reset.
     Reset(Reset),
-    /// The subscriber fell more than the queue bound behind the live stream. It must
-    /// reconnect and resume from `cursor` (the last one it was given).
-    CutOff { cursor: i64 },
-    /// The server is shutting down; resume from `cursor` elsewhere.
-    Closed { cursor: i64 },
+    /// The stream ends; the subscriber resumes from `cursor` (the last one it was given).
+    End { why: End, cursor: i64 },
 }
 
-pub struct Subscription {
-    bus: Arc<ChangeBus>,
+/// Why a stream ends. Whatever the reason, the subscriber resumes by cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// It fell more than the subscriber queue behind the live stream.
+    Slow,
+    /// The server is shutting down: resume elsewhere.
+    Shutdown,
+    /// Reading the log failed (the database is unavailable): retry later.
+    Failed,
+}
+
+pub(crate) struct Subscription {
+    tail: Arc<Tail>,
     cursor: i64,
     filter: Filter,
     head: watch::Receiver<i64>,
@@ -111,24 +120,24 @@ pub struct Subscription {
 impl Subscription {
     /// Opens a subscription. A cursor this database cannot serve (pruned, or never issued)
     /// yields a [`Reset`] and a subscription from the head.
-    pub async fn open(
-        bus: Arc<ChangeBus>,
+    pub(crate) async fn open(
+        tail: Arc<Tail>,
         start: Start,
         filter: Filter,
     ) -> Result<(Self, Option<Reset>), ApiError> {
-        let head = bus.subscribe_head();
+        let head = tail.subscribe_head();
         // "Now" is the newest committed event, which this process's tail may not hold yet;
         // a cursor is checked against the range the log serves. Both come from memory when
         // this process is the only writer (SQLite), else from the database. A cursor past
         // the head in memory is confirmed by the database before it is called unknown: the
         // memory lags the log by a moment after each commit, while a read's Stream-Cursor or
         // the tail may already have handed that cursor out.
-        let (floor, db_head) = match bus.local_bounds() {
+        let (floor, db_head) = match tail.local_bounds() {
             Some((floor, head)) if !matches!(start, Start::After(cursor) if cursor > head) => {
                 (floor, head)
             }
             _ => {
-                let mut conn = bus.db().reader.acquire().await?;
+                let mut conn = tail.db().reader.acquire().await?;
                 db::events::bounds(&mut conn).await?
             }
         };
@@ -159,7 +168,7 @@ impl Subscription {
             ),
         };
         let subscription = Self {
-            bus,
+            tail,
             cursor,
             filter,
             head,
@@ -170,24 +179,45 @@ impl Subscription {
     }
 
     /// The cursor after everything handed out so far.
-    pub fn cursor(&self) -> i64 {
+    pub(crate) fn cursor(&self) -> i64 {
         self.cursor
     }
 
-    pub fn filter(&self) -> &Filter {
+    pub(crate) fn filter(&self) -> &Filter {
         &self.filter
     }
 
-    /// Events available now, without waiting: `None` when the cursor is at the head.
-    pub async fn poll_now(&mut self, max: usize) -> Result<Option<Next>, ApiError> {
-        if self.bus.closing().is_cancelled() {
-            return Ok(Some(Next::Closed {
-                cursor: self.cursor,
-            }));
+    /// The newest cursor known to be committed when this subscription opened (or since).
+    pub(crate) fn committed(&self) -> i64 {
+        self.committed
+    }
+
+    /// Events available now, without waiting: `None` when the cursor is at the head. A
+    /// failure to read the log ends the stream ([`End::Failed`]).
+    pub(crate) async fn poll_now(&mut self, max: usize) -> Option<Next> {
+        match self.try_poll_now(max).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(error = %err, cursor = self.cursor, "a stream failed");
+                Some(self.end(End::Failed))
+            }
+        }
+    }
+
+    fn end(&self, why: End) -> Next {
+        Next::End {
+            why,
+            cursor: self.cursor,
+        }
+    }
+
+    async fn try_poll_now(&mut self, max: usize) -> Result<Option<Next>, ApiError> {
+        if self.tail.closing().is_cancelled() {
+            return Ok(Some(self.end(End::Shutdown)));
         }
         // Marked seen before reading, so a head published after this read wakes `next`.
         self.head.borrow_and_update();
-        let from_tail = match self.bus.read(self.cursor, max) {
+        let from_tail = match self.tail.read(self.cursor, max) {
             // The tail has some, and no more is known committed, or the batch is full.
             TailRead::Events(events)
                 if !events.is_empty()
@@ -208,8 +238,8 @@ impl Subscription {
             TailRead::Events(_) => None,
             // The log was pruned past this subscriber while it was live (another instance
             // pruned while this one was away): it must reload, as after any expired cursor.
-            TailRead::Behind if self.live && self.cursor < self.bus.known_floor() => {
-                let head = self.bus.head();
+            TailRead::Behind if self.live && self.cursor < self.tail.known_floor() => {
+                let head = self.tail.head();
                 METRICS
                     .resets
                     .get_or_create(&ReasonLabel { reason: "expired" })
@@ -226,16 +256,14 @@ impl Subscription {
                     "subscriber fell behind the live stream; cutting it off"
                 );
                 METRICS.slow_cut_off.inc();
-                return Ok(Some(Next::CutOff {
-                    cursor: self.cursor,
-                }));
+                return Ok(Some(self.end(End::Slow)));
             }
             TailRead::Behind => None,
         };
         let batch = match from_tail {
             Some(events) => events,
             None => {
-                let mut conn = self.bus.db().begin_read().await?;
+                let mut conn = self.tail.db().begin_read().await?;
                 let (floor, head) = db::events::bounds(&mut conn).await?;
                 self.committed = self.committed.max(head);
                 if self.cursor < floor {
@@ -249,12 +277,12 @@ impl Subscription {
                         reason: ResetReason::Expired,
                     })));
                 }
-                let events = db::events::read_after(&mut conn, self.cursor, max as i64).await?;
+                let rows = db::events::read_after(&mut conn, self.cursor, max as i64).await?;
                 conn.commit().await?;
-                if events.is_empty() {
+                if rows.is_empty() {
                     return Ok(None);
                 }
-                events
+                rows.into_iter().map(StoredEvent::from).collect()
             }
         };
         self.cursor = batch.last().expect("not empty").id;
@@ -269,10 +297,10 @@ impl Subscription {
     }
 
     /// The next step of the stream, waiting for a commit when there is nothing new.
-    pub async fn next(&mut self, max: usize) -> Result<Next, ApiError> {
+    pub(crate) async fn next(&mut self, max: usize) -> Next {
         loop {
-            if let Some(next) = self.poll_now(max).await? {
-                return Ok(next);
+            if let Some(next) = self.poll_now(max).await {
+                return next;
             }
             self.wait().await;
         }
@@ -280,15 +308,15 @@ impl Subscription {
 
     /// Waits until the head moves past what [`poll_now`](Self::poll_now) last saw, or the
     /// server starts shutting down (the next `poll_now` then says `Closed`).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::select! {
             changed = self.head.changed() => {
                 if changed.is_err() {
-                    // The bus is gone: only possible at shutdown.
-                    self.bus.closing().cancelled().await;
+                    // The tail is gone: only possible at shutdown.
+                    self.tail.closing().cancelled().await;
                 }
             }
-            () = self.bus.closing().cancelled() => {}
+            () = self.tail.closing().cancelled() => {}
         }
     }
 }

@@ -4,23 +4,26 @@ use serde_json::Value;
 
 use sqlx::AnyConnection;
 
-use super::{Change, Changed, IfMatch, Read, Written, funko_updated, on_unique, write, write_with};
+use super::{Change, Changed, Read, Store, Written, funko_updated, on_unique, write, write_with};
 use crate::{
     db,
-    domain::category::CategoryDraft,
+    domain::{
+        category::CategoryDraft,
+        event::{Entity, EventKind},
+        precondition::IfMatch,
+        resource::{Category, now_rfc3339},
+    },
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind},
-    model::{Category, now_rfc3339},
 };
 
 const ENTITY: &str = "category";
 
-pub async fn get(
-    bus: &ChangeBus,
+pub(crate) async fn get(
+    store: &Store,
     id: i64,
     include_deleted: bool,
 ) -> Result<Read<Category>, ApiError> {
-    let mut tx = bus.db().begin_read().await?;
+    let mut tx = store.db.begin_read().await?;
     let category = db::categories::get(&mut tx, id)
         .await?
         .filter(|c| include_deleted || !c.is_deleted)
@@ -33,8 +36,11 @@ pub async fn get(
     })
 }
 
-pub async fn list(bus: &ChangeBus, include_deleted: bool) -> Result<Read<Vec<Category>>, ApiError> {
-    let mut tx = bus.db().begin_read().await?;
+pub(crate) async fn list(
+    store: &Store,
+    include_deleted: bool,
+) -> Result<Read<Vec<Category>>, ApiError> {
+    let mut tx = store.db.begin_read().await?;
     let categories = db::categories::list(&mut tx, include_deleted).await?;
     let (_, cursor) = db::events::bounds(&mut tx).await?;
     tx.commit().await?;
@@ -44,7 +50,7 @@ pub async fn list(bus: &ChangeBus, include_deleted: bool) -> Result<Read<Vec<Cat
     })
 }
 
-pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Category>, ApiError> {
+pub(crate) async fn create(store: &Store, body: &Value) -> Result<Written<Category>, ApiError> {
     let draft = CategoryDraft::parse(body).map_err(ApiError::Validation)?;
     let change: Change<Category> = Box::new(move |conn| {
         Box::pin(async move {
@@ -55,13 +61,13 @@ pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Category>, 
             fetch(conn, id).await
         })
     });
-    write(bus, Entity::Categories, EventKind::Create, change).await
+    write(store, Entity::Categories, EventKind::Create, change).await
 }
 
 /// Renames a category. Every Funko in it reads differently afterwards, so each gets a new
 /// version (its ETag changes with its body) and an UPDATE event after the category's.
-pub async fn update(
-    bus: &ChangeBus,
+pub(crate) async fn update(
+    store: &Store,
     id: i64,
     body: &Value,
     if_match: Option<&IfMatch>,
@@ -85,12 +91,12 @@ pub async fn update(
             })
         })
     });
-    let (written, ()) = write_with(bus, Entity::Categories, EventKind::Update, change).await?;
+    let (written, ()) = write_with(store, Entity::Categories, EventKind::Update, change).await?;
     Ok(written)
 }
 
-pub async fn delete(
-    bus: &ChangeBus,
+pub(crate) async fn delete(
+    store: &Store,
     id: i64,
     if_match: Option<&IfMatch>,
 ) -> Result<Written<Category>, ApiError> {
@@ -110,7 +116,7 @@ pub async fn delete(
             fetch(conn, id).await
         })
     });
-    write(bus, Entity::Categories, EventKind::Delete, change).await
+    write(store, Entity::Categories, EventKind::Delete, change).await
 }
 
 async fn ensure_name_free(

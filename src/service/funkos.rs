@@ -7,34 +7,47 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 use tokio::io::AsyncRead;
 
-use super::{Change, Changed, IfMatch, Read, Written, on_unique, write, write_with};
+use super::{
+    Change, Changed, Read, Store, Written, cache::FunkoJson, on_unique, write, write_with,
+};
 use crate::{
     db,
-    domain::{FieldErrors, funko::FunkoDraft, merge_patch, query::FunkoListQuery},
+    domain::{
+        FieldErrors,
+        event::{Entity, EventKind},
+        funko::FunkoDraft,
+        merge_patch,
+        precondition::IfMatch,
+        query::FunkoListQuery,
+        resource::{Funko, FunkoPage, PageMeta, now_rfc3339},
+    },
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind, cache::FunkoJson},
-    model::{Funko, FunkoPage, PageMeta, now_rfc3339},
-    storage::ImageStore,
 };
 
 const ENTITY: &str = "funko";
 
-/// One Funko as the JSON to send; a deleted one only when asked for. Answered from the bus's
+/// One Funko as the JSON to send; a deleted one only when asked for. Answered from the
 /// cache when it holds every committed write, else read from the database and offered to it.
-pub async fn get(
-    bus: &ChangeBus,
+pub(crate) async fn get(
+    store: &Store,
     id: i64,
     include_deleted: bool,
 ) -> Result<Read<FunkoJson>, ApiError> {
-    let (funko, cursor) = match bus.cached_funko(id) {
+    let cached = store
+        .tail
+        .local_bounds()
+        .and_then(|(_, committed)| store.funkos.as_ref()?.get(id, committed, &store.tail));
+    let (funko, cursor) = match cached {
         Some(hit) => hit,
         None => {
-            let mut conn = bus.db().reader.acquire().await?;
+            let mut conn = store.db.reader.acquire().await?;
             let (funko, cursor) = db::funkos::get_with_cursor(&mut conn, id)
                 .await?
                 .ok_or_else(|| ApiError::not_found(ENTITY, id))?;
             let funko = FunkoJson::from(&funko);
-            bus.offer_funko(id, &funko, cursor);
+            if let Some(funkos) = &store.funkos {
+                funkos.fill(id, &funko, cursor);
+            }
             (funko, cursor)
         }
     };
@@ -47,17 +60,21 @@ pub async fn get(
     })
 }
 
-/// One page of the list as the JSON to send. Answered from the bus's page cache when no
-/// write has committed since the same query was read, else read from the database (one
-/// statement) and offered to it.
-pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<Bytes>, ApiError> {
-    if let Some((json, cursor)) = bus.cached_page(query) {
+/// One page of the list as the JSON to send. Answered from the page cache when no write has
+/// committed since the same query was read, else read from the database (one statement) and
+/// offered to it.
+pub(crate) async fn list(store: &Store, query: &FunkoListQuery) -> Result<Read<Bytes>, ApiError> {
+    let cached = store.tail.local_bounds().and_then(|(_, committed)| {
+        let json = store.pages.as_ref()?.get(query, committed)?;
+        Some((json, committed))
+    });
+    if let Some((json, cursor)) = cached {
         return Ok(Read {
             resource: json,
             cursor,
         });
     }
-    let mut conn = bus.db().reader.acquire().await?;
+    let mut conn = store.db.reader.acquire().await?;
     let (data, total, cursor) = db::funkos::list(&mut conn, query).await?;
     drop(conn);
     let page = FunkoPage {
@@ -70,14 +87,16 @@ pub async fn list(bus: &ChangeBus, query: &FunkoListQuery) -> Result<Read<Bytes>
         },
     };
     let json = Bytes::from(page.to_json_string());
-    bus.offer_page(query, &json, cursor);
+    if let Some(pages) = &store.pages {
+        pages.fill(query, &json, cursor);
+    }
     Ok(Read {
         resource: json,
         cursor,
     })
 }
 
-pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Funko>, ApiError> {
+pub(crate) async fn create(store: &Store, body: &Value) -> Result<Written<Funko>, ApiError> {
     let draft = FunkoDraft::parse(body).map_err(ApiError::Validation)?;
     let change: Change<Funko> = Box::new(move |conn| {
         Box::pin(async move {
@@ -89,12 +108,12 @@ pub async fn create(bus: &ChangeBus, body: &Value) -> Result<Written<Funko>, Api
                 .ok_or_else(|| unknown_category(&draft.category))
         })
     });
-    write(bus, Entity::Funkos, EventKind::Create, change).await
+    write(store, Entity::Funkos, EventKind::Create, change).await
 }
 
 /// How an update reads its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpdateMode {
+pub(crate) enum UpdateMode {
     /// PUT: the body is the whole Funko.
     Replace,
     /// PATCH: the body is an RFC 7396 merge patch of the Funko's writable fields.
@@ -102,9 +121,8 @@ pub enum UpdateMode {
 }
 
 /// Updates a Funko; an image of this server's that it no longer uses is released.
-pub async fn update(
-    bus: &ChangeBus,
-    images: &ImageStore,
+pub(crate) async fn update(
+    store: &Store,
     id: i64,
     body: &Value,
     mode: UpdateMode,
@@ -158,15 +176,15 @@ pub async fn update(
             })
         })
     });
-    let (written, previous) = write_with(bus, Entity::Funkos, EventKind::Update, change).await?;
+    let (written, previous) = write_with(store, Entity::Funkos, EventKind::Update, change).await?;
     if previous != written.resource.image {
-        images.release(bus.db(), &previous).await;
+        store.images.release(&store.db, &previous).await;
     }
     Ok(written)
 }
 
-pub async fn delete(
-    bus: &ChangeBus,
+pub(crate) async fn delete(
+    store: &Store,
     id: i64,
     if_match: Option<&IfMatch>,
 ) -> Result<Written<Funko>, ApiError> {
@@ -179,19 +197,18 @@ pub async fn delete(
             deleted.ok_or_else(|| vanished(id))
         })
     });
-    write(bus, Entity::Funkos, EventKind::Delete, change).await
+    write(store, Entity::Funkos, EventKind::Delete, change).await
 }
 
 /// Stores an uploaded image and makes it a live Funko's: the image it replaced is released,
 /// or the new file removed if the write fails.
-pub async fn upload_image(
-    bus: &ChangeBus,
-    images: &ImageStore,
+pub(crate) async fn upload_image(
+    store: &Store,
     id: i64,
     image: impl AsyncRead + Unpin,
     timeout: std::time::Duration,
 ) -> Result<Written<Funko>, ApiError> {
-    let path = tokio::time::timeout(timeout, images.save(id, image))
+    let path = tokio::time::timeout(timeout, store.images.save(id, image))
         .await
         .map_err(|_| ApiError::body_timed_out(timeout))??;
     let saved = path.clone();
@@ -206,21 +223,21 @@ pub async fn upload_image(
             })
         })
     });
-    match write_with(bus, Entity::Funkos, EventKind::Update, change).await {
+    match write_with(store, Entity::Funkos, EventKind::Update, change).await {
         Ok((written, previous)) => {
-            images.release(bus.db(), &previous).await;
+            store.images.release(&store.db, &previous).await;
             Ok(written)
         }
         Err(err) => {
-            images.release(bus.db(), &path).await;
+            store.images.release(&store.db, &path).await;
             Err(err)
         }
     }
 }
 
 /// Checks a live Funko exists (for uploads, before reading a body).
-pub async fn exists_live(bus: &ChangeBus, id: i64) -> Result<(), ApiError> {
-    get(bus, id, false).await.map(|_| ())
+pub(crate) async fn exists_live(store: &Store, id: i64) -> Result<(), ApiError> {
+    get(store, id, false).await.map(|_| ())
 }
 
 fn unknown_category(name: &str) -> ApiError {

@@ -1,8 +1,14 @@
-//! The operations of the store, shared by REST and WebSocket: each write validates, changes
-//! its row, appends its event in the same transaction, commits, then wakes the bus.
+//! The store's operations, shared by REST, `/ws` and Socket.IO: each read and write of Funkos
+//! ([`funkos`]) and categories ([`categories`]), the router the sockets' writes go through
+//! ([`writes`]), and the read caches ([`cache`]). A write validates, changes its row, appends
+//! its event in the same transaction, commits, then tells the tail.
 
-pub mod categories;
-pub mod funkos;
+pub(crate) mod cache;
+pub(crate) mod categories;
+pub(crate) mod funkos;
+pub(crate) mod writes;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use poem_openapi::types::ToJSON;
@@ -10,23 +16,75 @@ use sqlx::AnyConnection;
 
 use crate::{
     db::{
-        self,
+        self, Backend, Db,
         events::{NewEvent, NewEvents},
     },
+    domain::{
+        event::{Entity, EventKind},
+        resource::Funko,
+    },
     error::ApiError,
-    events::{ChangeBus, Entity, EventKind},
+    events::Tail,
+    storage::ImageStore,
 };
+
+/// Everything the store's operations need: the database, the log's tail (which each write
+/// tells of its commit), the images on disk and the read caches.
+pub(crate) struct Store {
+    db: Db,
+    tail: Arc<Tail>,
+    images: ImageStore,
+    /// Funkos by id, kept current from the tail; SQLite only (see [`cache::FunkoCache`]).
+    funkos: Option<cache::FunkoCache>,
+    /// Pages of the Funko list until the next write; SQLite only.
+    pages: Option<cache::PageCache>,
+}
+
+impl Store {
+    pub(crate) fn new(tail: Arc<Tail>, images: ImageStore) -> Self {
+        let db = tail.db().clone();
+        let local = db.backend == Backend::Sqlite;
+        Self {
+            funkos: local.then(|| cache::FunkoCache::new(tail.head())),
+            pages: local.then(cache::PageCache::default),
+            db,
+            tail,
+            images,
+        }
+    }
+
+    /// Whether the database answers (for `/health/ready`).
+    pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
+        self.db.ping().await
+    }
+
+    /// The log's floor (the cursor below its oldest event), as the database holds it.
+    pub(crate) async fn log_floor(&self) -> anyhow::Result<i64> {
+        let mut conn = self.db.reader.acquire().await?;
+        Ok(db::events::bounds(&mut conn).await?.0)
+    }
+
+    /// The database's pools (for their metrics).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The uploaded images (for `GET /storage/{file}`).
+    pub(crate) fn images(&self) -> &ImageStore {
+        &self.images
+    }
+}
 
 /// A committed write: the resource after it and the cursor of its event.
 #[derive(Debug)]
-pub struct Written<T> {
+pub(crate) struct Written<T> {
     pub resource: T,
     pub cursor: i64,
 }
 
 /// A read and the stream position it saw.
 #[derive(Debug)]
-pub struct Read<T> {
+pub(crate) struct Read<T> {
     pub resource: T,
     pub cursor: i64,
 }
@@ -46,11 +104,11 @@ struct Changed<T, X = ()> {
     also: Vec<NewEvent>,
 }
 
-/// The write path: begin, change the row, append the event, commit, then wake the bus.
+/// The write path: begin, change the row, append the event, commit, then tell the tail.
 /// [`db::Db::write`] does the first four (on SQLite in a batch shared with other writes);
 /// nothing is announced before the commit, and a failed commit leaves no event.
 async fn write<T>(
-    bus: &ChangeBus,
+    store: &Store,
     entity: Entity,
     kind: EventKind,
     change: Change<T>,
@@ -67,14 +125,14 @@ where
             })
         })
     });
-    let (written, ()) = write_with(bus, entity, kind, change).await?;
+    let (written, ()) = write_with(store, entity, kind, change).await?;
     Ok(written)
 }
 
 /// [`write`] for a change that returns something besides the resource, or changes other
 /// resources too.
 async fn write_with<T, X>(
-    bus: &ChangeBus,
+    store: &Store,
     entity: Entity,
     kind: EventKind,
     change: Change<Changed<T, X>>,
@@ -83,8 +141,8 @@ where
     T: ToJSON + Send + 'static,
     X: Send + 'static,
 {
-    let ((resource, extra, appended), cursor) = bus
-        .db()
+    let ((resource, extra, appended), cursor) = store
+        .db
         .write::<_, ApiError>(Box::new(move |conn| {
             Box::pin(async move {
                 let changed = change(conn).await?;
@@ -102,13 +160,13 @@ where
             })
         }))
         .await?;
-    bus.committed(cursor);
+    store.tail.committed(cursor);
     crate::metrics::METRICS.events_appended.inc_by(appended);
     Ok((Written { resource, cursor }, extra))
 }
 
 /// The UPDATE event of a Funko another write changed.
-fn funko_updated(funko: &crate::model::Funko) -> NewEvent {
+fn funko_updated(funko: &Funko) -> NewEvent {
     NewEvent {
         entity: Entity::Funkos,
         kind: EventKind::Update,
@@ -136,139 +194,6 @@ fn on_unique(message: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> Ap
             ApiError::Conflict(message())
         } else {
             err.into()
-        }
-    }
-}
-
-/// An `If-Match` precondition (RFC 9110 §13.1.1), compared strongly against `"<version>"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IfMatch {
-    Any,
-    Tags(Vec<String>),
-}
-
-/// The `If-Match` values [`IfMatch::parse`] takes: `*`, or a comma-separated list of quoted
-/// (possibly weak) entity tags, here without commas inside them.
-pub const IF_MATCH_PATTERN: &str = r#"^\s*(\*|(W/)?"[^",]*"(\s*,\s*(W/)?"[^",]*")*)\s*$"#;
-
-/// The `If-Match` header as received, documented with [`IF_MATCH_PATTERN`] and read with
-/// [`IfMatch::parse`] by the operation, so a bad one answers the same 400 everywhere.
-pub struct IfMatchHeader(pub String);
-
-impl IfMatchHeader {
-    pub fn parse(header: Option<Self>) -> Result<Option<IfMatch>, ApiError> {
-        header.map(|h| IfMatch::parse(&h.0)).transpose()
-    }
-}
-
-impl poem_openapi::types::Type for IfMatchHeader {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> std::borrow::Cow<'static, str> {
-        "string(if-match)".into()
-    }
-
-    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
-        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
-            poem_openapi::registry::MetaSchema {
-                pattern: Some(IF_MATCH_PATTERN.to_owned()),
-                ..poem_openapi::registry::MetaSchema::new("string")
-            },
-        ))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
-
-impl poem_openapi::types::ParseFromParameter for IfMatchHeader {
-    fn parse_from_parameter(value: &str) -> poem_openapi::types::ParseResult<Self> {
-        Ok(Self(value.to_owned()))
-    }
-}
-
-impl IfMatch {
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let raw = raw.trim();
-        if raw == "*" {
-            return Ok(Self::Any);
-        }
-        let mut tags = Vec::new();
-        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let weak = part.starts_with("W/");
-            let tag = part.trim_start_matches("W/");
-            let valid = tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"');
-            if !valid {
-                return Err(ApiError::bad_request(format!(
-                    "If-Match must be * or a list of quoted entity tags, not {raw:?}"
-                )));
-            }
-            // Weak tags never match under the strong comparison If-Match uses.
-            if !weak {
-                tags.push(tag[1..tag.len() - 1].to_owned());
-            }
-        }
-        if tags.is_empty() && !raw.contains('"') {
-            return Err(ApiError::bad_request("If-Match is empty"));
-        }
-        Ok(Self::Tags(tags))
-    }
-
-    /// Fails with 412 unless the resource's current version is named.
-    pub fn check(this: Option<&Self>, version: i64) -> Result<(), ApiError> {
-        match this {
-            None | Some(Self::Any) => Ok(()),
-            Some(Self::Tags(tags)) if tags.iter().any(|t| *t == version.to_string()) => Ok(()),
-            Some(Self::Tags(_)) => Err(ApiError::PreconditionFailed(format!(
-                "the resource is at version {version}, not the one If-Match names"
-            ))),
-        }
-    }
-
-    /// For a resource without entity tags: only `*` (it exists) holds; any tag fails with 412.
-    pub fn check_untagged(this: Option<&Self>) -> Result<(), ApiError> {
-        match this {
-            None | Some(Self::Any) => Ok(()),
-            Some(Self::Tags(_)) => Err(ApiError::PreconditionFailed(
-                "categories carry no entity tag: If-Match can only be *".to_owned(),
-            )),
-        }
-    }
-}
-
-/// The strong ETag of a version.
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_match() {
-        let tags = IfMatch::parse(r#""3", W/"4""#).unwrap();
-        assert!(IfMatch::check(Some(&tags), 3).is_ok());
-        assert!(IfMatch::check(Some(&tags), 4).is_err());
-        assert!(IfMatch::check(Some(&IfMatch::Any), 9).is_ok());
-        assert!(IfMatch::check(None, 9).is_ok());
-        assert!(IfMatch::parse("3").is_err());
-        assert!(IfMatch::parse("").is_err());
-        assert_eq!(etag(7), "\"7\"");
-    }
-
-    proptest::proptest! {
-        /// Whatever the documented pattern matches parses: no schema-valid header is a 400.
-        #[test]
-        fn every_value_of_the_pattern_parses(raw in &IF_MATCH_PATTERN[1..IF_MATCH_PATTERN.len() - 1]) {
-            proptest::prop_assert!(IfMatch::parse(&raw).is_ok(), "{raw:?}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `op`s and close codes `/ws` uses; and real frames from a running server (WebSocket and
 //! SSE, both directions) validate against it.
 
-use funko_live::api::ws::{ClientOp, CloseReason, ServerOp};
+use funko_live::{ClientOp, CloseReason, ServerOp};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, WsClient, WsMessage, spawn_app};

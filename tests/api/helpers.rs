@@ -20,8 +20,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub database_url: String,
     pub config: Config,
-    /// The running server's state (its bus, for operations a test triggers on purpose).
-    pub state: funko_live::api::AppState,
+    /// The running server's state, for operations a test triggers on purpose.
+    pub state: funko_live::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     dir: Option<tempfile::TempDir>,
@@ -288,9 +288,7 @@ impl TestApp {
 
     /// Prunes the log down to its newest event, as the server's retention task does.
     pub async fn prune_all_but_newest(&self) -> u64 {
-        funko_live::events::retention::prune_once(&self.state.bus, Duration::ZERO, 1)
-            .await
-            .expect("pruning")
+        self.state.prune_now(1).await.expect("pruning")
     }
 
     /// Stops the server gracefully and starts a new one on the same address and database.

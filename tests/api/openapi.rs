@@ -30,7 +30,7 @@ async fn swagger_ui_is_served() {
 
 #[tokio::test]
 async fn every_operation_documents_its_error_statuses() {
-    let spec: serde_json::Value = serde_json::from_str(&funko_live::api::openapi_json()).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&funko_live::openapi_json()).unwrap();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let responses = operation["responses"].as_object().unwrap();

@@ -276,12 +276,7 @@ async fn retention_prunes_in_the_background(backend: Backend) {
 
 /// The cursor just below the oldest retained event (the floor), read from the database.
 async fn app_floor_cursor(app: &TestApp) -> String {
-    let db = funko_live::db::Db::connect(&app.database_url)
-        .await
-        .unwrap();
-    let mut conn = db.reader.acquire().await.unwrap();
-    let (floor, _) = funko_live::db::events::bounds(&mut conn).await.unwrap();
-    floor.to_string()
+    app.state.log_floor().await.unwrap().to_string()
 }
 
 async fn next_reset(sse: &mut SseClient) -> Value {

@@ -2,19 +2,19 @@
 //! what the server sends. Binary packets are not part of this server's protocol.
 
 /// Separates packets in one HTTP long-polling body.
-pub const SEPARATOR: char = '\x1e';
+pub(super) const SEPARATOR: char = '\x1e';
 
 /// Engine.IO packets the server sends without a payload.
-pub const CLOSE: &str = "1";
-pub const PING: &str = "2";
-pub const NOOP: &str = "6";
+pub(super) const CLOSE: &str = "1";
+pub(super) const PING: &str = "2";
+pub(super) const NOOP: &str = "6";
 /// The answer to the `2probe` a client sends over a WebSocket before upgrading to it.
-pub const PROBE_ANSWER: &str = "3probe";
-pub const PROBE: &str = "2probe";
+pub(super) const PROBE_ANSWER: &str = "3probe";
+pub(super) const PROBE: &str = "2probe";
 
 /// An Engine.IO packet from a client.
 #[derive(Debug, PartialEq, Eq)]
-pub enum EngineIn<'a> {
+pub(super) enum EngineIn<'a> {
     Close,
     Ping(&'a str),
     Pong,
@@ -24,7 +24,7 @@ pub enum EngineIn<'a> {
     Noop,
 }
 
-pub fn parse_engine(text: &str) -> Option<EngineIn<'_>> {
+pub(super) fn parse_engine(text: &str) -> Option<EngineIn<'_>> {
     // `None` when the text is empty or its first character is more than one byte.
     let rest = text.get(1..)?;
     Some(match text.as_bytes()[0] {
@@ -39,7 +39,12 @@ pub fn parse_engine(text: &str) -> Option<EngineIn<'_>> {
 }
 
 /// The handshake: the session id and the heartbeat the client must follow.
-pub fn open(sid: &str, can_upgrade: bool, ping_interval_ms: u128, ping_timeout_ms: u128) -> String {
+pub(super) fn open(
+    sid: &str,
+    can_upgrade: bool,
+    ping_interval_ms: u128,
+    ping_timeout_ms: u128,
+) -> String {
     let upgrades: &[&str] = if can_upgrade { &["websocket"] } else { &[] };
     let handshake = serde_json::json!({
         "sid": sid,
@@ -53,7 +58,7 @@ pub fn open(sid: &str, can_upgrade: bool, ping_interval_ms: u128, ping_timeout_m
 
 /// Socket.IO packet types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SioKind {
+pub(super) enum SioKind {
     Connect,
     Disconnect,
     Event,
@@ -65,7 +70,7 @@ pub enum SioKind {
 
 /// A Socket.IO packet from a client (inside an Engine.IO message).
 #[derive(Debug, PartialEq, Eq)]
-pub struct SioIn<'a> {
+pub(super) struct SioIn<'a> {
     pub kind: SioKind,
     /// The namespace, `/` when the packet names none.
     pub nsp: &'a str,
@@ -74,7 +79,7 @@ pub struct SioIn<'a> {
 }
 
 /// Parses `<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]`.
-pub fn parse_socketio(text: &str) -> Option<SioIn<'_>> {
+pub(super) fn parse_socketio(text: &str) -> Option<SioIn<'_>> {
     let mut rest = text.get(1..)?;
     let kind = match text.as_bytes()[0] {
         b'0' => SioKind::Connect,
@@ -119,21 +124,21 @@ fn sio_head(kind: char, nsp: &str, capacity: usize) -> String {
 }
 
 /// Accepts a namespace connection; `sid` identifies the socket.
-pub fn connect(nsp: &str, sid: &str) -> String {
+pub(super) fn connect(nsp: &str, sid: &str) -> String {
     let mut packet = sio_head('0', nsp, sid.len() + 10);
     packet.push_str(&serde_json::json!({ "sid": sid }).to_string());
     packet
 }
 
 /// Refuses a namespace connection; `socket.io-client` emits `connect_error` with `message`.
-pub fn connect_error(nsp: &str, message: &str) -> String {
+pub(super) fn connect_error(nsp: &str, message: &str) -> String {
     let mut packet = sio_head('4', nsp, message.len() + 16);
     packet.push_str(&serde_json::json!({ "message": message }).to_string());
     packet
 }
 
 /// An event with one argument, already rendered as JSON.
-pub fn event(nsp: &str, name: &str, argument_json: &str) -> String {
+pub(super) fn event(nsp: &str, name: &str, argument_json: &str) -> String {
     let name = serde_json::Value::from(name).to_string();
     let mut packet = sio_head('2', nsp, name.len() + argument_json.len() + 3);
     packet.push('[');

@@ -57,6 +57,6 @@ pub struct FunkoPage {
 }
 
 /// The current timestamp as the API writes it: RFC 3339, UTC, milliseconds.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -21,6 +21,8 @@ use poem::{
     web::websocket::{Message, WebSocket, WebSocketStream},
 };
 use tokio::sync::{Notify, mpsc};
+
+use crate::events::End;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -30,25 +32,26 @@ use super::{
 use crate::{
     api::AppState,
     limits::{StreamSlot, client_ip},
+    metrics::Transport,
 };
 
 /// Packets queued for one client. When it does not take them, its namespace tasks wait, their
-/// subscriptions fall behind the bus, and the bus's bound cuts them off (DESIGN §3, "Slow
-/// consumers"); so this only needs to absorb bursts.
+/// subscriptions fall behind the tail, and the tail's bound cuts them off; so this only needs
+/// to absorb bursts.
 const OUT_QUEUE: usize = 64;
 /// How long a client may take between its `2probe` and its `5` (upgrade).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The open sessions, by id.
 #[derive(Default)]
-pub struct Engine {
+pub(super) struct Engine {
     /// Held only to insert, look up or remove, never across an `.await`.
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 /// Which transport carries a session's packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
+enum Carrier {
     Polling,
     /// The WebSocket answered the probe; polls get `noop` until the client sends `5`.
     Upgrading,
@@ -57,7 +60,7 @@ enum Transport {
 
 /// Why a session ended (logged).
 #[derive(Clone, Copy, Debug)]
-pub enum CloseReason {
+pub(super) enum SessionEnd {
     /// The client sent `close`, or closed its WebSocket.
     ClientClosed,
     TransportError,
@@ -65,14 +68,12 @@ pub enum CloseReason {
     PingTimeout,
     /// A packet this server does not understand.
     ProtocolError,
-    /// A subscription fell behind the live stream: the client reconnects and resumes.
-    TooSlow,
-    /// The subscription failed (database error): the client reconnects and resumes.
-    StreamFailed,
-    Shutdown,
+    /// The stream ended (the subscriber fell behind, the server is shutting down, or the
+    /// log could not be read): the client reconnects and resumes.
+    Stream(#[expect(dead_code, reason = "read by the log line, through Debug")] End),
 }
 
-pub struct Session {
+pub(super) struct Session {
     pub sid: String,
     pub state: AppState,
     /// The cursor of the handshake's query (`cursor`, `lastEventId` or `after`), for tools
@@ -83,7 +84,7 @@ pub struct Session {
     /// The single reader of `out`: the pending poll or the WebSocket writer.
     rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
     /// Held only to read or switch, never across an `.await`.
-    transport: Mutex<Transport>,
+    transport: Mutex<Carrier>,
     /// Releases a pending poll (with `noop`) when the WebSocket answers the probe. One stored
     /// permit, so a poll that arrives just after the probe is released too.
     upgrading: Notify,
@@ -103,12 +104,12 @@ pub struct Session {
 impl Session {
     /// Queues a packet without waiting; false when the queue is full (a client flooding
     /// the session with requests it does not read the answers of) or the session is closed.
-    pub fn try_send(&self, packet: String) -> bool {
+    pub(super) fn try_send(&self, packet: String) -> bool {
         self.out.try_send(packet).is_ok()
     }
 
     /// Queues a packet; false once the session is closed or `stop` is cancelled.
-    pub async fn send(&self, stop: &CancellationToken, packet: String) -> bool {
+    pub(super) async fn send(&self, stop: &CancellationToken, packet: String) -> bool {
         tokio::select! {
             biased;
             () = stop.cancelled() => false,
@@ -116,25 +117,25 @@ impl Session {
         }
     }
 
-    pub fn close(&self, reason: CloseReason) {
+    pub(super) fn close(&self, reason: SessionEnd) {
         if !self.closed.is_cancelled() {
             tracing::debug!(sid = %self.sid, ?reason, "Socket.IO session closed");
             self.closed.cancel();
         }
     }
 
-    fn transport(&self) -> Transport {
+    fn transport(&self) -> Carrier {
         *self.transport.lock().expect("transport lock poisoned")
     }
 
-    fn set_transport(&self, transport: Transport) {
+    fn set_transport(&self, transport: Carrier) {
         *self.transport.lock().expect("transport lock poisoned") = transport;
     }
 
     /// Handles one Engine.IO packet from either transport.
     fn receive(self: &Arc<Self>, text: &str) -> Result<(), &'static str> {
         match packet::parse_engine(text) {
-            Some(EngineIn::Close) => self.close(CloseReason::ClientClosed),
+            Some(EngineIn::Close) => self.close(SessionEnd::ClientClosed),
             Some(EngineIn::Pong) => self.pong.notify_one(),
             Some(EngineIn::Message(message)) => namespace::on_packet(self, message)?,
             // In v4 the server pings; a client's ping or noop needs nothing.
@@ -146,11 +147,11 @@ impl Session {
     }
 
     /// The end of a session, whoever starts it: `None` when it is already closed.
-    async fn ended(&self) -> Option<CloseReason> {
+    async fn ended(&self) -> Option<SessionEnd> {
         tokio::select! {
             biased;
             () = self.closed.cancelled() => None,
-            () = self.state.bus.closing().cancelled() => Some(CloseReason::Shutdown),
+            () = self.state.tail.closing().cancelled() => Some(SessionEnd::Stream(End::Shutdown)),
         }
     }
 }
@@ -182,7 +183,7 @@ fn text(body: impl Into<String>) -> Response {
 }
 
 /// 16 random bytes, hex: session and socket ids.
-pub fn random_id() -> String {
+pub(super) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -215,7 +216,7 @@ impl Query {
 }
 
 impl Engine {
-    pub async fn handle(self: &Arc<Self>, mut req: Request) -> poem::Result<Response> {
+    pub(super) async fn handle(self: &Arc<Self>, mut req: Request) -> poem::Result<Response> {
         if !matches!(req.uri().path(), "" | "/") {
             return Ok(StatusCode::NOT_FOUND.into_response());
         }
@@ -244,11 +245,11 @@ impl Engine {
             } else {
                 None
             };
-            let slot = state.slots.acquire("socketio", client_ip(&req))?;
+            let slot = state.slots.acquire(Transport::SocketIo, client_ip(&req))?;
             let transport = if websocket {
-                Transport::WebSocket
+                Carrier::WebSocket
             } else {
-                Transport::Polling
+                Carrier::Polling
             };
             let session = self.open(state, slot, transport, query.cursor);
             let heartbeat = session.heartbeat.as_millis();
@@ -274,7 +275,7 @@ impl Engine {
         Ok(match (websocket, req.method()) {
             (false, &Method::GET) => poll(&session).await,
             (false, &Method::POST) => post(&session, req.take_body()).await,
-            (true, &Method::GET) if session.transport() == Transport::Polling => {
+            (true, &Method::GET) if session.transport() == Carrier::Polling => {
                 match WebSocket::from_request_without_body(&req).await {
                     Ok(upgrade) => websocket_response(upgrade, session, true),
                     Err(_) => bad_request(),
@@ -289,7 +290,7 @@ impl Engine {
         self: &Arc<Self>,
         state: AppState,
         slot: StreamSlot,
-        transport: Transport,
+        transport: Carrier,
         query_cursor: Option<String>,
     ) -> Arc<Session> {
         let (out, rx) = mpsc::channel(OUT_QUEUE);
@@ -334,7 +335,7 @@ async fn heartbeat_task(engine: Arc<Engine>, session: Arc<Session>) {
             reason = session.ended() => break reason,
             sent = tokio::time::timeout(period, session.out.send(packet::PING.to_owned())) => {
                 if !matches!(sent, Ok(Ok(()))) {
-                    break Some(CloseReason::PingTimeout);
+                    break Some(SessionEnd::PingTimeout);
                 }
             }
         }
@@ -342,7 +343,7 @@ async fn heartbeat_task(engine: Arc<Engine>, session: Arc<Session>) {
             biased;
             reason = session.ended() => break reason,
             () = session.pong.notified() => {}
-            () = tokio::time::sleep(period) => break Some(CloseReason::PingTimeout),
+            () = tokio::time::sleep(period) => break Some(SessionEnd::PingTimeout),
         }
     };
     // Unknown before closed: a client told `close` finds the session gone when it asks again.
@@ -360,14 +361,14 @@ async fn heartbeat_task(engine: Arc<Engine>, session: Arc<Session>) {
 /// so this never waits much longer than that.
 async fn poll(session: &Session) -> Response {
     match session.transport() {
-        Transport::Polling => {}
+        Carrier::Polling => {}
         // The client is switching; release it so it can finish the upgrade.
-        Transport::Upgrading => return text(packet::NOOP),
-        Transport::WebSocket => return bad_request(),
+        Carrier::Upgrading => return text(packet::NOOP),
+        Carrier::WebSocket => return bad_request(),
     }
     let Ok(mut rx) = session.rx.try_lock() else {
         // Engine.IO forbids overlapping polls; the packets' order could not be kept.
-        session.close(CloseReason::ProtocolError);
+        session.close(SessionEnd::ProtocolError);
         return bad_request();
     };
     let first = tokio::select! {
@@ -395,31 +396,31 @@ async fn poll(session: &Session) -> Response {
 
 /// Packets a polling client sends.
 async fn post(session: &Arc<Session>, body: Body) -> Response {
-    if session.transport() == Transport::WebSocket {
+    if session.transport() == Carrier::WebSocket {
         return bad_request();
     }
     let bytes = match body.into_bytes_limit(MAX_PAYLOAD).await {
         Ok(bytes) => bytes,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => {
-            session.close(CloseReason::ProtocolError);
+            session.close(SessionEnd::ProtocolError);
             return Response::builder()
                 .status(StatusCode::PAYLOAD_TOO_LARGE)
                 .content_type("application/json")
                 .body(r#"{"code":3,"message":"Bad request"}"#);
         }
         Err(_) => {
-            session.close(CloseReason::TransportError);
+            session.close(SessionEnd::TransportError);
             return bad_request();
         }
     };
     let Ok(body) = std::str::from_utf8(&bytes) else {
-        session.close(CloseReason::ProtocolError);
+        session.close(SessionEnd::ProtocolError);
         return bad_request();
     };
     for packet in body.split(packet::SEPARATOR) {
         if let Err(why) = session.receive(packet) {
             tracing::debug!(sid = %session.sid, why, "closing a Socket.IO session");
-            session.close(CloseReason::ProtocolError);
+            session.close(SessionEnd::ProtocolError);
             return bad_request();
         }
     }
@@ -427,7 +428,7 @@ async fn post(session: &Arc<Session>, body: Body) -> Response {
 }
 
 fn websocket_response(upgrade: WebSocket, session: Arc<Session>, probe: bool) -> Response {
-    let config = crate::api::ws::socket_config(MAX_PAYLOAD);
+    let config = crate::stream::socket_config(MAX_PAYLOAD);
     // Shutdown waits (within the grace period) for the socket's task to close it.
     let running = session.state.tasks.token();
     upgrade
@@ -452,7 +453,7 @@ async fn run_websocket(session: Arc<Session>, socket: WebSocketStream, probe: bo
         () = session.closed.cancelled() => return,
         rx = session.rx.lock() => rx,
     };
-    session.set_transport(Transport::WebSocket);
+    session.set_transport(Carrier::WebSocket);
     loop {
         tokio::select! {
             biased;
@@ -461,11 +462,11 @@ async fn run_websocket(session: Arc<Session>, socket: WebSocketStream, probe: bo
                 Some(Ok(Message::Text(text))) => {
                     if let Err(why) = session.receive(&text) {
                         tracing::debug!(sid = %session.sid, why, "closing a Socket.IO session");
-                        session.close(CloseReason::ProtocolError);
+                        session.close(SessionEnd::ProtocolError);
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => session.close(CloseReason::ClientClosed),
-                Some(Err(_)) => session.close(CloseReason::TransportError),
+                Some(Ok(Message::Close(_))) | None => session.close(SessionEnd::ClientClosed),
+                Some(Err(_)) => session.close(SessionEnd::TransportError),
                 // The socket answers pings itself; binary packets are not used here.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => {}
             },
@@ -479,7 +480,7 @@ async fn run_websocket(session: Arc<Session>, socket: WebSocketStream, probe: bo
                     sent = sink.send(Message::Text(packet)) => sent.is_ok(),
                 };
                 if !sent {
-                    session.close(CloseReason::TransportError);
+                    session.close(SessionEnd::TransportError);
                 }
             }
         }
@@ -513,7 +514,7 @@ async fn upgrade(
                     break;
                 }
                 probed = true;
-                session.set_transport(Transport::Upgrading);
+                session.set_transport(Carrier::Upgrading);
                 session.upgrading.notify_one();
             }
             Ok(Some(Ok(Message::Text(text)))) if text == "5" && probed => return true,
@@ -522,7 +523,7 @@ async fn upgrade(
         }
     }
     if probed {
-        session.set_transport(Transport::Polling);
+        session.set_transport(Carrier::Polling);
     }
     false
 }

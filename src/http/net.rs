@@ -1,5 +1,5 @@
 //! What the server does to each connection's socket, below HTTP (hyper's own header-read
-//! timeout, in [`crate::server`], is the slow-loris guard):
+//! timeout, in [`super`], is the slow-loris guard):
 //! - a connection that carries no byte either way for the idle timeout is closed;
 //! - a connection whose writes make no progress for a while is closed. This is what cuts off
 //!   a stream client that stopped reading: hyper stops polling a response body once its own
@@ -13,7 +13,7 @@
 //! stream costs the timer wheel one entry per idle period, not one per delivery.
 //!
 //! A socket is [`Shared`]: hyper reads and writes it, and once a Server-Sent Events response
-//! is streaming live, the fan-out ([`crate::events::hub`]) writes that response's chunks to it
+//! is streaming live, the fan-out ([`super::fanout`]) writes that response's chunks to it
 //! directly through its [`Outlet`], without waking the connection's task. The two never
 //! write at once: the fan-out writes only while hyper has nothing buffered and the response's
 //! body is not handing hyper bytes.
@@ -40,7 +40,7 @@ use tokio::{
 };
 
 /// What a socket tells its [`Guarded`] about writes made outside hyper.
-pub trait Outside {
+pub(crate) trait Outside {
     /// When bytes were last written to the socket by someone other than hyper.
     fn last_outside_write(&self) -> Option<Instant> {
         None
@@ -52,13 +52,13 @@ pub trait Outside {
 
 /// A connection's TCP socket, shared between hyper (through `AsyncRead`/`AsyncWrite`) and
 /// the fan-out (through its [`Outlet`]).
-pub struct Shared {
+pub(crate) struct Shared {
     read: OwnedReadHalf,
     outlet: Arc<Outlet>,
 }
 
 impl Shared {
-    pub fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         let (read, write) = stream.into_split();
         Self {
             read,
@@ -72,7 +72,7 @@ impl Shared {
         }
     }
 
-    pub fn outlet(&self) -> &Arc<Outlet> {
+    pub(crate) fn outlet(&self) -> &Arc<Outlet> {
         &self.outlet
     }
 }
@@ -83,8 +83,8 @@ impl Shared {
 /// hands it, so a body that writes through the outlet must (1) mark hyper busy
 /// ([`hand_to_hyper`](Self::hand_to_hyper)) before it hands hyper anything, and (2) write
 /// through the outlet only while [`hyper_idle`](Self::hyper_idle), which hyper's completed
-/// flush sets again.
-pub struct Outlet {
+/// flush sets again. Only the fan-out's types ([`super::fanout::SseWriter`]) do either.
+pub(crate) struct Outlet {
     write: OwnedWriteHalf,
     hyper_idle: AtomicBool,
     /// Woken when hyper's flush completes.
@@ -100,18 +100,18 @@ impl Outlet {
     }
 
     /// Whether hyper has written everything it was given.
-    pub fn hyper_idle(&self) -> bool {
+    pub(super) fn hyper_idle(&self) -> bool {
         self.hyper_idle.load(Ordering::Acquire)
     }
 
     /// Records that the response body is about to hand hyper bytes.
-    pub fn hand_to_hyper(&self) {
+    pub(super) fn hand_to_hyper(&self) {
         self.hyper_idle.store(false, Ordering::Release);
     }
 
     /// Like [`hyper_idle`](Self::hyper_idle), registering the task to be woken when hyper's
     /// flush completes if it is not.
-    pub fn poll_hyper_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(super) fn poll_hyper_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.hyper_idle() {
             return Poll::Ready(());
         }
@@ -125,7 +125,7 @@ impl Outlet {
 
     /// Writes without waiting: `WouldBlock` when the socket's buffer is full. Only while
     /// hyper is idle (see the type's rule).
-    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+    pub(super) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         let written = self.socket().try_write(bytes)?;
         let since = Instant::now().saturating_duration_since(self.opened);
         self.last_write
@@ -151,12 +151,12 @@ impl Outlet {
     }
 
     /// Registers the task for the socket's next writability.
-    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(super) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.socket().poll_write_ready(cx)
     }
 
     /// When the outlet last wrote, if it ever did.
-    pub fn last_write(&self) -> Option<Instant> {
+    pub(crate) fn last_write(&self) -> Option<Instant> {
         match self.last_write.load(Ordering::Acquire) {
             0 => None,
             nanos => Some(self.opened + Duration::from_nanos(nanos)),
@@ -223,7 +223,7 @@ impl AsyncWrite for Shared {
 
 /// How long a connection may stay silent and how long a write may wait for the peer.
 #[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     pub idle: Duration,
     pub write_stall: Duration,
 }
@@ -231,7 +231,7 @@ pub struct Deadlines {
 /// A socket whose reads fail with `TimedOut` once it has been silent for the idle timeout, and
 /// whose writes fail with `TimedOut` once one has waited for the peer for the write-stall time.
 /// An error is how hyper (or the WebSocket after an upgrade) is told to drop the connection.
-pub struct Guarded<T> {
+pub(crate) struct Guarded<T> {
     inner: T,
     deadlines: Deadlines,
     /// The last read or write that moved bytes (or saw the peer close).
@@ -250,7 +250,7 @@ enum Expired {
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T, deadlines: Deadlines) -> Self {
+    pub(crate) fn new(inner: T, deadlines: Deadlines) -> Self {
         Self {
             inner,
             deadlines,

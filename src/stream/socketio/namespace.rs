@@ -11,16 +11,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    engine::{CloseReason, Session, random_id},
+    engine::{Session, SessionEnd, random_id},
     packet::{self, SioKind},
 };
 use crate::{
-    events::{Entity, Filter, Start, Subscription, parse_cursor, subscription::Next},
-    metrics::METRICS,
+    domain::event::{Entity, Reset},
+    events::{BATCH, Filter, Next, Start, Subscription},
+    metrics::{METRICS, Transport},
+    stream::{start_from_json, start_from_text},
 };
-
-/// Events read per step of a subscription.
-const BATCH: usize = 256;
 
 struct Namespace {
     path: &'static str,
@@ -55,14 +54,14 @@ impl Namespace {
 /// serves. A CONNECT to a namespace the session is connected to restarts that task with the
 /// new payload, so a session has at most one task per namespace however many CONNECTs it
 /// sends.
-pub struct NamespaceSlot {
+pub(super) struct NamespaceSlot {
     stop: CancellationToken,
     /// The namespace as the client spelled it, and its CONNECT payload (`auth`).
     connect: watch::Sender<(String, String)>,
 }
 
 /// Handles one Socket.IO packet; an error closes the session.
-pub fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str> {
+pub(super) fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str> {
     let packet = packet::parse_socketio(text).ok_or("not a Socket.IO packet")?;
     match packet.kind {
         SioKind::Connect => connect(session, packet.nsp, packet.data)?,
@@ -120,39 +119,18 @@ fn connect(session: &Arc<Session>, nsp: &str, auth: &str) -> Result<(), &'static
 /// Where a socket starts: the first cursor of `auth` (`cursor`, `lastEventId`, `after`; a
 /// string or a number), else the handshake's query cursor, else now.
 fn start_from(auth: &str, query_cursor: Option<&str>) -> Result<Start, String> {
-    let invalid = |key: &str, value: &dyn std::fmt::Display| {
-        format!("{key} must be a cursor (a decimal event id), not {value}")
-    };
     if !auth.trim().is_empty() {
         let Ok(Value::Object(auth)) = serde_json::from_str::<Value>(auth) else {
             return Err("auth must be a JSON object".to_owned());
         };
         for key in ["cursor", "lastEventId", "after"] {
-            match auth.get(key) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(raw)) if raw.trim().is_empty() => {}
-                Some(Value::String(raw)) => {
-                    return parse_cursor(raw)
-                        .map(Start::After)
-                        .ok_or_else(|| invalid(key, &format!("{raw:?}")));
-                }
-                Some(Value::Number(number)) => {
-                    return number
-                        .as_u64()
-                        .and_then(|n| i64::try_from(n).ok())
-                        .map(Start::After)
-                        .ok_or_else(|| invalid(key, number));
-                }
-                Some(other) => return Err(invalid(key, other)),
+            match start_from_json(key, auth.get(key)) {
+                Ok(Start::Now) => continue,
+                started => return started.map_err(|err| err.to_string()),
             }
         }
     }
-    match query_cursor.map(str::trim).filter(|raw| !raw.is_empty()) {
-        None => Ok(Start::Now),
-        Some(raw) => parse_cursor(raw)
-            .map(Start::After)
-            .ok_or_else(|| invalid("cursor", &format!("{raw:?}"))),
-    }
+    start_from_text("cursor", query_cursor).map_err(|err| err.to_string())
 }
 
 /// One namespace's connection: serves its latest CONNECT (accept or refuse, welcome, then
@@ -204,7 +182,7 @@ async fn stream(
     let opened = tokio::select! {
         biased;
         () = stop.cancelled() => return,
-        opened = Subscription::open(session.state.bus.clone(), start, filter) => opened,
+        opened = Subscription::open(session.state.tail.clone(), start, filter) => opened,
     };
     let (mut subscription, reset) = match opened {
         Ok(opened) => opened,
@@ -239,35 +217,30 @@ async fn stream(
             next = subscription.next(BATCH) => next,
         };
         match next {
-            Ok(Next::Events { events, .. }) => {
-                METRICS.delivered("socketio", events.len());
+            Next::Events { events, .. } => {
+                METRICS.delivered(Transport::SocketIo, events.len());
                 for event in events {
                     if !session
-                        .send(stop, packet::event(nsp, "updates", &event.json))
+                        .send(stop, packet::event(nsp, "updates", event.json.get()))
                         .await
                     {
                         return;
                     }
                 }
             }
-            Ok(Next::Reset(reset)) => {
+            Next::Reset(reset) => {
                 if !session.send(stop, reset_packet(nsp, &reset)).await {
                     return;
                 }
             }
             // Closing the transport (not a Socket.IO disconnect) makes socket.io-client
             // reconnect, re-sending its `auth`: it resumes from its cursor.
-            Ok(Next::CutOff { .. }) => return session.close(CloseReason::TooSlow),
-            Ok(Next::Closed { .. }) => return session.close(CloseReason::Shutdown),
-            Err(err) => {
-                tracing::warn!(error = %err, cursor = subscription.cursor(), "Socket.IO stream failed");
-                return session.close(CloseReason::StreamFailed);
-            }
+            Next::End { why, .. } => return session.close(SessionEnd::Stream(why)),
         }
     }
 }
 
-fn reset_packet(nsp: &str, reset: &crate::events::Reset) -> String {
+fn reset_packet(nsp: &str, reset: &Reset) -> String {
     let body = serde_json::to_string(reset).expect("a reset serializes");
     packet::event(nsp, "reset", &body)
 }

@@ -1,8 +1,8 @@
-//! `/socket.io/`: the change stream for the course project's Socket.IO clients (issue 5,
-//! `docs/socketio.md`). Engine.IO v4 ([`engine`]: HTTP long-polling, WebSocket, the upgrade
-//! from one to the other, heartbeats) and the part of Socket.IO v5 those clients use
-//! ([`namespace`]: namespace connect and disconnect, server-sent events), written here on poem
-//! because a tower-based server cannot receive poem's WebSocket upgrades.
+//! `/socket.io/`: the change stream for the course project's Socket.IO clients. Engine.IO v4
+//! ([`engine`]: HTTP long-polling, WebSocket, the upgrade from one to the other, heartbeats)
+//! and Socket.IO v5 ([`namespace`]: namespaces, events), written here on poem because a
+//! tower-based server cannot receive poem's WebSocket upgrades (`docs/socketio.md`); the text
+//! framing of both is [`packet`]'s.
 //!
 //! Namespaces `/ws/v1/funkos` and `/ws/v1/categories` each drive one
 //! [`Subscription`](crate::events::Subscription) filtered on their entity: the same order,
@@ -18,15 +18,15 @@ use poem::{Endpoint, Request, Response};
 use poem_openapi::OperationId;
 
 /// Largest body a client may POST, and largest WebSocket message; announced in the handshake.
-pub const MAX_PAYLOAD: usize = 1_000_000;
+pub(crate) const MAX_PAYLOAD: usize = 1_000_000;
 
 /// The `/socket.io/` endpoint; mount it with `Route::nest("/socket.io", ...)`. It owns the
 /// open Engine.IO sessions; every session ends when the change bus closes (shutdown).
-pub struct SocketIo {
+pub(crate) struct SocketIo {
     engine: Arc<engine::Engine>,
 }
 
-pub fn endpoint() -> SocketIo {
+pub(crate) fn endpoint() -> SocketIo {
     SocketIo {
         engine: Arc::default(),
     }

@@ -1,5 +1,5 @@
-//! [`ChangeBus`]: the process's view of the log's recent tail, and the wake-up of every
-//! subscriber when it grows.
+//! [`Tail`]: the process's view of the log's recent end, and the wake-up of every subscriber
+//! when it grows.
 //!
 //! One tailer task appends to the tail, in id order. On PostgreSQL, after a commit (this
 //! instance's, or another's through `LISTEN`) it is woken and reads the log after the newest
@@ -19,42 +19,37 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    StoredEvent,
-    cache::{FunkoCache, FunkoJson, PageCache},
-};
-use crate::{
-    db::{self, Backend, Db, writer::Commit},
-    domain::query::FunkoListQuery,
-};
+use super::StoredEvent;
+use crate::db::{self, Backend, Db, writer::Commit};
 
 /// How many events the tailer reads from the log per query.
 const TAIL_BATCH: i64 = 1000;
 
 /// The recent end of the log: exactly the events with ids in `floor+1..=head`, in order.
 #[derive(Debug)]
-struct Tail {
+struct Events {
     events: VecDeque<StoredEvent>,
     floor: i64,
     head: i64,
 }
 
-/// What [`ChangeBus::read`] found after a cursor.
-pub enum TailRead {
+/// What [`Tail::read`] found after a cursor.
+pub(crate) enum TailRead {
     /// The events after the cursor that the tail holds (none: the cursor is at the head).
     Events(Vec<StoredEvent>),
     /// The cursor is older than the tail: those events are only in the database.
     Behind,
 }
 
-pub struct ChangeBus {
+/// The log's tail: what every subscription reads live events from, the head cursor they wait
+/// on, and the range of cursors the log serves.
+pub(crate) struct Tail {
     db: Db,
-    /// The tail; held only for copying `Arc`s in or out, never across an `.await`.
-    tail: RwLock<Tail>,
+    /// The events; held only for copying `Arc`s in or out, never across an `.await`.
+    tail: RwLock<Events>,
     /// How many events the tail keeps. A live subscriber that falls further behind than this
     /// is cut off (it resumes from the database by cursor), so this bounds every subscriber's
     /// queue without a queue per subscriber.
@@ -79,28 +74,20 @@ pub struct ChangeBus {
     /// Every event above this id is in the log (raised when this process prunes). With
     /// `committed`, the range of cursors this database issued and still serves.
     log_floor: AtomicI64,
-    /// Funkos by id as of the tail's head, for reads that need no database. SQLite only
-    /// (`None` on PostgreSQL, where other instances write: see [`FunkoCache`]).
-    funkos: Option<FunkoCache>,
-    /// Pages of the Funko list by query, for as long as no write commits. SQLite only.
-    pages: Option<PageCache>,
 }
 
-impl ChangeBus {
+impl Tail {
     /// A bus whose tail starts at the log's current head.
-    pub async fn new(db: Db, capacity: usize) -> anyhow::Result<Arc<Self>> {
+    pub(crate) async fn new(db: Db, capacity: usize) -> anyhow::Result<Arc<Self>> {
         let mut conn = db.reader.acquire().await?;
         let (floor, head) = db::events::bounds(&mut conn).await?;
         drop(conn);
-        let local = db.backend == Backend::Sqlite;
-        let funkos = local.then(|| FunkoCache::new(head));
-        let pages = local.then(PageCache::default);
         let commits = db.take_commits();
         Ok(Arc::new(Self {
             pushed: commits.is_some(),
             commits: std::sync::Mutex::new(commits),
             db,
-            tail: RwLock::new(Tail {
+            tail: RwLock::new(Events {
                 events: VecDeque::with_capacity(capacity.min(65_536)),
                 floor: head,
                 head,
@@ -111,33 +98,32 @@ impl ChangeBus {
             closing: CancellationToken::new(),
             committed: AtomicI64::new(head),
             log_floor: AtomicI64::new(floor),
-            funkos,
-            pages,
         }))
     }
 
-    pub fn db(&self) -> &Db {
+    /// The database whose log this is.
+    pub(crate) fn db(&self) -> &Db {
         &self.db
     }
 
     /// The newest cursor this process has seen.
-    pub fn head(&self) -> i64 {
+    pub(crate) fn head(&self) -> i64 {
         *self.head.borrow()
     }
 
-    pub fn subscribe_head(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_head(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
     }
 
     /// Asks the tailer to look for new events.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// Records a commit of this process that appended event `id`, and wakes the tailer
     /// unless the write queue hands it the event. Called after the commit and before the
     /// write answers.
-    pub fn committed(&self, id: i64) {
+    pub(crate) fn committed(&self, id: i64) {
         self.committed.fetch_max(id, Ordering::AcqRel);
         if !self.pushed {
             self.wake();
@@ -146,19 +132,19 @@ impl ChangeBus {
 
     /// Records that the log now starts after `floor` (this process pruned it, or found it
     /// pruned).
-    pub fn pruned_to(&self, floor: i64) {
+    pub(crate) fn pruned_to(&self, floor: i64) {
         self.log_floor.fetch_max(floor, Ordering::AcqRel);
     }
 
     /// The newest floor this process knows of: every cursor below it is gone from the log.
-    pub fn known_floor(&self) -> i64 {
+    pub(crate) fn known_floor(&self) -> i64 {
         self.log_floor.load(Ordering::Acquire)
     }
 
     /// `(floor, committed)`: the cursors this database can serve, known without a query, when
     /// this process is the only writer (SQLite). `None` on PostgreSQL, where other instances
     /// write and prune: ask the database.
-    pub fn local_bounds(&self) -> Option<(i64, i64)> {
+    pub(crate) fn local_bounds(&self) -> Option<(i64, i64)> {
         (self.db.backend == Backend::Sqlite).then(|| {
             (
                 self.log_floor.load(Ordering::Acquire),
@@ -167,47 +153,18 @@ impl ChangeBus {
         })
     }
 
-    /// The Funko with this id, without a query, and the cursor it is current as of: `None`
-    /// unless the cache holds every write committed so far (and always on PostgreSQL).
-    pub fn cached_funko(&self, id: i64) -> Option<(FunkoJson, i64)> {
-        let (_, committed) = self.local_bounds()?;
-        self.funkos.as_ref()?.get(id, committed)
-    }
-
-    /// Offers a Funko read from the database in a snapshot at `cursor` to the cache.
-    pub fn offer_funko(&self, id: i64, funko: &FunkoJson, cursor: i64) {
-        if let Some(funkos) = &self.funkos {
-            funkos.fill(id, funko, cursor);
-        }
-    }
-
-    /// The list page this query answers, as sent, and its cursor, without a query: `None`
-    /// unless it was read at the newest commit (and always on PostgreSQL).
-    pub fn cached_page(&self, query: &FunkoListQuery) -> Option<(Bytes, i64)> {
-        let (_, committed) = self.local_bounds()?;
-        let json = self.pages.as_ref()?.get(query, committed)?;
-        Some((json, committed))
-    }
-
-    /// Offers a list page read from the database in a snapshot at `cursor` to the cache.
-    pub fn offer_page(&self, query: &FunkoListQuery, json: &Bytes, cursor: i64) {
-        if let Some(pages) = &self.pages {
-            pages.fill(query, json, cursor);
-        }
-    }
-
-    pub fn closing(&self) -> &CancellationToken {
+    pub(crate) fn closing(&self) -> &CancellationToken {
         &self.closing
     }
 
     /// Ends every stream and stops the tailer.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closing.cancel();
         self.wake.notify_one();
     }
 
     /// The events after `cursor` that the tail holds, at most `max`.
-    pub fn read(&self, cursor: i64, max: usize) -> TailRead {
+    pub(crate) fn read(&self, cursor: i64, max: usize) -> TailRead {
         let tail = self.tail.read().expect("tail lock poisoned");
         if cursor < tail.floor {
             return TailRead::Behind;
@@ -223,14 +180,15 @@ impl ChangeBus {
     /// pruned past it), the events in between are gone: the tail starts over at the log's
     /// floor, so every live subscriber behind it falls out of the tail and is reset, never
     /// handed the survivors as if nothing were missing.
-    pub async fn catch_up(&self) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn catch_up(&self) -> Result<usize, sqlx::Error> {
         let mut added = 0;
         loop {
             let after = self.tail.read().expect("tail lock poisoned").head;
             let mut conn = self.db.reader.acquire().await?;
-            let (mut batch, floor) =
+            let (rows, floor) =
                 db::events::read_after_with_floor(&mut conn, after, TAIL_BATCH).await?;
             drop(conn);
+            let mut batch: Vec<StoredEvent> = rows.into_iter().map(StoredEvent::from).collect();
             let full = batch.len() as i64 == TAIL_BATCH;
             if let Some(floor) = floor.filter(|&floor| floor > after) {
                 tracing::warn!(
@@ -270,9 +228,6 @@ impl ChangeBus {
         let Some(last) = batch.last().map(|e| e.id) else {
             return;
         };
-        if let Some(funkos) = &self.funkos {
-            funkos.apply(&batch, last);
-        }
         {
             let mut tail = self.tail.write().expect("tail lock poisoned");
             tail.events.extend(batch);
@@ -324,7 +279,7 @@ impl ChangeBus {
     /// The tailer: runs until [`close`](Self::close). `poll_every` bounds how late an event
     /// committed elsewhere may be seen if its wake-up is lost (PostgreSQL); `None` when this
     /// process is the only writer (SQLite).
-    pub async fn run_tailer(self: Arc<Self>, poll_every: Option<Duration>) {
+    pub(crate) async fn run_tailer(self: Arc<Self>, poll_every: Option<Duration>) {
         let commits = self.commits.lock().expect("not poisoned").take();
         if let Some(commits) = commits {
             return self.follow_commits(commits).await;

@@ -1,20 +1,19 @@
-//! [`FunkoCache`]: every Funko this process has seen, by id, as the JSON `GET /funkos/{id}`
-//! answers with, kept current by the change stream itself.
+//! The read caches. [`FunkoCache`]: every Funko this process has seen, by id, as the JSON
+//! `GET /funkos/{id}` answers with, kept current by the change stream itself. [`PageCache`]:
+//! pages of the list, until the next write.
 //!
-//! Each Funko event carries the Funko exactly as `GET` returns it, so the tailer applies the
-//! events it reads to this map and a read can be answered without a database round trip. The
-//! cache is only trusted when it provably holds every committed write: it is current as of
-//! the cursor `at` (the tailer's head), and a read uses it only when `at` has reached the
-//! newest commit this process knows of ([`ChangeBus::local_bounds`]), which on SQLite is
-//! the log's head because this process is the only writer. Otherwise (a write still on its
-//! way to the tailer, or PostgreSQL, where other instances write) the read goes to the
+//! Each Funko event carries the Funko exactly as `GET` returns it, so the cache applies the
+//! tail's events to its map (on the first read after a commit) and a read can be answered
+//! without a database round trip. The cache is only trusted when it provably holds every
+//! committed write: it is current as of the cursor `at`, and a read uses it only when `at`
+//! has reached the newest commit this process knows of ([`Tail::local_bounds`]), which on
+//! SQLite is the log's head because this process is the only writer. Otherwise (a write still
+//! on its way to the tail, or PostgreSQL, where other instances write) the read goes to the
 //! database. A database read refills an entry only when it saw the same cursor, so an entry
 //! is never older than the cache's position.
 //!
 //! A Funko's JSON names its category; a rename appends an UPDATE event for each Funko in it,
 //! so the Funkos' own events keep the cache right.
-//!
-//! [`ChangeBus::local_bounds`]: super::ChangeBus::local_bounds
 
 use std::{
     collections::HashMap,
@@ -24,15 +23,20 @@ use std::{
 use bytes::Bytes;
 use poem_openapi::types::ToJSON;
 
-use super::{Entity, StoredEvent};
-use crate::{domain::query::FunkoListQuery, model::Funko};
+use crate::{
+    domain::{event::Entity, query::FunkoListQuery, resource::Funko},
+    events::{StoredEvent, Tail, tail::TailRead},
+};
+
+/// Events the cache applies from the tail at a time.
+const CATCH_UP_BATCH: usize = 1024;
 
 /// At most this many Funkos are cached (about 300 bytes each); past it the map starts over.
 const MAX_ENTRIES: usize = 50_000;
 
 /// A Funko ready to send: its JSON and what the response needs besides.
 #[derive(Clone, Debug)]
-pub struct FunkoJson {
+pub(crate) struct FunkoJson {
     /// The Funko as `GET` returns it.
     pub json: Bytes,
     pub version: i64,
@@ -41,7 +45,7 @@ pub struct FunkoJson {
 
 impl FunkoJson {
     /// Reads the fields a response needs from a Funko's JSON; `None` if it is not one.
-    pub fn parse(json: &str) -> Option<(i64, Self)> {
+    pub(crate) fn parse(json: &str) -> Option<(i64, Self)> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Head {
@@ -79,14 +83,14 @@ struct Entries {
 }
 
 #[derive(Debug)]
-pub struct FunkoCache {
+pub(crate) struct FunkoCache {
     /// Held only to copy an entry in or out, never across an `.await`.
     entries: RwLock<Entries>,
 }
 
 impl FunkoCache {
     /// An empty cache positioned at cursor `at`.
-    pub fn new(at: i64) -> Self {
+    pub(crate) fn new(at: i64) -> Self {
         Self {
             entries: RwLock::new(Entries {
                 at,
@@ -96,40 +100,54 @@ impl FunkoCache {
     }
 
     /// The Funko with this id if the cache is current as of `committed` (it holds every
-    /// write up to there), with the cursor it is current as of. `None`: ask the database.
-    pub fn get(&self, id: i64, committed: i64) -> Option<(FunkoJson, i64)> {
-        let entries = self.entries.read().expect("cache lock poisoned");
-        if entries.at < committed {
-            return None;
+    /// write up to there, after taking in what the tail has since), with the cursor it is
+    /// current as of. `None`: ask the database.
+    pub(crate) fn get(&self, id: i64, committed: i64, tail: &Tail) -> Option<(FunkoJson, i64)> {
+        {
+            let entries = self.entries.read().expect("cache lock poisoned");
+            if entries.at >= committed {
+                return entries.by_id.get(&id).map(|f| (f.clone(), entries.at));
+            }
+        }
+        let mut entries = self.entries.write().expect("cache lock poisoned");
+        while entries.at < committed {
+            match tail.read(entries.at, CATCH_UP_BATCH) {
+                // The tail has not taken the commit in yet: the database knows.
+                TailRead::Events(events) if events.is_empty() => return None,
+                TailRead::Events(events) => entries.apply(&events),
+                // What happened since is only in the database: start over from the tail.
+                TailRead::Behind => {
+                    entries.by_id.clear();
+                    entries.at = tail.head();
+                }
+            }
         }
         entries.by_id.get(&id).map(|f| (f.clone(), entries.at))
     }
 
     /// Stores a Funko read from the database in a snapshot at `cursor`, if that is the
     /// cache's position (a read from another moment could be older than the cache).
-    pub fn fill(&self, id: i64, funko: &FunkoJson, cursor: i64) {
+    pub(crate) fn fill(&self, id: i64, funko: &FunkoJson, cursor: i64) {
         let mut entries = self.entries.write().expect("cache lock poisoned");
         if entries.at == cursor {
             entries.insert(id, funko.clone());
         }
     }
-
-    /// Applies events read from the log, in order; the cache is then current as of `head`.
-    pub fn apply(&self, events: &[StoredEvent], head: i64) {
-        let updates: Vec<(i64, FunkoJson)> = events
-            .iter()
-            .filter(|event| event.entity == Entity::Funkos)
-            .filter_map(|event| FunkoJson::parse(event.data()))
-            .collect();
-        let mut entries = self.entries.write().expect("cache lock poisoned");
-        for (id, funko) in updates {
-            entries.insert(id, funko);
-        }
-        entries.at = head;
-    }
 }
 
 impl Entries {
+    /// Applies events from the tail, in order; the cache is then current as of the last.
+    fn apply(&mut self, events: &[StoredEvent]) {
+        for event in events.iter().filter(|e| e.entity == Entity::Funkos) {
+            if let Some((id, funko)) = FunkoJson::parse(event.data()) {
+                self.insert(id, funko);
+            }
+        }
+        if let Some(last) = events.last() {
+            self.at = last.id;
+        }
+    }
+
     fn insert(&mut self, id: i64, funko: FunkoJson) {
         if self.by_id.len() >= MAX_ENTRIES && !self.by_id.contains_key(&id) {
             self.by_id.clear();
@@ -147,7 +165,7 @@ const MAX_PAGE_BYTES: usize = 4 << 20;
 /// read far more often than written, its first page above all, is then served without the
 /// database. SQLite only, like [`FunkoCache`].
 #[derive(Debug, Default)]
-pub struct PageCache {
+pub(crate) struct PageCache {
     /// Held only to copy a page in or out, never across an `.await`.
     pages: Mutex<Pages>,
 }
@@ -162,7 +180,7 @@ struct Pages {
 
 impl PageCache {
     /// The page this query answered at cursor `committed`, if it was read there.
-    pub fn get(&self, query: &FunkoListQuery, committed: i64) -> Option<Bytes> {
+    pub(crate) fn get(&self, query: &FunkoListQuery, committed: i64) -> Option<Bytes> {
         let pages = self.pages.lock().expect("page cache lock poisoned");
         if pages.at != committed {
             return None;
@@ -172,7 +190,7 @@ impl PageCache {
 
     /// Keeps a page read in a snapshot at `cursor`. A page from a newer cursor retires the
     /// older ones; one from an older cursor is dropped.
-    pub fn fill(&self, query: &FunkoListQuery, json: &Bytes, cursor: i64) {
+    pub(crate) fn fill(&self, query: &FunkoListQuery, json: &Bytes, cursor: i64) {
         let mut pages = self.pages.lock().expect("page cache lock poisoned");
         if cursor < pages.at {
             return;
@@ -193,7 +211,7 @@ impl PageCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventKind;
+    use crate::domain::event::EventKind;
 
     fn funko_event(event_id: i64, funko_id: i64, version: i64) -> StoredEvent {
         let data =
@@ -201,17 +219,19 @@ mod tests {
         StoredEvent::new(event_id, Entity::Funkos, EventKind::Update, &data, "t")
     }
 
+    fn entries(at: i64) -> Entries {
+        Entries {
+            at,
+            by_id: HashMap::new(),
+        }
+    }
+
     #[test]
-    fn serves_only_when_current() {
-        let cache = FunkoCache::new(10);
-        cache.apply(&[funko_event(11, 1, 1), funko_event(12, 1, 2)], 12);
-        let (funko, at) = cache.get(1, 12).expect("current");
-        assert_eq!((funko.version, at), (2, 12));
-        assert!(
-            cache.get(1, 13).is_none(),
-            "a commit the tailer has not read"
-        );
-        assert!(cache.get(2, 12).is_none(), "never seen");
+    fn applies_funko_events_in_order_and_moves_on() {
+        let mut entries = entries(10);
+        entries.apply(&[funko_event(11, 1, 1), funko_event(12, 1, 2)]);
+        assert_eq!((entries.by_id[&1].version, entries.at), (2, 12));
+        assert!(!entries.by_id.contains_key(&2), "never seen");
     }
 
     #[test]
@@ -219,18 +239,18 @@ mod tests {
         let cache = FunkoCache::new(5);
         let (id, funko) = FunkoJson::parse(r#"{"id":3,"version":4,"isDeleted":true}"#).unwrap();
         cache.fill(id, &funko, 4);
-        assert!(cache.get(3, 5).is_none());
+        assert!(!cache.entries.read().unwrap().by_id.contains_key(&3));
         cache.fill(id, &funko, 5);
-        assert!(cache.get(3, 5).expect("filled").0.is_deleted);
+        assert!(cache.entries.read().unwrap().by_id[&3].is_deleted);
     }
 
     #[test]
     fn a_rename_reaches_it_through_its_funkos_events() {
-        let cache = FunkoCache::new(0);
-        cache.apply(&[funko_event(1, 1, 1)], 1);
+        let mut entries = entries(0);
+        entries.apply(&[funko_event(1, 1, 1)]);
         let rename = StoredEvent::new(2, Entity::Categories, EventKind::Update, r#"{"id":1}"#, "t");
-        cache.apply(&[rename, funko_event(3, 1, 2)], 3);
-        assert_eq!(cache.get(1, 3).expect("kept").0.version, 2);
+        entries.apply(&[rename, funko_event(3, 1, 2)]);
+        assert_eq!((entries.by_id[&1].version, entries.at), (2, 3));
     }
 
     fn query(page: i64) -> FunkoListQuery {

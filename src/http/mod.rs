@@ -1,6 +1,8 @@
 //! The HTTP server: our own accept loop on hyper's HTTP/1.1 connection, in place of
 //! `poem::Server`, so that the connection's limits are ours to set (hyper's header-read
-//! timeout and buffer size; see [`Limits`]) and a connection costs one task and no more.
+//! timeout and buffer size; see [`Limits`]) and a connection costs one task and no more;
+//! the deadlines on each socket ([`net`]); and the one module that writes below hyper, the
+//! SSE fan-out ([`fanout`]).
 //!
 //! HTTP/1.1 only: `poem::Server` also spoke HTTP/2 with prior knowledge (h2c), which no
 //! browser uses without TLS and no client of this server needs; TLS (and so HTTP/2) belongs
@@ -22,22 +24,25 @@ use tokio::{
 };
 use tokio_util::task::TaskTracker;
 
-use crate::net::{Deadlines, Guarded, Outlet, Shared};
+pub(crate) mod fanout;
+pub(crate) mod net;
+
+use net::{Deadlines, Guarded, Outlet, Shared};
 
 /// hyper's buffer bound per connection, for reading a request head and for queueing response
-/// bytes the peer has not read yet. hyper's default (~400 KiB) let 1,000 stream clients that
-/// stopped reading hold ~570 MiB until the write-stall deadline cut them off. 16 KiB is twice
+/// bytes the peer has not read yet. With hyper's default (about 400 KiB), each stream client
+/// that stopped reading would hold that much until the write-stall deadline. 16 KiB is twice
 /// hyper's minimum: it caps a request head at 16 KiB (a larger one gets 431), which is well
 /// above what browsers send (a few KiB, cookies included) and equal to the HTTP/2 header-list
 /// limit poem used to set. A stalled stream then holds at most this plus one body chunk.
-pub const MAX_BUF_SIZE: usize = 16 * 1024;
+pub(crate) const MAX_BUF_SIZE: usize = 16 * 1024;
 
 /// How long the accept loop waits after an error such as EMFILE before it accepts again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Per-connection limits.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A request head must arrive whole within this, counted from when hyper starts waiting
     /// for it (on a kept-alive connection: from the end of the previous response).
     pub header_timeout: Duration,
@@ -165,7 +170,7 @@ enum Phase {
 /// connection to close after its request in flight, and drops those still open after
 /// `limits.grace`. Upgraded connections (WebSocket) are no longer hyper's: their owner tracks
 /// them.
-pub async fn serve<E>(
+pub(crate) async fn serve<E>(
     listener: TcpListener,
     endpoint: E,
     limits: Limits,

@@ -1,0 +1,151 @@
+//! The change stream's four transports, each a thin translator of a
+//! [`Subscription`](crate::events::Subscription)'s steps into its frames: Server-Sent Events
+//! ([`sse`]), long-polling ([`poll`]), WebSocket ([`ws`]) and Socket.IO ([`socketio`]). What
+//! they share is here, once: how a client says where it starts, how much one step reads, the
+//! change event's documented shape, and the WebSocket settings of the two socket transports.
+
+pub(crate) mod poll;
+pub(crate) mod socketio;
+pub(crate) mod sse;
+pub(crate) mod ws;
+
+use poem::web::websocket::WebSocketConfig;
+use poem_openapi::{Object, Union};
+use serde_json::Value;
+
+use crate::{
+    domain::{
+        FieldErrors,
+        event::{Entity, EventKind, parse_cursor},
+        resource::{Category, Funko},
+    },
+    error::ApiError,
+    events::Start,
+};
+
+/// Where a subscription starts, from a cursor written as text (a query parameter, a header):
+/// absent or blank, now. `name` is the parameter's, for the error.
+pub(crate) fn start_from_text(name: &str, raw: Option<&str>) -> Result<Start, ApiError> {
+    // `str::is_empty` by name: with poem-openapi's `Type` in scope, `r.is_empty()` on a
+    // `&&str` is `Type::is_empty`, which is always false.
+    match raw.map(str::trim).filter(|r| !str::is_empty(r)) {
+        None => Ok(Start::Now),
+        Some(raw) => parse_cursor(raw)
+            .map(Start::After)
+            .ok_or_else(|| not_a_cursor(name, &format!("{raw:?}"))),
+    }
+}
+
+/// Where a subscription starts, from a cursor in JSON (a `/ws` frame's `after`, a Socket.IO
+/// `auth` field): a string as in [`start_from_text`], or a non-negative integer; absent or
+/// `null`, now.
+pub(crate) fn start_from_json(name: &str, value: Option<&Value>) -> Result<Start, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Start::Now),
+        Some(Value::String(raw)) => start_from_text(name, Some(raw)),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Start::After)
+            .ok_or_else(|| not_a_cursor(name, &n.to_string())),
+        Some(other) => Err(not_a_cursor(name, &other.to_string())),
+    }
+}
+
+fn not_a_cursor(name: &str, shown: &str) -> ApiError {
+    ApiError::BadRequest {
+        detail: format!("{name} must be a cursor (a decimal event id), not {shown}"),
+        errors: FieldErrors::single(name, "must be a cursor: a decimal event id"),
+    }
+}
+
+/// The largest message a socket client may send past which tungstenite refuses it, and how
+/// much of a socket it reads at a time. tungstenite zero-fills its read buffer up to its size
+/// before every read attempt, which also makes it resident: 4 KiB keeps an idle socket small
+/// and a busy one cheap, and a 64 KiB frame takes a few reads more.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The WebSocket settings of `/ws` and Socket.IO: frames and messages up to `max_bytes`.
+pub(crate) fn socket_config(max_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_frame_size(Some(max_bytes))
+        .max_message_size(Some(max_bytes))
+}
+
+/// The resource an event carries.
+#[derive(Clone, Debug, Union, serde::Deserialize)]
+#[serde(untagged)]
+pub enum EventData {
+    Funko(Funko),
+    Category(Category),
+}
+
+/// A change event, as every transport delivers it (the course project's
+/// `{entity, type, data, createdAt}` plus the cursor `id`).
+// The documented shape of `StoredEvent::json`, which is rendered once, not from this.
+#[derive(Clone, Debug, Object, serde::Deserialize)]
+#[oai(rename = "ChangeEvent", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeEventDoc {
+    /// The cursor: a decimal string, strictly increasing in commit order.
+    pub id: String,
+    pub entity: Entity,
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The resource after the change, as `GET` returns it.
+    pub data: EventData,
+    /// RFC 3339 UTC, millisecond precision.
+    pub created_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_blank_cursor_means_now() {
+        for raw in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                start_from_text("after", raw).ok(),
+                Some(Start::Now),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            start_from_text("after", Some(" 42 ")).ok(),
+            Some(Start::After(42))
+        );
+        assert!(start_from_text("after", Some("x")).is_err());
+    }
+
+    #[test]
+    fn json_cursors_are_strings_or_non_negative_integers() {
+        assert_eq!(start_from_json("after", None).ok(), Some(Start::Now));
+        assert_eq!(
+            start_from_json("after", Some(&json!(null))).ok(),
+            Some(Start::Now)
+        );
+        assert_eq!(
+            start_from_json("after", Some(&json!("7"))).ok(),
+            Some(Start::After(7))
+        );
+        assert_eq!(
+            start_from_json("after", Some(&json!(7))).ok(),
+            Some(Start::After(7))
+        );
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!([1]),
+            json!("x"),
+            json!(u64::MAX),
+        ] {
+            let err = start_from_json("after", Some(&bad)).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{bad}");
+        }
+    }
+}

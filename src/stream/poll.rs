@@ -1,0 +1,181 @@
+//! `GET /events/poll`: long-polling. Each request opens a subscription at its cursor, answers
+//! what is there (or waits for the next commit, up to its timeout), and forgets it: any
+//! instance can answer any poll.
+
+use std::time::Duration;
+
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Query};
+use serde_json::value::RawValue;
+
+use super::{ChangeEventDoc, start_from_text};
+use crate::{
+    api::{ApiTags, AppState, RawJson},
+    domain::{FieldErrors, event::Reset},
+    error::{ApiError, ApiResult, StreamErrors},
+    events::{BATCH, Filter, Next, StoredEvent, Subscription},
+    limits::client_ip,
+    metrics::{METRICS, Transport},
+};
+
+pub(crate) const POLL_DEFAULT_TIMEOUT: u64 = 25;
+pub(crate) const POLL_MAX_TIMEOUT: u64 = 60;
+pub(crate) const POLL_DEFAULT_LIMIT: u64 = 100;
+pub(crate) const POLL_MAX_LIMIT: u64 = 1000;
+/// Reads of the backlog one long-poll makes in a row at most while its filter passes nothing.
+const POLL_SCANS: usize = 4;
+
+pub(crate) struct PollApi;
+
+/// The answer of a long-poll.
+#[derive(Debug, Object, serde::Deserialize)]
+pub struct PollResult {
+    /// Matching events after `after`, oldest first (absent on a reset).
+    #[oai(skip_serializing_if_is_none)]
+    pub events: Option<Vec<ChangeEventDoc>>,
+    /// Present when the cursor could not be served: reload, then poll from `cursor`.
+    #[oai(skip_serializing_if_is_none)]
+    pub reset: Option<Reset>,
+    /// Send this as `after` next time.
+    pub cursor: String,
+}
+
+/// A [`PollResult`] as it is written: the events' JSON as rendered once for every transport.
+#[derive(serde::Serialize)]
+struct PollBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<&'a RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset: Option<&'a Reset>,
+    cursor: String,
+}
+
+impl RawJson<PollResult> {
+    fn poll(events: &[StoredEvent], cursor: i64) -> Self {
+        Self::body(&PollBody {
+            events: Some(events.iter().map(|e| &*e.json).collect()),
+            reset: None,
+            cursor: cursor.to_string(),
+        })
+    }
+
+    fn reset(reset: &Reset) -> Self {
+        Self::body(&PollBody {
+            events: None,
+            reset: Some(reset),
+            cursor: reset.cursor.clone(),
+        })
+    }
+
+    fn body(body: &PollBody<'_>) -> Self {
+        Self::new(serde_json::to_vec(body).expect("a poll answer serializes"))
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum PollResponse {
+    /// Events (at once when some exist, else as soon as one commits), none on timeout, or a
+    /// reset.
+    #[oai(status = 200)]
+    Ok(RawJson<PollResult>),
+}
+
+fn out_of_range(field: &str, rule: String) -> ApiError {
+    ApiError::BadRequest {
+        detail: format!("{field} {rule}"),
+        errors: FieldErrors::single(field, rule),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Stream")]
+impl PollApi {
+    /// Change stream (long-polling)
+    ///
+    /// Answers at once when events after `after` exist; otherwise holds the request until one
+    /// commits or `timeout` seconds pass (then `events` is empty). Poll again with the
+    /// returned `cursor`. Stateless: any instance can answer any poll.
+    #[oai(path = "/events/poll", method = "get", operation_id = "poll")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per documented parameter"
+    )]
+    async fn poll(
+        &self,
+        state: Data<&AppState>,
+        request: &poem::Request,
+        /// The cursor to read after; absent: wait for the next event from now.
+        after: Query<Option<String>>,
+        /// Seconds to hold the request, 0..=60 (default 25).
+        timeout: Query<Option<u64>>,
+        /// Most events in one answer, 1..=1000 (default 100).
+        limit: Query<Option<u64>>,
+        /// Only this entity: FUNKOS or CATEGORIES.
+        entity: Query<Option<String>>,
+        /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
+        types: Query<Option<String>>,
+    ) -> ApiResult<PollResponse, StreamErrors> {
+        let start = start_from_text("after", after.0.as_deref())?;
+        let timeout = timeout.0.unwrap_or(POLL_DEFAULT_TIMEOUT);
+        if timeout > POLL_MAX_TIMEOUT {
+            return Err(out_of_range(
+                "timeout",
+                format!("must be at most {POLL_MAX_TIMEOUT} seconds"),
+            )
+            .into());
+        }
+        let limit = limit.0.unwrap_or(POLL_DEFAULT_LIMIT);
+        if !(1..=POLL_MAX_LIMIT).contains(&limit) {
+            return Err(
+                out_of_range("limit", format!("must be between 1 and {POLL_MAX_LIMIT}")).into(),
+            );
+        }
+        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let _slot = state.slots.acquire(Transport::Poll, client_ip(request))?;
+        let (mut subscription, reset) =
+            Subscription::open(state.tail.clone(), start, filter).await?;
+        if let Some(reset) = reset {
+            return Ok(PollResponse::Ok(RawJson::reset(&reset)));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let limit = limit as usize;
+        // Reads of the backlog this request may make in a row when they find nothing its
+        // filter passes: past them it answers the cursor it reached, whatever its timeout.
+        // Waiting for new commits starts the count again.
+        let mut scans_left = POLL_SCANS;
+        loop {
+            // Look first, wait after: `timeout=0` still answers what is already there. Reads
+            // are at least a batch whatever `limit` is, so a rare filter costs few rounds.
+            let answer = match subscription.poll_now(BATCH.max(limit)).await {
+                Some(Next::Events { events, cursor }) if events.is_empty() => {
+                    scans_left -= 1;
+                    if scans_left > 0 && tokio::time::Instant::now() < deadline {
+                        continue;
+                    }
+                    RawJson::poll(&[], cursor)
+                }
+                Some(Next::Events { mut events, cursor }) => {
+                    // Past `limit`, the answer ends at its last event: the next poll goes on
+                    // from there.
+                    let cursor = if events.len() > limit {
+                        events.truncate(limit);
+                        events.last().expect("limit is at least 1").id
+                    } else {
+                        cursor
+                    };
+                    METRICS.delivered(Transport::Poll, events.len());
+                    RawJson::poll(&events, cursor)
+                }
+                Some(Next::Reset(reset)) => RawJson::reset(&reset),
+                Some(Next::End { cursor, .. }) => RawJson::poll(&[], cursor),
+                None => match tokio::time::timeout_at(deadline, subscription.wait()).await {
+                    Ok(()) => {
+                        scans_left = POLL_SCANS;
+                        continue;
+                    }
+                    Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
+                },
+            };
+            return Ok(PollResponse::Ok(answer));
+        }
+    }
+}
