@@ -189,6 +189,31 @@ impl WritePolicy {
     }
 }
 
+/// Who is asking, as a socket's opening request said: the token it presented and where it
+/// comes from. The socket transports authorise each write with it, by REST's rule.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credentials {
+    /// From `Authorization: Bearer <token>`, else from a `bearer.<token>` subprotocol entry.
+    pub(crate) bearer: Option<String>,
+    /// The request's `Origin` and `Host`, for the rule of open writes.
+    pub(crate) caller: Caller,
+}
+
+impl Credentials {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        Self {
+            bearer: WritePolicy::token_from_upgrade(headers),
+            caller: Caller::of(headers),
+        }
+    }
+
+    /// The one place a write over a socket is authorised: REST's rule, so both answer the
+    /// same 401/403.
+    pub(crate) fn authorize(&self, policy: &WritePolicy) -> Result<(), ApiError> {
+        policy.check(self.bearer.as_deref(), &self.caller)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,11 @@
 //! change event's documented shape, and the WebSocket settings of the two socket transports.
 
 pub(crate) mod poll;
+pub(crate) mod socket;
 pub(crate) mod socketio;
 pub(crate) mod sse;
 pub(crate) mod ws;
 
-use poem::web::websocket::WebSocketConfig;
 use poem_openapi::{Object, Union};
 use serde_json::Value;
 
@@ -57,20 +57,6 @@ fn not_a_cursor(name: &str, shown: &str) -> ApiError {
         detail: format!("{name} must be a cursor (a decimal event id), not {shown}"),
         errors: FieldErrors::single(name, "must be a cursor: a decimal event id"),
     }
-}
-
-/// The largest message a socket client may send past which tungstenite refuses it, and how
-/// much of a socket it reads at a time. tungstenite zero-fills its read buffer up to its size
-/// before every read attempt, which also makes it resident: 4 KiB keeps an idle socket small
-/// and a busy one cheap, and a 64 KiB frame takes a few reads more.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
-
-/// The WebSocket settings of `/ws` and Socket.IO: frames and messages up to `max_bytes`.
-pub(crate) fn socket_config(max_bytes: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_frame_size(Some(max_bytes))
-        .max_message_size(Some(max_bytes))
 }
 
 /// The resource an event carries.

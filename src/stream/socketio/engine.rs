@@ -428,7 +428,7 @@ async fn post(session: &Arc<Session>, body: Body) -> Response {
 }
 
 fn websocket_response(upgrade: WebSocket, session: Arc<Session>, probe: bool) -> Response {
-    let config = crate::stream::socket_config(MAX_PAYLOAD);
+    let config = crate::stream::socket::socket_config(MAX_PAYLOAD);
     // Shutdown waits (within the grace period) for the socket's task to close it.
     let running = session.state.tasks.token();
     upgrade

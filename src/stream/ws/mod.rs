@@ -23,12 +23,12 @@ use poem::{
 
 use crate::{
     api::AppState,
-    auth::{Caller, WritePolicy},
+    auth::Credentials,
     error::ApiError,
     events::{Filter, Start, Subscription},
     limits::client_ip,
     metrics::Transport,
-    stream::{socket_config, start_from_text},
+    stream::{socket::socket_config, start_from_text},
 };
 
 /// The largest frame, and the largest message, a client may send; larger ones close the
@@ -38,30 +38,6 @@ pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub(crate) const SUBPROTOCOL: &str = "funko-live";
 /// Writes one socket may have in flight; past this its frames are not read until one ends.
 pub(crate) const MAX_WRITES_IN_FLIGHT: usize = 16;
-
-/// Who is asking, as the upgrade request said.
-#[derive(Clone, Debug, Default)]
-struct Credentials {
-    /// From `Authorization: Bearer <token>`, else from a `bearer.<token>` subprotocol entry.
-    bearer: Option<String>,
-    /// The upgrade's `Origin` and `Host`, for the rule of open writes.
-    caller: Caller,
-}
-
-impl Credentials {
-    fn of(request: &Request) -> Self {
-        Self {
-            bearer: WritePolicy::token_from_upgrade(request.headers()),
-            caller: Caller::of(request.headers()),
-        }
-    }
-
-    /// The one place a write over the socket is authorised: REST's rule, with what the upgrade
-    /// request carried, so both answer the same 401/403.
-    fn authorize(&self, state: &AppState) -> Result<(), ApiError> {
-        state.policy.check(self.bearer.as_deref(), &self.caller)
-    }
-}
 
 /// Upgrades to the WebSocket protocol, subscribed as the query asks.
 #[handler]
@@ -87,7 +63,7 @@ async fn upgrade(
             "/ws speaks WebSocket: send a GET with `Upgrade: websocket` (RFC 6455)",
         )
     })?;
-    let credentials = Credentials::of(request);
+    let credentials = Credentials::of(request.headers());
     let slot = state.slots.acquire(Transport::Ws, client_ip(request))?;
     let (subscription, reset) = Subscription::open(state.tail.clone(), start, filter).await?;
     let head = match (start, &reset) {

@@ -2,35 +2,27 @@
 //! the writes in flight, the heartbeat and shutdown, with the frames for the client queued in
 //! an [`Outbox`] that is flushed meanwhile.
 
-use std::{
-    collections::VecDeque,
-    future::poll_fn,
-    io,
-    task::{Context, Poll, ready},
-    time::Duration,
-};
+use std::{io, time::Duration};
 
-use futures_util::{
-    SinkExt, StreamExt,
-    future::BoxFuture,
-    stream::{FuturesUnordered, SplitSink},
-};
+use futures_util::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use poem::web::websocket::{Message, WebSocketStream};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Credentials, MAX_WRITES_IN_FLIGHT,
+    MAX_WRITES_IN_FLIGHT,
     protocol::{self, CloseReason, Command},
 };
 use crate::{
     api::AppState,
+    auth::Credentials,
     domain::event::Reset,
     error::ApiError,
     events::{BATCH, Next, Subscription},
     limits::StreamSlot,
     metrics::{METRICS, Transport},
     service::writes::{self, Answer},
+    stream::socket::Outbox,
 };
 
 /// Frames queued for a client past which the server stops reading its frames, so a client
@@ -38,51 +30,6 @@ use crate::{
 const MAX_QUEUED_FRAMES: usize = 512;
 /// How long the frames before a close frame, and the close frame itself, may take to flush.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Frames waiting for the client, and the socket's sending half.
-struct Outbox {
-    sink: SplitSink<WebSocketStream, Message>,
-    /// Bounded by its producers: at most one batch of events (the subscription is only read
-    /// when this is empty), and answers, whose requests are not read past
-    /// [`MAX_QUEUED_FRAMES`].
-    queue: VecDeque<Message>,
-    /// Frames were handed to the socket and not yet flushed.
-    unflushed: bool,
-}
-
-impl Outbox {
-    fn push(&mut self, frame: Message) {
-        self.queue.push_back(frame);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    fn has_work(&self) -> bool {
-        !self.queue.is_empty() || self.unflushed
-    }
-
-    /// Writes the queue and flushes it. Cancel-safe: a frame leaves the queue only when the
-    /// socket takes it, so a `select!` may drop this at any await.
-    async fn flush(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_flush(cx)).await
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
-            ready!(self.sink.poll_ready_unpin(cx))?;
-            let frame = self.queue.pop_front().expect("not empty");
-            self.sink.start_send_unpin(frame)?;
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            ready!(self.sink.poll_flush_unpin(cx))?;
-            self.unflushed = false;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// How a socket's loop ended.
 enum Ending {
@@ -108,11 +55,7 @@ impl Session {
     /// step, finished writes, the heartbeat and shutdown, with the outbox flushing meanwhile.
     pub(super) async fn run(mut self, socket: WebSocketStream, head: i64, reset: Option<Reset>) {
         let (sink, mut incoming) = socket.split();
-        let mut out = Outbox {
-            sink,
-            queue: VecDeque::new(),
-            unflushed: false,
-        };
+        let mut out = Outbox::new(sink);
         out.push(protocol::welcome(head));
         if let Some(reset) = &reset {
             out.push(protocol::reset(reset));
@@ -274,7 +217,7 @@ impl Session {
                 }
             }
             Ok(Command::Write(write)) => {
-                let authorized = self.credentials.authorize(&self.state);
+                let authorized = self.credentials.authorize(&self.state.policy);
                 let state = self.state.clone();
                 writes.push(Box::pin(async move {
                     let outcome = match authorized {

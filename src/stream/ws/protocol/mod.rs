@@ -229,13 +229,17 @@ fn invalid(detail: impl Into<String>, field: &str, message: impl Into<String>) -
 
 /// Reads a text frame: its `requestId` (`null` when absent or unusable) and its command.
 pub(crate) fn parse_frame(text: &str) -> (Value, Result<Command, ApiError>) {
-    let value = match parse_json_strictly(text.as_bytes()) {
-        Ok(value) => value,
+    match parse_json_strictly(text.as_bytes()) {
+        Ok(value) => read_frame(value),
         Err(err) => {
             let detail = format!("the frame is not valid JSON: {err}");
-            return (Value::Null, Err(ApiError::bad_request(detail)));
+            (Value::Null, Err(ApiError::bad_request(detail)))
         }
-    };
+    }
+}
+
+/// Reads a frame already parsed as JSON (Socket.IO builds one from an event).
+pub(crate) fn read_frame(value: Value) -> (Value, Result<Command, ApiError>) {
     if !value.is_object() {
         let err = ApiError::bad_request("a frame must be a JSON object");
         return (Value::Null, Err(err));
