@@ -307,7 +307,7 @@ impl Subscription {
     }
 
     /// Waits until the head moves past what [`poll_now`](Self::poll_now) last saw, or the
-    /// server starts shutting down (the next `poll_now` then says `Closed`).
+    /// server starts shutting down (the next `poll_now` then ends the stream).
     pub(crate) async fn wait(&mut self) {
         tokio::select! {
             changed = self.head.changed() => {

@@ -76,6 +76,7 @@ fn frames(events: Vec<StoredEvent>, cursor: i64) -> Bytes {
 /// the adapter would copy and re-format the JSON for each delivery.
 pub(crate) struct SseStream {
     subscription: Subscription,
+    end: EndCondition,
     reset: Option<Reset>,
     slot: StreamSlot,
     keep_alive: Duration,
@@ -114,6 +115,7 @@ impl SseStream {
     fn body(self) -> impl futures_util::Stream<Item = std::io::Result<ToHyper>> + Send + 'static {
         let Self {
             mut subscription,
+            mut end,
             reset,
             slot,
             keep_alive,
@@ -135,12 +137,15 @@ impl SseStream {
             let timer = tokio::time::sleep(keep_alive);
             tokio::pin!(timer);
             let mut last_sent = Instant::now();
+            let deadline = end.deadline();
+            tokio::pin!(deadline);
             let mut writer = writer;
-            loop {
-                match subscription.poll_now(BATCH).await {
+            while !end.met() {
+                match subscription.poll_now(end.batch()).await {
                     Some(Next::Events { events, cursor }) => {
                         last_sent = Instant::now();
                         delivered.inc_by(events.len() as u64);
+                        end.sent(events.len());
                         yield Ok(writer.to_hyper(frames(events, cursor)));
                     }
                     Some(Next::Reset(reset)) => {
@@ -165,6 +170,7 @@ impl SseStream {
                         };
                         tokio::select! {
                             () = subscription.wait() => {}
+                            () = &mut deadline => break,
                             () = &mut timer => {
                                 if last_sent.elapsed() >= keep_alive {
                                     last_sent = Instant::now();
@@ -175,6 +181,46 @@ impl SseStream {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// When a stream ends by itself (`maxEvents`, `timeout`): for tools that show a response
+/// only once it is complete. Without either, it never does.
+struct EndCondition {
+    /// Change events still to send.
+    remaining: Option<usize>,
+    deadline: Option<Instant>,
+}
+
+impl EndCondition {
+    fn is_set(&self) -> bool {
+        self.remaining.is_some() || self.deadline.is_some()
+    }
+
+    /// Events to read in the next step: never more than are still to be sent.
+    fn batch(&self) -> usize {
+        self.remaining.map_or(BATCH, |left| left.min(BATCH))
+    }
+
+    fn sent(&mut self, events: usize) {
+        if let Some(left) = &mut self.remaining {
+            *left = left.saturating_sub(events);
+        }
+    }
+
+    fn met(&self) -> bool {
+        self.remaining == Some(0) || self.deadline.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Ready at the deadline; never without one.
+    fn deadline(&self) -> impl Future<Output = ()> + use<> {
+        let at = self.deadline;
+        async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
         }
     }
@@ -231,8 +277,17 @@ impl SseApi {
     /// Every committed write as `id: <cursor>` + `data: <event JSON>`. Resume with the
     /// `Last-Event-ID` header (browsers send it on reconnect) or `lastEventId`; without either,
     /// live events only. A cursor this server cannot serve yields `event: reset` with the head
-    /// cursor: reload, then continue. `:` comments keep idle connections open.
+    /// cursor: reload, then continue. `:` comments keep idle connections open. Each `data`
+    /// is a `ChangeEvent` (a `Reset` on `event: reset`).
+    ///
+    /// The stream stays open unless `maxEvents` or `timeout` ends it, as tools that show a
+    /// response only once it is complete need (Swagger UI's "Try it out", `curl` in a script).
+    /// An `EventSource` reconnects after such an end and goes on from its last id.
     #[oai(path = "/events", method = "get", operation_id = "events")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per documented parameter"
+    )]
     async fn events(
         &self,
         state: Data<&AppState>,
@@ -245,6 +300,15 @@ impl SseApi {
         entity: Query<Option<String>>,
         /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
         types: Query<Option<String>>,
+        /// End the stream once it has sent this many change events.
+        #[oai(
+            name = "maxEvents",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        max_events: Query<Option<u32>>,
+        /// End the stream after this many seconds.
+        #[oai(validator(minimum(value = "1"), maximum(value = "3600")))]
+        timeout: Query<Option<u32>>,
     ) -> ApiResult<SseStream, StreamErrors> {
         let start = match last_event_id.0.as_deref() {
             Some(header) => start_from_text("Last-Event-ID", Some(header)),
@@ -252,14 +316,27 @@ impl SseApi {
         }?;
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
         let slot = state.slots.acquire(Transport::Sse, client_ip(request))?;
+        let end = EndCondition {
+            remaining: max_events.0.map(|n| n as usize),
+            deadline: timeout
+                .0
+                .map(|secs| Instant::now() + Duration::from_secs(secs.into())),
+        };
+        // A stream that ends by itself stays with hyper, which ends its body properly.
+        let writer = if end.is_set() {
+            SseWriter::Hyper
+        } else {
+            SseWriter::for_request(&state.hub, request)
+        };
         let (subscription, reset) = Subscription::open(state.tail.clone(), start, filter).await?;
         Ok(SseStream {
             subscription,
+            end,
             reset,
             slot,
             keep_alive: state.settings.keepalive,
             write_stall: state.settings.write_stall,
-            writer: SseWriter::for_request(&state.hub, request),
+            writer,
         })
     }
 }

@@ -50,6 +50,18 @@ async fn live_page_follows_changes_on_every_transport_in_chromium() {
     }
 }
 
+/// Swagger UI's "Try it out" on `GET /events` shows a change event once it commits: the
+/// spec's examples end the stream after one event, so the response panel fills in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_try_it_out_on_the_stream_shows_the_next_event() {
+    if !node_ready() || chromium().is_none() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let output = run_node("swagger.mjs", &[app.url("")], Duration::from_secs(120)).await;
+    assert!(output.contains("ok swagger:"), "{output}");
+}
+
 /// CORS in a real browser: a page from a listed origin reads `Stream-Cursor`, `Location` and
 /// `ETag`, follows the stream and opens `/ws`; the server's own page keeps working on `/ws`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,56 @@ async fn sse_headers_retry_and_live_events(backend: Backend) {
     assert_eq!(event["id"], write_cursor.as_str());
 }
 
+/// `maxEvents` and `timeout` end a stream by itself, for tools that show a response only once
+/// it is complete: after that many change events (replayed and live alike) or after that
+/// long, with a properly ended body. Values out of range are refused.
+async fn a_stream_with_an_end_condition_ends_by_itself(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let start = app.head().await;
+    for i in 0..3 {
+        app.create_funko(&format!("Ends {i}")).await;
+    }
+    let logged = app.events_after(&start).await;
+    let mut replayed = app
+        .sse(&format!("/events?lastEventId={start}&maxEvents=2"), None)
+        .await;
+    assert_eq!(replayed.take_events(2).await, logged[..2]);
+    assert!(replayed.next_frame().await.is_none(), "ends after two");
+
+    // One replayed, then it waits for the next commit.
+    let second = cursors(&logged)[1];
+    let mut waiting = app
+        .sse(&format!("/events?lastEventId={second}&maxEvents=2"), None)
+        .await;
+    assert_eq!(waiting.next_event().await, logged[2]);
+    let live = app.create_funko("Ends live").await;
+    assert_eq!(waiting.next_event().await["data"], live);
+    assert!(waiting.next_frame().await.is_none(), "ends after two");
+
+    // Nothing to send: it ends at its timeout, having sent no event.
+    let mut quiet = app.sse("/events?timeout=1&maxEvents=5", None).await;
+    while let Some(frame) = quiet.next_frame().await {
+        assert!(!frame.is_event(), "no event: {frame:?}");
+    }
+
+    for bad in [
+        "maxEvents=0",
+        "maxEvents=1001",
+        "maxEvents=two",
+        "maxEvents=-1",
+        "timeout=0",
+        "timeout=3601",
+        "timeout=1.5",
+    ] {
+        let problem = assert_problem(app.get(&format!("/events?{bad}")).await, 400).await;
+        let name = bad.split('=').next().unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(name),
+            "{bad}: {problem}"
+        );
+    }
+}
+
 async fn resume_with_last_event_id_gets_exactly_the_missed_events(backend: Backend) {
     let app = spawn_app(backend).await;
     let start = app.head().await;
@@ -814,6 +864,7 @@ async fn shutdown_closes_streams_promptly(backend: Backend) {
 }
 
 crate::backend_tests!(
+    a_stream_with_an_end_condition_ends_by_itself,
     a_filtered_long_poll_scans_a_bounded_part_of_the_log,
     a_filtered_batch_that_ends_hidden_still_moves_the_cursor,
     sse_headers_retry_and_live_events,
