@@ -63,6 +63,10 @@ pub struct Config {
     #[arg(long, env = "KEEPALIVE_SECONDS", default_value_t = 15)]
     pub keepalive_seconds: u64,
 
+    /// Seconds a Socket.IO session may take to join its first namespace before it is closed.
+    #[arg(long, env = "CONNECT_TIMEOUT_SECONDS", default_value_t = 45)]
+    pub connect_timeout_seconds: u64,
+
     /// How many events a live subscriber may fall behind before it is cut off
     /// (it then resumes from the durable log by cursor).
     #[arg(long, env = "SUBSCRIBER_QUEUE", default_value_t = 4096)]
@@ -147,6 +151,10 @@ impl Config {
 
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_seconds.max(1))
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

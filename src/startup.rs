@@ -89,6 +89,7 @@ impl App {
             keepalive: config.keepalive(),
             write_stall: config.write_stall(),
             body_timeout: config.body_timeout(),
+            connect_timeout: config.connect_timeout(),
         };
         // One shard per worker thread: a busy fan-out spreads over the cores it may use.
         let hub = Hub::start(

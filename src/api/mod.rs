@@ -135,6 +135,8 @@ pub(crate) struct Settings {
     pub write_stall: std::time::Duration,
     /// How long a request body may take to arrive whole.
     pub body_timeout: std::time::Duration,
+    /// How long a Socket.IO session may take to join a namespace.
+    pub connect_timeout: std::time::Duration,
 }
 
 #[derive(Tags)]

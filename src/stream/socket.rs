@@ -62,7 +62,7 @@ impl Outbox {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
             ready!(self.sink.poll_ready_unpin(cx))?;
             let frame = self.queue.pop_front().expect("not empty");

@@ -26,7 +26,7 @@ use crate::{
 const FOLLOW: Duration = Duration::from_secs(60);
 
 /// Another instance on an existing database, with its own data directory.
-async fn instance_on(database_url: &str) -> TestApp {
+pub(crate) async fn instance_on(database_url: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::defaults();
     config.bind = "127.0.0.1:0".parse().unwrap();

@@ -22,6 +22,7 @@ mod schemathesis;
 mod security;
 mod shutdown;
 mod socketio;
+mod socketio_raw;
 mod startup;
 mod stream;
 mod ws;

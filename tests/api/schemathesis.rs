@@ -29,20 +29,26 @@ const TOKEN: &str = "schemathesis";
 /// The variable that turns "cannot install schemathesis" into a test failure.
 const REQUIRE: &str = "FUNKO_REQUIRE_SCHEMATHESIS";
 
-fn py_dir() -> PathBuf {
+pub(crate) fn py_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py")
 }
 
 /// The `st` program, installed if needed; `None` (after saying why) when it cannot be.
 fn schemathesis() -> Option<PathBuf> {
+    python_venv().map(|venv| venv.join("bin/st"))
+}
+
+/// `tests/py/.venv` with the pinned requirements (schemathesis, python-socketio) installed,
+/// if needed; `None` (after saying why) when it cannot be.
+pub(crate) fn python_venv() -> Option<PathBuf> {
     static READY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match READY.get_or_init(install) {
-        Ok(st) => Some(st.clone()),
+        Ok(venv) => Some(venv.clone()),
         Err(why) if std::env::var_os(REQUIRE).is_some_and(|v| !v.is_empty()) => {
             panic!("{REQUIRE} is set, but {why}")
         }
         Err(why) => {
-            println!("schemathesis test skipped: {why}");
+            println!("Python client tests skipped: {why}");
             None
         }
     }
@@ -58,13 +64,16 @@ fn install() -> Result<PathBuf, String> {
     let st = venv.join("bin/st");
     let stamp = venv.join("installed-requirements.txt");
     if st.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|had| had == wanted) {
-        return Ok(st);
+        return Ok(venv);
     }
     let found = Command::new("python3").arg("--version").output();
     if !found.is_ok_and(|o| o.status.success()) {
         return Err("python3 is not installed (apt-get install python3 python3-venv)".to_owned());
     }
-    eprintln!("installing schemathesis into {}", venv.display());
+    eprintln!(
+        "installing tests/py/requirements.txt into {}",
+        venv.display()
+    );
     run(
         Command::new("python3")
             .args(["-m", "venv", "--clear"])
@@ -86,7 +95,7 @@ fn install() -> Result<PathBuf, String> {
         "pip install -r tests/py/requirements.txt failed",
     )?;
     std::fs::write(&stamp, wanted).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
-    Ok(st)
+    Ok(venv)
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {

@@ -14,10 +14,12 @@ use tokio::{
 };
 
 use crate::{
+    cluster::instance_on,
     helpers::{Backend, TestApp, WAIT, cursors, spawn_app, spawn_app_with},
     js::{js_dir, node_ready},
 };
 
+const MAIN: &str = "/";
 const FUNKOS: &str = "/ws/v1/funkos";
 const CATEGORIES: &str = "/ws/v1/categories";
 const FUNKOS_WELCOME: &str = "Updates Funkos WS: funko-live";
@@ -38,7 +40,9 @@ struct SioClient {
 impl SioClient {
     /// Starts the client with `config` (see the script); `url` is filled in.
     async fn start(app: &TestApp, mut config: Value) -> Self {
-        config["url"] = app.url("").into();
+        if config.get("url").is_none() {
+            config["url"] = app.url("").into();
+        }
         let mut child = tokio::process::Command::new("node")
             .arg(js_dir().join("socketio_client.mjs"))
             .arg(config.to_string())
@@ -108,6 +112,28 @@ impl SioClient {
             self.seen
         );
         updates
+    }
+
+    /// Sends one command line (see the script).
+    async fn command(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Emits `event` with `args` on `ns` and waits for its ack: the ack's first argument.
+    async fn emit(&mut self, ns: &str, event: &str, args: Value) -> Value {
+        self.command(&json!({"emit": ns, "event": event, "args": args}).to_string())
+            .await;
+        let line = self.until("ack", Some(ns)).await;
+        line["ack"].clone()
+    }
+
+    /// The next connect on `ns`: whether socket.io-client says it recovered.
+    async fn connected(&mut self, ns: &str) -> bool {
+        let line = self.until("connect", Some(ns)).await;
+        line["recovered"] == true
     }
 
     /// Disconnects every socket and waits for the process to exit by itself, each socket
@@ -412,6 +438,377 @@ async fn heartbeats_keep_a_client_connected(backend: Backend) {
     client.disconnect().await;
 }
 
+/// A Funko to create over any transport.
+fn funko_data(name: &str) -> Value {
+    json!({"name": name, "price": 5.5, "stock": 2, "category": "OTROS"})
+}
+
+/// Writes as client events with acks, over WebSocket and over polling: each ack is what REST
+/// answers for the same request (`{status, body, cursor}`, or the status and REST's problem
+/// body), its cursor is the event's; an unknown event gets a 400 problem; nothing else is
+/// written.
+async fn writes_with_acks_answer_as_rest_does(backend: Backend) {
+    if !node_ready() {
+        return;
+    }
+    let app = spawn_app(backend).await;
+    for transport in ["websocket", "polling"] {
+        let start = app.head().await;
+        let mut client =
+            SioClient::start(&app, json!({"namespaces": [MAIN], "transport": transport})).await;
+        client.until("connect", Some(MAIN)).await;
+
+        let data = funko_data(&format!("Acked {transport}"));
+        let created = client
+            .emit(MAIN, "create", json!([{"entity": "FUNKOS", "data": data}]))
+            .await;
+        assert_eq!(created["status"], 201, "{created}");
+        let id = created["body"]["id"].clone();
+        let rest: Value = app
+            .get(&format!("/funkos/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(created["body"], rest);
+        let update = client.until("update", Some(MAIN)).await;
+        assert_eq!(update["update"]["id"], created["cursor"]);
+        assert_eq!(
+            update["offset"], created["cursor"],
+            "the offset is the cursor"
+        );
+
+        let updated = client
+            .emit(
+                MAIN,
+                "update",
+                json!([{"entity": "FUNKOS", "id": id, "data": {"stock": 7}}]),
+            )
+            .await;
+        assert_eq!(
+            (updated["status"].clone(), updated["body"]["stock"].clone()),
+            (json!(200), json!(7))
+        );
+        let category = client
+            .emit(
+                MAIN,
+                "create",
+                json!([{"entity": "CATEGORIES", "data": {"name": format!("Acked {transport}")}}]),
+            )
+            .await;
+        assert_eq!(category["status"], 201, "{category}");
+        let deleted = client
+            .emit(MAIN, "delete", json!([{"entity": "FUNKOS", "id": id}]))
+            .await;
+        assert_eq!(
+            (deleted["status"].clone(), deleted["body"].clone()),
+            (json!(204), Value::Null)
+        );
+
+        // Refusals carry REST's very problem bodies.
+        let bad = json!({"name": "", "price": -1, "stock": 1, "category": "OTROS"});
+        let refused = client
+            .emit(MAIN, "create", json!([{"entity": "FUNKOS", "data": bad}]))
+            .await;
+        let rest = app.post("/funkos", bad.clone()).await;
+        assert_eq!(refused["status"], rest.status().as_u16(), "{refused}");
+        assert_eq!(refused["body"], rest.json::<Value>().await.unwrap());
+        let missing = client
+            .emit(
+                MAIN,
+                "update",
+                json!([{"entity": "FUNKOS", "id": 999_999_999, "data": {"stock": 1}}]),
+            )
+            .await;
+        let rest = app.patch("/funkos/999999999", json!({"stock": 1})).await;
+        assert_eq!(missing["status"], 404, "{missing}");
+        assert_eq!(missing["body"], rest.json::<Value>().await.unwrap());
+        for (event, args) in [
+            ("shout", json!([{"entity": "FUNKOS"}])),
+            ("create", json!(["not an object"])),
+            ("create", json!([{"entity": "ROBOTS", "data": data}])),
+        ] {
+            let answer = client.emit(MAIN, event, args).await;
+            assert_eq!(answer["status"], 400, "{event}: {answer}");
+            assert_eq!(answer["body"]["status"], 400, "{event}: {answer}");
+        }
+
+        let kinds: Vec<_> = app
+            .events_after(&start)
+            .await
+            .iter()
+            .map(|e| format!("{} {}", e["entity"], e["type"]))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                r#""FUNKOS" "CREATE""#,
+                r#""FUNKOS" "UPDATE""#,
+                r#""CATEGORIES" "CREATE""#,
+                r#""FUNKOS" "DELETE""#
+            ],
+            "{transport}"
+        );
+        client.disconnect().await;
+    }
+}
+
+/// With tokens configured, writes over Socket.IO need one, as REST's do: none gives REST's
+/// 401; `auth.token` (or the handshake's `Authorization`) lets them through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_socketio_need_the_token_rest_needs() {
+    if !node_ready() {
+        return;
+    }
+    let app = spawn_app_with(Backend::Sqlite, |c| c.api_tokens = vec!["s3cret".into()]).await;
+    let write = json!([{"entity": "FUNKOS", "data": funko_data("Tokened")}]);
+    let mut anonymous = SioClient::start(
+        &app,
+        json!({"namespaces": [FUNKOS], "transport": "websocket"}),
+    )
+    .await;
+    anonymous.until("connect", Some(FUNKOS)).await;
+    let refused = anonymous.emit(FUNKOS, "create", write.clone()).await;
+    let rest = app.post("/funkos", funko_data("Tokened")).await;
+    assert_eq!(
+        (refused["status"].clone(), rest.status().as_u16()),
+        (json!(401), 401)
+    );
+    assert_eq!(refused["body"], rest.json::<Value>().await.unwrap());
+    anonymous.disconnect().await;
+
+    let mut wrong = SioClient::start(
+        &app,
+        json!({"namespaces": [FUNKOS], "transport": "polling", "auth": {"token": "guess"}}),
+    )
+    .await;
+    wrong.until("connect", Some(FUNKOS)).await;
+    let refused = wrong.emit(FUNKOS, "create", write.clone()).await;
+    let rest = app
+        .client
+        .post(app.url("/funkos"))
+        .bearer_auth("guess")
+        .json(&funko_data("Tokened"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused["status"].clone(), rest.status().as_u16()),
+        (json!(403), 403)
+    );
+    assert_eq!(refused["body"], rest.json::<Value>().await.unwrap());
+    wrong.disconnect().await;
+
+    let mut client = SioClient::start(
+        &app,
+        json!({"namespaces": [FUNKOS], "transport": "polling", "auth": {"token": "s3cret"}}),
+    )
+    .await;
+    client.until("connect", Some(FUNKOS)).await;
+    let created = client.emit(FUNKOS, "create", write).await;
+    assert_eq!(created["status"], 201, "{created}");
+    client.disconnect().await;
+}
+
+/// Connection state recovery with no code of the client's: socket.io-client reconnects after
+/// a network cut and after a server restart, sends the `pid` and offset it was given, gets
+/// `recovered === true` and every missed event once, in order. An offset the log no longer
+/// holds: `recovered === false` and a `reset`.
+async fn socket_io_client_recovers_by_itself(backend: Backend) {
+    if !node_ready() {
+        return;
+    }
+    let mut app = spawn_app(backend).await;
+    for transport in ["websocket", "polling"] {
+        let start = app.head().await;
+        let mut client = SioClient::start(
+            &app,
+            json!({"namespaces": [FUNKOS], "transport": transport}),
+        )
+        .await;
+        assert!(
+            !client.connected(FUNKOS).await,
+            "a first connect recovers nothing"
+        );
+        client.welcome(FUNKOS).await;
+        app.create_funko(&format!("Seen {transport}")).await;
+        let mut received = client.updates(FUNKOS, 1).await;
+
+        // A network cut, with writes while the client is away.
+        client.command("cut").await;
+        client.until("disconnect", Some(FUNKOS)).await;
+        app.create_funko(&format!("Missed 1 {transport}")).await;
+        app.create_funko(&format!("Missed 2 {transport}")).await;
+        client.command("reconnect").await;
+        assert!(
+            client.connected(FUNKOS).await,
+            "{transport}: recovered after a cut; saw {:?}",
+            client.seen
+        );
+        received.extend(client.updates(FUNKOS, 2).await);
+
+        // A restart: the client reconnects by itself.
+        app = app.restart().await;
+        for i in 0..3 {
+            app.create_funko(&format!("Around the restart {i} {transport}"))
+                .await;
+        }
+        assert!(
+            client.connected(FUNKOS).await,
+            "{transport}: recovered after a restart; saw {:?}",
+            client.seen
+        );
+        received.extend(client.updates(FUNKOS, 3).await);
+        let log = log_of(&app, &start, "FUNKOS").await;
+        assert_eq!(payloads(&received), log, "{transport}");
+        for line in &received {
+            assert_eq!(line["offset"], line["update"]["id"]);
+        }
+
+        // Away while the log is pruned past its offset.
+        client.command("cut").await;
+        client.until("disconnect", Some(FUNKOS)).await;
+        app.create_funko(&format!("Pruned 1 {transport}")).await;
+        app.create_funko(&format!("Pruned 2 {transport}")).await;
+        app.prune_all_but_newest().await;
+        client.command("reconnect").await;
+        assert!(
+            !client.connected(FUNKOS).await,
+            "{transport}: nothing to recover"
+        );
+        let reset = client.until("reset", Some(FUNKOS)).await;
+        assert_eq!(reset["reset"]["reason"], "expired");
+        assert_eq!(reset["offset"], reset["reset"]["cursor"]);
+        let live = app
+            .create_funko(&format!("After the reset {transport}"))
+            .await;
+        assert_eq!(
+            client.until("update", Some(FUNKOS)).await["update"]["data"],
+            live
+        );
+        client.disconnect().await;
+    }
+}
+
+/// A client in another language nobody here wrote (python-socketio): connect, an event, an
+/// acked write, and a resume from its last cursor, over both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_connects_writes_and_resumes() {
+    let Some(venv) = crate::schemathesis::python_venv() else {
+        return;
+    };
+    let app = spawn_app(Backend::Sqlite).await;
+    for transport in ["polling", "websocket"] {
+        let script = crate::schemathesis::py_dir().join("socketio_client.py");
+        let output = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            tokio::process::Command::new(venv.join("bin/python"))
+                .arg(script)
+                .arg(app.url(""))
+                .arg(transport)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the Python client finishes in time")
+        .expect("python runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("ok python-socketio:"),
+            "{transport}: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// A TCP proxy with one backend at a time, as a balancer that moves a client: switching drops
+/// the connections it carries, and new ones go to the new backend.
+struct Balancer {
+    address: std::net::SocketAddr,
+    backend: tokio::sync::watch::Sender<std::net::SocketAddr>,
+}
+
+impl Balancer {
+    async fn start(backend: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(backend);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut moved = rx.clone();
+                let target = *moved.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = moved.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            backend: tx,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn send_to(&self, backend: std::net::SocketAddr) {
+        self.backend.send_replace(backend);
+    }
+}
+
+/// Several instances on PostgreSQL: a client behind a balancer that moves it to another
+/// instance mid-session (its polling session, or its WebSocket, lands where that session does
+/// not exist) recovers there by itself, with every event once and in order. This is why
+/// polling needs no sticky sessions for correctness: a move costs a reconnect, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moved_to_another_instance_recovers_there() {
+    if !node_ready() || !crate::postgres::available() {
+        return;
+    }
+    let a = spawn_app(Backend::Postgres).await;
+    let b = instance_on(&a.database_url).await;
+    for transport in ["polling", "websocket"] {
+        let balancer = Balancer::start(a.address).await;
+        let start = a.head().await;
+        let mut client = SioClient::start(
+            &a,
+            json!({"namespaces": [FUNKOS], "transport": transport, "url": balancer.url()}),
+        )
+        .await;
+        client.connected(FUNKOS).await;
+        client.welcome(FUNKOS).await;
+        a.create_funko(&format!("On A {transport}")).await;
+        let mut received = client.updates(FUNKOS, 1).await;
+
+        balancer.send_to(b.address);
+        for i in 0..3 {
+            a.create_funko(&format!("Written on A while moving {i} {transport}"))
+                .await;
+        }
+        assert!(
+            client.connected(FUNKOS).await,
+            "{transport}: recovered on B; saw {:?}",
+            client.seen
+        );
+        b.create_funko(&format!("Written on B {transport}")).await;
+        received.extend(client.updates(FUNKOS, 4).await);
+        assert_eq!(
+            payloads(&received),
+            log_of(&b, &start, "FUNKOS").await,
+            "{transport}"
+        );
+        client.disconnect().await;
+    }
+}
+
 crate::backend_tests!(
     default_transports_upgrade_and_deliver_every_change,
     websocket_only_with_both_namespaces,
@@ -420,327 +817,6 @@ crate::backend_tests!(
     reconnects_after_a_restart_and_resumes_from_its_last_cursor,
     unknown_cursors_reset_and_bad_ones_are_refused,
     heartbeats_keep_a_client_connected,
+    writes_with_acks_answer_as_rest_does,
+    socket_io_client_recovers_by_itself,
 );
-
-/// Engine.IO by hand over HTTP long-polling.
-struct RawSession<'a> {
-    app: &'a TestApp,
-    sid: String,
-}
-
-impl<'a> RawSession<'a> {
-    async fn open(app: &'a TestApp) -> (Self, Value) {
-        let response = app.get("/socket.io/?EIO=4&transport=polling").await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/plain; charset=UTF-8"
-        );
-        let body = response.text().await.unwrap();
-        let handshake: Value =
-            serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
-        let sid = handshake["sid"].as_str().unwrap().to_owned();
-        (Self { app, sid }, handshake)
-    }
-
-    fn path(&self) -> String {
-        format!("/socket.io/?EIO=4&transport=polling&sid={}", self.sid)
-    }
-
-    /// One poll: its status and its packets.
-    async fn poll(&self) -> (StatusCode, Vec<String>) {
-        let response = tokio::time::timeout(WAIT, self.app.get(&self.path()))
-            .await
-            .expect("a poll answers in time");
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        (status, body.split('\x1e').map(str::to_owned).collect())
-    }
-
-    async fn send(&self, packets: &[&str]) -> StatusCode {
-        self.app
-            .raw(
-                reqwest::Method::POST,
-                &self.path(),
-                Some("text/plain;charset=UTF-8"),
-                packets.join("\x1e"),
-            )
-            .await
-            .status()
-    }
-}
-
-/// The handshake, namespace connect and the protocol's errors, as any Socket.IO client
-/// (Postman's included) sees them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_io_over_raw_http() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let (session, handshake) = RawSession::open(&app).await;
-    assert_eq!(handshake["upgrades"], json!(["websocket"]));
-    let keepalive = app.config.keepalive_seconds * 1000;
-    assert_eq!(handshake["pingInterval"], keepalive);
-    assert_eq!(handshake["pingTimeout"], keepalive);
-    assert_eq!(handshake["maxPayload"], 1_000_000);
-
-    assert_eq!(
-        session
-            .send(&["40/ws/v1/funkos,", "40/ws/v1/productos,{}"])
-            .await,
-        StatusCode::OK
-    );
-    let mut packets = Vec::new();
-    while packets.len() < 3 {
-        let (status, batch) = session.poll().await;
-        assert_eq!(status, StatusCode::OK);
-        packets.extend(batch);
-    }
-    let (funkos, other): (Vec<_>, Vec<_>) = packets
-        .iter()
-        .partition(|p| p.starts_with("40/ws/v1/funkos,") || p.starts_with("42/ws/v1/funkos,"));
-    let connected: Value =
-        serde_json::from_str(funkos[0].strip_prefix("40/ws/v1/funkos,").unwrap()).unwrap();
-    assert!(connected["sid"].is_string(), "{connected}");
-    assert_eq!(
-        funkos[1],
-        &format!(r#"42/ws/v1/funkos,["connection","{FUNKOS_WELCOME}"]"#)
-    );
-    let refused: Value =
-        serde_json::from_str(other[0].strip_prefix("44/ws/v1/productos,").unwrap()).unwrap();
-    assert!(
-        refused["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Invalid namespace"),
-        "{refused}"
-    );
-
-    // An event for the connected namespace arrives on the next poll.
-    let funko = app.create_funko("Raw").await;
-    let (_, batch) = session.poll().await;
-    let event: Value =
-        serde_json::from_str(batch[0].strip_prefix("42/ws/v1/funkos,").unwrap()).unwrap();
-    assert_eq!(event[0], "updates");
-    assert_eq!(event[1]["data"], funko);
-
-    // Leaving: `close` ends the session; it is then unknown.
-    assert_eq!(
-        session.send(&["41/ws/v1/funkos,", "1"]).await,
-        StatusCode::OK
-    );
-    let (status, body) = session.poll().await;
-    assert!(
-        status == StatusCode::BAD_REQUEST || body == ["1"],
-        "{status} {body:?}"
-    );
-
-    for (path, code) in [
-        ("/socket.io/?EIO=4&transport=polling&sid=nope", 1),
-        ("/socket.io/?EIO=3&transport=polling", 5),
-        ("/socket.io/?transport=polling", 5),
-        ("/socket.io/?EIO=4&transport=carrier-pigeon", 0),
-        ("/socket.io/?EIO=4&transport=websocket", 3),
-    ] {
-        let response = app.get(path).await;
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["code"], code, "{path}: {body}");
-    }
-    // Only `/socket.io/` itself is Engine.IO's.
-    assert_eq!(app.get("/socket.io/elsewhere").await.status(), 404);
-    // The rest of the API still answers next to it.
-    assert_eq!(app.get("/funkos").await.status(), StatusCode::OK);
-}
-
-/// A client that stops answering pings is dropped after one more `keepalive`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_client_is_dropped_after_the_ping_timeout() {
-    let app = spawn_app_with(Backend::Sqlite, |config| config.keepalive_seconds = 1).await;
-    let (session, _) = RawSession::open(&app).await;
-    let (status, packets) = session.poll().await;
-    assert_eq!((status, packets), (StatusCode::OK, vec!["2".to_owned()]));
-    // No pong: the next poll is answered `close` when the timeout passes.
-    let (status, packets) = session.poll().await;
-    assert_eq!((status, packets), (StatusCode::OK, vec!["1".to_owned()]));
-    let (status, _) = session.poll().await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-
-    // One that answers stays.
-    let (session, _) = RawSession::open(&app).await;
-    for _ in 0..3 {
-        assert_eq!(session.poll().await.1, ["2"]);
-        assert_eq!(session.send(&["3"]).await, StatusCode::OK);
-    }
-}
-
-/// A reader that falls further behind than the subscriber queue is cut off like on SSE:
-/// its transport closes, and it resumes from its last cursor with nothing lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_falls_behind_is_cut_off_and_resumes_by_cursor() {
-    let app = spawn_app_with(Backend::Sqlite, |config| config.subscriber_queue = 8).await;
-    let start = app.head().await;
-    let (session, _) = RawSession::open(&app).await;
-    session.send(&["40/ws/v1/funkos,"]).await;
-    let mut packets = Vec::new();
-    while packets.len() < 2 {
-        packets.extend(session.poll().await.1);
-    }
-    // Far more than the queue and the bus's bound, while the reader does not poll.
-    for i in 0..120 {
-        app.create_funko(&format!("Flood {i}")).await;
-    }
-    let mut received = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "never cut off");
-        let (status, batch) = session.poll().await;
-        if status == StatusCode::BAD_REQUEST || batch == ["1"] {
-            break;
-        }
-        for packet in batch {
-            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
-                let event: Value = serde_json::from_str(event).unwrap();
-                received.push(event[1].clone());
-            }
-        }
-    }
-    let log = log_of(&app, &start, "FUNKOS").await;
-    assert_eq!(log.len(), 120);
-    assert!(received.len() < log.len(), "cut off before the end");
-    assert_eq!(received, log[..received.len()], "a prefix, in order");
-
-    // Resuming from the last cursor it got brings the rest.
-    let cursor = received
-        .last()
-        .map_or(start.clone(), |e| e["id"].as_str().unwrap().to_owned());
-    let (session, _) = RawSession::open(&app).await;
-    let auth = json!({ "cursor": cursor }).to_string();
-    session.send(&[&format!("40/ws/v1/funkos,{auth}")]).await;
-    let mut rest = Vec::new();
-    while rest.len() < log.len() - received.len() {
-        let (status, batch) = session.poll().await;
-        assert_eq!(status, StatusCode::OK);
-        for packet in batch {
-            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
-                let event: Value = serde_json::from_str(event).unwrap();
-                if event[0] == "updates" {
-                    rest.push(event[1].clone());
-                }
-            }
-        }
-    }
-    received.extend(rest);
-    assert_eq!(received, log);
-}
-
-/// A packet whose first character is not ASCII is refused like any malformed packet (the
-/// session closes, the request is answered), over polling and over WebSocket, at both the
-/// Engine.IO and the Socket.IO level; other sessions carry on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packets_starting_with_a_multibyte_character_are_refused_cleanly() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let (bystander, _) = RawSession::open(&app).await;
-    bystander.send(&["40/ws/v1/funkos,"]).await;
-    for packet in ["é", "4é", "4\u{1F600}"] {
-        let (session, _) = RawSession::open(&app).await;
-        assert_eq!(
-            session.send(&[packet]).await,
-            StatusCode::BAD_REQUEST,
-            "{packet:?}"
-        );
-        let (status, body) = session.poll().await;
-        assert!(
-            status == StatusCode::BAD_REQUEST || body == ["1"],
-            "{packet:?}: the session is closed: {status} {body:?}"
-        );
-    }
-    for packet in ["é", "4é"] {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(app.ws_url("/socket.io/?EIO=4&transport=websocket"))
-                .await
-                .unwrap();
-        use futures_util::{SinkExt, StreamExt};
-        let open = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
-        assert!(open.unwrap().unwrap().to_text().unwrap().starts_with('0'));
-        ws.send(crate::helpers::WsMessage::text(packet))
-            .await
-            .unwrap();
-        let closed = loop {
-            match tokio::time::timeout(WAIT, ws.next())
-                .await
-                .expect("an answer")
-            {
-                Some(Ok(crate::helpers::WsMessage::Close(_))) => break true,
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => break false,
-            }
-        };
-        assert!(closed, "{packet:?}: the server closes with a close frame");
-    }
-    // The bystander's session still delivers.
-    let funko = app.create_funko("Still here").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    'wait: loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bystander got nothing"
-        );
-        let (status, batch) = bystander.poll().await;
-        assert_eq!(status, StatusCode::OK);
-        for packet in batch {
-            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
-                let event: Value = serde_json::from_str(event).unwrap();
-                if event[0] == "updates" && event[1]["data"] == funko {
-                    break 'wait;
-                }
-            }
-        }
-        bystander.send(&["3"]).await;
-    }
-}
-
-/// A flood of CONNECTs (to unknown namespaces, or the same one again and again) in one
-/// payload costs a bounded number of tasks: the session is refused, the server answers,
-/// and other sessions carry on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_connects_is_refused_with_bounded_tasks() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let (bystander, _) = RawSession::open(&app).await;
-    assert_eq!(bystander.send(&["40/ws/v1/funkos,"]).await, StatusCode::OK);
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    for packet in ["40/nowhere,", "40/ws/v1/funkos,"] {
-        let before = tasks();
-        let (session, _) = RawSession::open(&app).await;
-        let flood = vec![packet; 1_000_000 / (packet.len() + 1)];
-        let status = session.send(&flood).await;
-        assert!(status.is_client_error() || status.is_success(), "{status}");
-        let after = tasks();
-        assert!(
-            after < before + 64,
-            "{packet}: {before} tasks before, {after} after"
-        );
-    }
-    // The bystander's session still delivers.
-    let funko = app.create_funko("After the flood").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    'wait: loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bystander got nothing"
-        );
-        let (status, batch) = bystander.poll().await;
-        assert_eq!(status, StatusCode::OK);
-        for packet in batch {
-            if let Some(event) = packet.strip_prefix("42/ws/v1/funkos,") {
-                let event: Value = serde_json::from_str(event).unwrap();
-                if event[0] == "updates" && event[1]["data"] == funko {
-                    break 'wait;
-                }
-            }
-        }
-        bystander.send(&["3"]).await;
-    }
-}

@@ -1,11 +1,15 @@
 // A Socket.IO client nobody on this team wrote: the `socket.io-client` v4 package, as the
 // course project's front ends use it. It connects to one or more namespaces (sharing one
 // Engine.IO connection) and prints one JSON line per thing it sees; the Rust test reads them.
-// `disconnect` on stdin disconnects every socket; the process exits when they are all gone.
+// Commands on stdin, one per line: `disconnect` disconnects every socket (the process exits
+// when they are all gone); `cut` closes the Engine.IO connection as a network cut would, with
+// reconnection held off; `reconnect [URL]` reconnects (to another server when given);
+// `{"emit": ns, "event", "args", "tag"}` emits with an ack and prints `{ns, tag, ack}`.
 //
 // Usage: node socketio_client.mjs '{"url": "http://127.0.0.1:PORT",
 //   "namespaces": ["/ws/v1/funkos"], "transport": "default" | "websocket" | "polling",
 //   "auth": {...} | "function" (resume after the last event seen), "query": {...}}'
+// Without `auth`, a reconnect relies on socket.io-client's own connection state recovery.
 import readline from "node:readline";
 import { io } from "socket.io-client";
 
@@ -45,15 +49,16 @@ const sockets = config.namespaces.map((ns) => {
     nsOptions.auth = config.auth;
   }
   const socket = io(config.url + ns, nsOptions);
-  socket.on("connect", () => print({ ns, connect: socket.id }));
+  socket.on("connect", () => print({ ns, connect: socket.id, recovered: socket.recovered }));
   socket.on("connection", (welcome) => print({ ns, welcome }));
-  socket.on("updates", (update) => {
+  // Each event's last argument is its offset (connection state recovery).
+  socket.on("updates", (update, offset) => {
     cursors[ns] = update.id;
-    print({ ns, update });
+    print({ ns, update, offset });
   });
-  socket.on("reset", (reset) => {
+  socket.on("reset", (reset, offset) => {
     cursors[ns] = reset.cursor;
-    print({ ns, reset });
+    print({ ns, reset, offset });
   });
   socket.on("connect_error", (err) => print({ ns, connect_error: err.message, active: socket.active }));
   socket.on("disconnect", (reason) => {
@@ -74,5 +79,20 @@ manager.on("ping", () => print({ ping: true }));
 manager.on("reconnect_attempt", (attempt) => print({ reconnect_attempt: attempt }));
 
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  if (line.trim() === "disconnect") sockets.forEach((s) => s.disconnect());
+  const [command, argument] = line.trim().split(" ");
+  if (command === "disconnect") sockets.forEach((s) => s.disconnect());
+  if (command === "cut") {
+    manager.reconnection(false);
+    manager.engine.close();
+  }
+  if (command === "reconnect") {
+    if (argument) manager.uri = argument;
+    manager.reconnection(true);
+    manager.open();
+  }
+  if (command.startsWith("{")) {
+    const { emit, event, args, tag } = JSON.parse(line);
+    const socket = sockets[config.namespaces.indexOf(emit)];
+    socket.emitWithAck(event, ...args).then((ack) => print({ ns: emit, tag, ack }));
+  }
 });

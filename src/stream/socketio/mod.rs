@@ -1,16 +1,18 @@
-//! `/socket.io/`: the change stream for the course project's Socket.IO clients. Engine.IO v4
-//! ([`engine`]: HTTP long-polling, WebSocket, the upgrade from one to the other, heartbeats)
-//! and Socket.IO v5 ([`namespace`]: namespaces, events), written here on poem because a
-//! tower-based server cannot receive poem's WebSocket upgrades (`docs/socketio.md`); the text
-//! framing of both is [`packet`]'s.
+//! `/socket.io/`: Engine.IO v4 and Socket.IO v5, written here on poem because a tower-based
+//! server cannot receive poem's WebSocket upgrades (`docs/socketio.md`). [`engine`] answers
+//! the HTTP requests and hands each to its session; [`session`] is one task per session
+//! (transports, upgrade, heartbeat, namespaces, writes with acks); [`namespace`] says what
+//! each namespace carries and how a CONNECT starts or recovers; [`packet`] is the text
+//! framing of both protocols.
 //!
-//! Namespaces `/ws/v1/funkos` and `/ws/v1/categories` each drive one
-//! [`Subscription`](crate::events::Subscription) filtered on their entity: the same order,
-//! cursors, reset and cut-off rules as SSE, long-poll and `/ws`.
+//! Each joined namespace is one [`Subscription`](crate::events::Subscription): the same order,
+//! cursors, reset and cut-off rules as SSE, long-poll and `/ws`, and its cursor is Socket.IO's
+//! recovery offset. Writes are `/ws`'s, through the same service and authorisation.
 
 mod engine;
 mod namespace;
 mod packet;
+mod session;
 
 use std::sync::Arc;
 

@@ -1,248 +1,128 @@
-//! Socket.IO v5 on top of an Engine.IO session: the two namespaces, each a
-//! [`Subscription`] filtered on its entity. On connect a socket gets `connection` (a welcome
-//! string, to it alone), then `updates` (the event object: `{id, entity, type, data,
-//! createdAt}`) for every change as it commits, and `reset` (`{cursor, reason}`) when its
-//! cursor cannot be served. Clients only listen: their events and acks are ignored.
+//! Socket.IO's namespaces, and what a CONNECT asks of one.
+//!
+//! The main namespace `/` carries every change; `/ws/v1/funkos` and `/ws/v1/categories` (the
+//! course project's) carry those of their entity. Each connected namespace is one
+//! [`Subscription`](crate::events::Subscription): the same order, cursors, replay, resets and
+//! cut-off as every other transport. On connect a socket gets `connection` (a welcome
+//! string), then `updates` (the change event) for each change as it commits, and `reset`
+//! (`{cursor, reason}`) when its cursor cannot be served.
+//!
+//! Every event's last argument is its offset, the cursor after it, which is how Socket.IO's
+//! connection state recovery works: `socket.io-client` keeps the last offset it saw and sends
+//! it back, with the `pid` of the CONNECT answer, when it reconnects. The offset is a cursor
+//! into the durable log, so recovery holds across restarts and instances, for as long as the
+//! log keeps the events.
 
-use std::sync::Arc;
+use serde_json::{Map, Value};
 
-use serde_json::Value;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
-use super::{
-    engine::{Session, SessionEnd, random_id},
-    packet::{self, SioKind},
-};
 use crate::{
-    domain::event::{Entity, Reset},
-    events::{BATCH, Filter, Next, Start, Subscription},
-    metrics::{METRICS, Transport},
+    domain::event::Entity,
+    events::{Filter, Start},
     stream::{start_from_json, start_from_text},
 };
 
-struct Namespace {
-    path: &'static str,
-    entity: Entity,
-    welcome: &'static str,
+pub(super) struct Namespace {
+    pub(super) path: &'static str,
+    /// The entity its events are about; all of them when `None`.
+    pub(super) entity: Option<Entity>,
+    pub(super) welcome: &'static str,
 }
 
-const NAMESPACES: [Namespace; 2] = [
+const NAMESPACES: [Namespace; 3] = [
+    Namespace {
+        path: "/",
+        entity: None,
+        welcome: "Updates WS: funko-live",
+    },
     Namespace {
         path: "/ws/v1/funkos",
-        entity: Entity::Funkos,
+        entity: Some(Entity::Funkos),
         welcome: "Updates Funkos WS: funko-live",
     },
     Namespace {
         path: "/ws/v1/categories",
-        entity: Entity::Categories,
+        entity: Some(Entity::Categories),
         welcome: "Updates Categories WS: funko-live",
     },
 ];
 
 impl Namespace {
-    fn find(path: &str) -> Option<&'static Self> {
+    /// The namespace a packet names; a trailing `/` is accepted.
+    pub(super) fn find(path: &str) -> Option<&'static Self> {
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
         NAMESPACES.iter().find(|ns| ns.path == path)
     }
-}
 
-/// A session's connection to one namespace: the task that serves it, and the CONNECT it
-/// serves. A CONNECT to a namespace the session is connected to restarts that task with the
-/// new payload, so a session has at most one task per namespace however many CONNECTs it
-/// sends.
-pub(super) struct NamespaceSlot {
-    stop: CancellationToken,
-    /// The namespace as the client spelled it, and its CONNECT payload (`auth`).
-    connect: watch::Sender<(String, String)>,
-}
-
-/// Handles one Socket.IO packet; an error closes the session.
-pub(super) fn on_packet(session: &Arc<Session>, text: &str) -> Result<(), &'static str> {
-    let packet = packet::parse_socketio(text).ok_or("not a Socket.IO packet")?;
-    match packet.kind {
-        SioKind::Connect => connect(session, packet.nsp, packet.data)?,
-        SioKind::Disconnect => {
-            let slot = Namespace::find(packet.nsp).and_then(|namespace| {
-                session
-                    .sockets
-                    .lock()
-                    .expect("sockets lock poisoned")
-                    .remove(namespace.path)
-            });
-            if let Some(slot) = slot {
-                slot.stop.cancel();
-            }
-        }
-        SioKind::Event | SioKind::Ack => {}
-        SioKind::ConnectError => return Err("CONNECT_ERROR is a server packet"),
-        SioKind::BinaryEvent | SioKind::BinaryAck => {
-            return Err("binary packets are not supported");
+    pub(super) fn filter(&self) -> Filter {
+        Filter {
+            entity: self.entity,
+            types: Vec::new(),
         }
     }
-    Ok(())
 }
 
-/// Serves a CONNECT: refuses an unknown namespace at once (no task), restarts the task of a
-/// namespace the session is connected to, or starts one.
-fn connect(session: &Arc<Session>, nsp: &str, auth: &str) -> Result<(), &'static str> {
-    let Some(namespace) = Namespace::find(nsp) else {
-        let message = "Invalid namespace: use /ws/v1/funkos or /ws/v1/categories";
-        return if session.try_send(packet::connect_error(nsp, message)) {
-            Ok(())
-        } else {
-            Err("CONNECTs faster than their answers are read")
-        };
+/// What a CONNECT asks for, read from its `auth` payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Connect {
+    pub(super) start: Start,
+    /// The session the client recovers: the `pid` it sent with an offset.
+    pub(super) recovering: Option<String>,
+    /// `auth.token`, for the writes of this namespace.
+    pub(super) token: Option<String>,
+}
+
+/// Reads a CONNECT's `auth`. Where the socket starts: after the `offset` of a recovering
+/// client (one that sent the `pid` it was given), else after the first cursor of `cursor`,
+/// `lastEventId`, `after` (a string or a number), else after the handshake's query cursor,
+/// else now. An `Err` is the message of the CONNECT_ERROR that refuses it.
+pub(super) fn read_connect(
+    auth: &Map<String, Value>,
+    query_cursor: Option<&str>,
+) -> Result<Connect, String> {
+    let token = match auth.get("token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) => Some(token.clone()),
+        Some(_) => return Err("auth.token must be a string".to_owned()),
     };
-    let request = (nsp.to_owned(), auth.to_owned());
-    let mut sockets = session.sockets.lock().expect("sockets lock poisoned");
-    if let Some(slot) = sockets.get(namespace.path) {
-        slot.connect.send_replace(request);
-        return Ok(());
+    if let (Some(Value::String(pid)), Some(Value::String(offset))) =
+        (auth.get("pid"), auth.get("offset"))
+        && is_pid(pid)
+        && let Ok(start @ Start::After(_)) = start_from_text("offset", Some(offset))
+    {
+        return Ok(Connect {
+            start,
+            recovering: Some(pid.clone()),
+            token,
+        });
     }
-    let (connect, requests) = watch::channel(request);
-    let stop = session.closed.child_token();
-    sockets.insert(
-        namespace.path,
-        NamespaceSlot {
-            stop: stop.clone(),
-            connect,
-        },
-    );
-    tokio::spawn(run_socket(session.clone(), namespace, requests, stop));
-    Ok(())
+    for key in ["cursor", "lastEventId", "after"] {
+        match start_from_json(key, auth.get(key)) {
+            Ok(Start::Now) => continue,
+            Ok(start) => {
+                return Ok(Connect {
+                    start,
+                    recovering: None,
+                    token,
+                });
+            }
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+    let start = start_from_text("cursor", query_cursor).map_err(|err| err.to_string())?;
+    Ok(Connect {
+        start,
+        recovering: None,
+        token,
+    })
 }
 
-/// Where a socket starts: the first cursor of `auth` (`cursor`, `lastEventId`, `after`; a
-/// string or a number), else the handshake's query cursor, else now.
-fn start_from(auth: &str, query_cursor: Option<&str>) -> Result<Start, String> {
-    if !auth.trim().is_empty() {
-        let Ok(Value::Object(auth)) = serde_json::from_str::<Value>(auth) else {
-            return Err("auth must be a JSON object".to_owned());
-        };
-        for key in ["cursor", "lastEventId", "after"] {
-            match start_from_json(key, auth.get(key)) {
-                Ok(Start::Now) => continue,
-                started => return started.map_err(|err| err.to_string()),
-            }
-        }
-    }
-    start_from_text("cursor", query_cursor).map_err(|err| err.to_string())
-}
-
-/// One namespace's connection: serves its latest CONNECT (accept or refuse, welcome, then
-/// the subscription's events) until the client leaves the namespace or the session ends; a
-/// new CONNECT starts it over.
-async fn run_socket(
-    session: Arc<Session>,
-    namespace: &'static Namespace,
-    mut requests: watch::Receiver<(String, String)>,
-    stop: CancellationToken,
-) {
-    loop {
-        let (nsp, auth) = requests.borrow_and_update().clone();
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            changed = requests.changed() => if changed.is_err() { return },
-            () = stream(&session, namespace, &nsp, &auth, &stop) => {
-                // Refused, or the stream ended: wait for a new CONNECT.
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    changed = requests.changed() => if changed.is_err() { return },
-                }
-            }
-        }
-    }
-}
-
-async fn stream(
-    session: &Session,
-    namespace: &Namespace,
-    nsp: &str,
-    auth: &str,
-    stop: &CancellationToken,
-) {
-    let start = match start_from(auth, session.query_cursor.as_deref()) {
-        Ok(start) => start,
-        Err(message) => {
-            session
-                .send(stop, packet::connect_error(nsp, &message))
-                .await;
-            return;
-        }
-    };
-    let filter = Filter {
-        entity: Some(namespace.entity),
-        types: Vec::new(),
-    };
-    let opened = tokio::select! {
-        biased;
-        () = stop.cancelled() => return,
-        opened = Subscription::open(session.state.tail.clone(), start, filter) => opened,
-    };
-    let (mut subscription, reset) = match opened {
-        Ok(opened) => opened,
-        Err(err) => {
-            tracing::warn!(error = %err, "opening a Socket.IO subscription failed");
-            session
-                .send(
-                    stop,
-                    packet::connect_error(nsp, "the stream is unavailable; retry"),
-                )
-                .await;
-            return;
-        }
-    };
-    let welcome = Value::from(namespace.welcome).to_string();
-    let mut greeting = vec![
-        packet::connect(nsp, &random_id()),
-        packet::event(nsp, "connection", &welcome),
-    ];
-    if let Some(reset) = reset {
-        greeting.push(reset_packet(nsp, &reset));
-    }
-    for packet in greeting {
-        if !session.send(stop, packet).await {
-            return;
-        }
-    }
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            next = subscription.next(BATCH) => next,
-        };
-        match next {
-            Next::Events { events, .. } => {
-                METRICS.delivered(Transport::SocketIo, events.len());
-                for event in events {
-                    if !session
-                        .send(stop, packet::event(nsp, "updates", event.json.get()))
-                        .await
-                    {
-                        return;
-                    }
-                }
-            }
-            Next::Reset(reset) => {
-                if !session.send(stop, reset_packet(nsp, &reset)).await {
-                    return;
-                }
-            }
-            // Closing the transport (not a Socket.IO disconnect) makes socket.io-client
-            // reconnect, re-sending its `auth`: it resumes from its cursor.
-            Next::End { why, .. } => return session.close(SessionEnd::Stream(why)),
-        }
-    }
-}
-
-fn reset_packet(nsp: &str, reset: &Reset) -> String {
-    let body = serde_json::to_string(reset).expect("a reset serializes");
-    packet::event(nsp, "reset", &body)
+/// A `pid` this server could have issued ([`super::session::random_id`]), so one it echoes
+/// back is never an arbitrary string of the client's.
+fn is_pid(pid: &str) -> bool {
+    (1..=64).contains(&pid.len()) && pid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -251,12 +131,27 @@ mod tests {
 
     use super::*;
 
+    fn auth(json: &str) -> Map<String, Value> {
+        match serde_json::from_str(json).unwrap() {
+            Value::Object(map) => map,
+            _ => panic!("not an object: {json}"),
+        }
+    }
+
+    fn start(json: &str, query: Option<&str>) -> Result<Start, String> {
+        read_connect(&auth(json), query).map(|c| c.start)
+    }
+
     proptest! {
         /// Any CONNECT payload and query cursor gives a start or a refusal, never a panic.
         #[test]
-        fn any_auth_gives_a_start_or_a_refusal(auth in any::<String>(), query in any::<Option<String>>()) {
-            let _ = start_from(&auth, query.as_deref());
-            let _ = Namespace::find(&auth);
+        fn any_auth_gives_a_start_or_a_refusal(
+            auth in proptest::collection::btree_map("[a-z]{1,8}", any::<String>(), 0..4),
+            query in any::<Option<String>>(),
+        ) {
+            let auth: Map<String, Value> = auth.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let _ = read_connect(&auth, query.as_deref());
+            let _ = Namespace::find(query.as_deref().unwrap_or(""));
         }
     }
 
@@ -264,47 +159,67 @@ mod tests {
     fn namespaces() {
         assert_eq!(
             Namespace::find("/ws/v1/funkos").map(|n| n.entity),
-            Some(Entity::Funkos)
+            Some(Some(Entity::Funkos))
         );
         assert_eq!(
             Namespace::find("/ws/v1/categories/").map(|n| n.entity),
-            Some(Entity::Categories)
+            Some(Some(Entity::Categories))
         );
-        assert!(Namespace::find("/").is_none());
+        assert_eq!(Namespace::find("/").map(|n| n.entity), Some(None));
         assert!(Namespace::find("/ws/v1/productos").is_none());
+        assert!(Namespace::find("").is_none());
     }
 
     #[test]
-    fn cursors_from_auth_then_query() {
-        assert_eq!(start_from("", None), Ok(Start::Now));
-        assert_eq!(start_from("{}", None), Ok(Start::Now));
-        assert_eq!(start_from(r#"{"cursor":"12"}"#, None), Ok(Start::After(12)));
+    fn cursors_from_recovery_then_auth_then_query() {
+        assert_eq!(start("{}", None), Ok(Start::Now));
+        assert_eq!(start(r#"{"cursor":"12"}"#, None), Ok(Start::After(12)));
+        assert_eq!(start(r#"{"lastEventId":7}"#, None), Ok(Start::After(7)));
+        assert_eq!(start(r#"{"after":"3","x":1}"#, None), Ok(Start::After(3)));
         assert_eq!(
-            start_from(r#"{"lastEventId":7}"#, None),
-            Ok(Start::After(7))
-        );
-        assert_eq!(
-            start_from(r#"{"after":"3","x":1}"#, None),
-            Ok(Start::After(3))
-        );
-        assert_eq!(
-            start_from(r#"{"cursor":null,"after":"4"}"#, Some("9")),
+            start(r#"{"cursor":null,"after":"4"}"#, Some("9")),
             Ok(Start::After(4))
         );
-        assert_eq!(
-            start_from(r#"{"token":"t"}"#, Some("9")),
-            Ok(Start::After(9))
-        );
-        assert_eq!(start_from("", Some(" ")), Ok(Start::Now));
+        assert_eq!(start(r#"{"token":"t"}"#, Some("9")), Ok(Start::After(9)));
+        assert_eq!(start("{}", Some(" ")), Ok(Start::Now));
         for bad in [
             r#"{"cursor":"abc"}"#,
             r#"{"cursor":-1}"#,
             r#"{"after":[1]}"#,
-            "[1]",
-            "{",
+            r#"{"token":1}"#,
         ] {
-            assert!(start_from(bad, None).is_err(), "{bad}");
+            assert!(start(bad, None).is_err(), "{bad}");
         }
-        assert!(start_from("", Some("x")).is_err());
+        assert!(start("{}", Some("x")).is_err());
+
+        // A recovering client: its offset wins over its own cursor.
+        let recovering = read_connect(
+            &auth(r#"{"pid":"abc123","offset":"40","cursor":"5","token":"t"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            recovering,
+            Connect {
+                start: Start::After(40),
+                recovering: Some("abc123".into()),
+                token: Some("t".into()),
+            }
+        );
+        // No offset (the client saw no event yet), or a pid or offset this server did not
+        // issue: no recovery, the other rules decide.
+        for json in [
+            r#"{"pid":"abc123","cursor":"5"}"#,
+            r#"{"pid":"abc123","offset":"x","cursor":"5"}"#,
+            r#"{"pid":"not one!","offset":"40","cursor":"5"}"#,
+            r#"{"pid":7,"offset":"40","cursor":"5"}"#,
+        ] {
+            let connect = read_connect(&auth(json), None).unwrap();
+            assert_eq!(
+                (connect.start, connect.recovering),
+                (Start::After(5), None),
+                "{json}"
+            );
+        }
     }
 }
