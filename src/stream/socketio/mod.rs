@@ -1,7 +1,7 @@
 //! `/socket.io/`: Engine.IO v4 and Socket.IO v5, written here on poem because a tower-based
 //! server cannot receive poem's WebSocket upgrades (`docs/socketio.md`). [`engine`] answers
 //! the HTTP requests and hands each to its session; [`session`] is one task per session
-//! (transports, upgrade, heartbeat, namespaces, writes with acks); [`namespace`] says what
+//! (upgrade, heartbeat, namespaces, writes with acks) over its [`transport`]; [`namespace`] says what
 //! each namespace carries and how a CONNECT starts or recovers; [`packet`] is the text
 //! framing of both protocols.
 //!
@@ -13,6 +13,8 @@ mod engine;
 mod namespace;
 mod packet;
 mod session;
+mod transport;
+mod writes;
 
 use std::sync::Arc;
 

@@ -8,8 +8,7 @@ use std::{collections::VecDeque, future::poll_fn, sync::Arc, task::Poll, time::D
 
 use futures_util::{
     SinkExt, StreamExt,
-    future::BoxFuture,
-    stream::{BoxStream, FuturesUnordered, SplitStream},
+    stream::{BoxStream, FuturesUnordered},
 };
 use poem::web::websocket::{Message, WebSocketStream};
 use serde_json::{Map, Value};
@@ -19,23 +18,19 @@ use tokio::{
 };
 
 use super::{
-    MAX_PAYLOAD,
     engine::Engine,
     namespace::{Namespace, read_connect},
     packet::{self, EngineIn, SioIn},
+    transport::{Carrier, SocketEvent, Transport, probe_deadline, socket_event},
+    writes,
 };
 use crate::{
     api::AppState,
     auth::Credentials,
-    error::ApiError,
     events::{BATCH, Next, Subscription},
     limits::StreamSlot,
-    metrics::{METRICS, Transport},
-    service::writes,
-    stream::{
-        socket::Outbox,
-        ws::protocol::{self, Command},
-    },
+    metrics::{self, METRICS},
+    stream::socket::Outbox,
 };
 
 /// Packets queued for the client past which the session stops taking its requests and reading
@@ -82,34 +77,12 @@ enum Ending {
     Stream,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per session, which spends its life in the largest variant"
-)]
-enum Carrier {
-    /// Packets wait in `queue` for the client's next GET.
-    Polling,
-    /// A WebSocket is being probed (`upgrading` once it answered `3probe`); polling goes on,
-    /// answered with `noop` once upgrading, until the client sends `5`.
-    Probing {
-        socket: WebSocketStream,
-        by: Instant,
-        upgrading: bool,
-    },
-    WebSocket {
-        out: Outbox,
-        incoming: SplitStream<WebSocketStream>,
-    },
-}
-
 /// A namespace the client joined, and its subscription's steps.
 struct Joined {
     namespace: &'static Namespace,
     credentials: Credentials,
     steps: BoxStream<'static, Next>,
 }
-
-type AckFuture = BoxFuture<'static, Option<String>>;
 
 pub(super) struct Session {
     pub(super) sid: String,
@@ -125,14 +98,11 @@ pub(super) struct Session {
 
 /// The session's moving parts, owned by its task.
 struct Live {
-    carrier: Carrier,
-    /// Packets for a polling client, in order.
-    queue: VecDeque<String>,
-    pending_poll: Option<oneshot::Sender<Answer>>,
+    transport: Transport,
     /// The packets of a POST not yet taken (writes were at their bound), and its answer.
     pending_post: Option<(VecDeque<String>, oneshot::Sender<Answer>)>,
     joined: Vec<Joined>,
-    writes: FuturesUnordered<AckFuture>,
+    writes: FuturesUnordered<writes::AckFuture>,
     /// A ping awaits its pong: the heartbeat's next tick closes the session.
     pinged: bool,
     /// Until the first CONNECT: the session closes at this instant.
@@ -141,45 +111,15 @@ struct Live {
 
 impl Live {
     fn send(&mut self, packet: String) {
-        match &mut self.carrier {
-            Carrier::WebSocket { out, .. } => out.push(Message::Text(packet)),
-            _ => self.queue.push_back(packet),
-        }
+        self.transport.send(packet);
     }
 
     fn backlog(&self) -> usize {
-        match &self.carrier {
-            Carrier::WebSocket { out, .. } => out.queue.len(),
-            _ => self.queue.len(),
-        }
+        self.transport.backlog()
     }
 
     fn has_room(&self) -> bool {
         self.backlog() < MAX_QUEUED && self.writes.len() < MAX_WRITES_IN_FLIGHT
-    }
-
-    /// Hands the queued packets to a waiting GET, as one payload of at most `MAX_PAYLOAD`.
-    fn answer_poll(&mut self) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let Some(poll) = self.pending_poll.take() else {
-            return;
-        };
-        let mut body = self.queue.pop_front().expect("not empty");
-        while let Some(next) = self.queue.front()
-            && body.len() + next.len() < MAX_PAYLOAD
-        {
-            body.push(packet::SEPARATOR);
-            body.push_str(next);
-            self.queue.pop_front();
-        }
-        // A GET that went away gives its packets back, in order, for the next one.
-        if let Err(Answer::Packets(body)) = poll.send(Answer::Packets(body)) {
-            for packet in body.rsplit(packet::SEPARATOR) {
-                self.queue.push_front(packet.to_owned());
-            }
-        }
     }
 }
 
@@ -199,16 +139,14 @@ impl Session {
             }
         };
         let mut live = Live {
-            carrier,
-            queue: VecDeque::new(),
-            pending_poll: None,
+            transport: Transport::new(carrier),
             pending_post: None,
             joined: Vec::new(),
             writes: FuturesUnordered::new(),
             pinged: false,
             connect_by: Some(now + self.state.settings.connect_timeout),
         };
-        if matches!(live.carrier, Carrier::WebSocket { .. }) {
+        if matches!(live.transport.carrier, Carrier::WebSocket { .. }) {
             live.send(packet::open(
                 &self.sid,
                 false,
@@ -224,9 +162,9 @@ impl Session {
             if let Err(ending) = self.take_post(&mut live).await {
                 break ending;
             }
-            live.answer_poll();
+            live.transport.answer_poll();
             let room = live.has_room();
-            let probe_by = probe_deadline(&live.carrier);
+            let probe_by = probe_deadline(&live.transport.carrier);
             tokio::select! {
                 biased;
                 () = closing.cancelled() => break Ending::Stream,
@@ -237,7 +175,7 @@ impl Session {
                         break ending;
                     },
                 },
-                event = socket_event(&mut live.carrier, room) => match event {
+                event = socket_event(&mut live.transport.carrier, room) => match event {
                     SocketEvent::Flushed(Ok(())) => {}
                     SocketEvent::Flushed(Err(_)) => break Ending::ByClient,
                     SocketEvent::Frame(frame) => if let Err(ending) = self.on_frame(&mut live, frame).await {
@@ -263,11 +201,11 @@ impl Session {
                     }
                     // Ahead of the queued packets: a client that reads slowly is not taken
                     // for a dead one.
-                    match &mut live.carrier {
+                    match &mut live.transport.carrier {
                         Carrier::WebSocket { out, .. } => {
                             out.queue.push_front(Message::Text(packet::PING.to_owned()));
                         }
-                        _ => live.queue.push_front(packet::PING.to_owned()),
+                        _ => live.transport.queue.push_front(packet::PING.to_owned()),
                     }
                     live.pinged = true;
                     heartbeat.as_mut().reset(Instant::now() + keepalive);
@@ -275,7 +213,7 @@ impl Session {
                 () = until(live.connect_by) => break Ending::Timeout,
                 () = until(probe_by) => {
                     // The client did not finish the upgrade: polling goes on.
-                    live.carrier = Carrier::Polling;
+                    live.transport.carrier = Carrier::Polling;
                     self.engine.probe_failed(&self.sid);
                 }
             }
@@ -308,7 +246,7 @@ impl Session {
 
     fn on_inbound(&mut self, live: &mut Live, inbound: Inbound) -> Result<(), Ending> {
         match inbound {
-            Inbound::Poll(answer) => match &live.carrier {
+            Inbound::Poll(answer) => match &live.transport.carrier {
                 Carrier::WebSocket { .. } => {
                     let _ = answer.send(Answer::BadRequest);
                 }
@@ -320,6 +258,7 @@ impl Session {
                 }
                 // A GET whose client went away (a proxy's timeout) is no overlap.
                 _ if live
+                    .transport
                     .pending_poll
                     .as_ref()
                     .is_some_and(|poll| !poll.is_closed()) =>
@@ -328,11 +267,13 @@ impl Session {
                     let _ = answer.send(Answer::BadRequest);
                     return Err(Ending::ProtocolError);
                 }
-                _ => live.pending_poll = Some(answer),
+                _ => live.transport.pending_poll = Some(answer),
             },
             Inbound::Post(body, answer) => {
                 let text = match std::str::from_utf8(&body) {
-                    Ok(text) if !matches!(live.carrier, Carrier::WebSocket { .. }) => text,
+                    Ok(text) if !matches!(live.transport.carrier, Carrier::WebSocket { .. }) => {
+                        text
+                    }
                     _ => {
                         let _ = answer.send(Answer::BadRequest);
                         return Err(Ending::ProtocolError);
@@ -345,9 +286,9 @@ impl Session {
                 let packets = text.split(packet::SEPARATOR).map(str::to_owned).collect();
                 live.pending_post = Some((packets, answer));
             }
-            Inbound::Socket(socket) => match live.carrier {
+            Inbound::Socket(socket) => match live.transport.carrier {
                 Carrier::Polling => {
-                    live.carrier = Carrier::Probing {
+                    live.transport.carrier = Carrier::Probing {
                         socket: *socket,
                         by: Instant::now() + UPGRADE_TIMEOUT,
                         upgrading: false,
@@ -369,7 +310,7 @@ impl Session {
     ) -> Result<(), Ending> {
         if let Carrier::Probing {
             socket, upgrading, ..
-        } = &mut live.carrier
+        } = &mut live.transport.carrier
         {
             match frame {
                 Some(Ok(Message::Text(text))) if text == packet::PROBE && !*upgrading => {
@@ -378,7 +319,7 @@ impl Session {
                         .await;
                     if answered.is_ok() {
                         *upgrading = true;
-                        if let Some(poll) = live.pending_poll.take() {
+                        if let Some(poll) = live.transport.pending_poll.take() {
                             let _ = poll.send(Answer::Packets(packet::NOOP.to_owned()));
                         }
                         return Ok(());
@@ -386,21 +327,22 @@ impl Session {
                 }
                 Some(Ok(Message::Text(text))) if text == packet::UPGRADE && *upgrading => {
                     let Carrier::Probing { socket, .. } =
-                        std::mem::replace(&mut live.carrier, Carrier::Polling)
+                        std::mem::replace(&mut live.transport.carrier, Carrier::Polling)
                     else {
                         unreachable!("matched above");
                     };
                     let (sink, incoming) = socket.split();
                     let mut out = Outbox::new(sink);
-                    out.queue.extend(live.queue.drain(..).map(Message::Text));
-                    live.carrier = Carrier::WebSocket { out, incoming };
+                    out.queue
+                        .extend(live.transport.queue.drain(..).map(Message::Text));
+                    live.transport.carrier = Carrier::WebSocket { out, incoming };
                     return Ok(());
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
                 _ => {}
             }
             // Anything else: the probe failed, polling goes on.
-            live.carrier = Carrier::Polling;
+            live.transport.carrier = Carrier::Polling;
             self.engine.probe_failed(&self.sid);
             return Ok(());
         }
@@ -464,7 +406,10 @@ impl Session {
             } => {
                 let index = position(&live.joined, nsp).ok_or(Ending::ProtocolError)?;
                 let joined = &live.joined[index];
-                if let Some(write) = self.write(joined, ack, &name, args) {
+                let nsp = joined.namespace.path;
+                if let Some(write) =
+                    writes::event(&self.state, &joined.credentials, nsp, ack, &name, args)
+                {
                     live.writes.push(write);
                 }
                 Ok(())
@@ -525,61 +470,6 @@ impl Session {
         });
     }
 
-    /// A client event: a write (`create`, `update`, `delete` with `{entity, id, data,
-    /// ifMatch}`, as `/ws` frames have them) answered with its outcome, or an unknown event,
-    /// answered with a 400 problem when it asks for an ack.
-    fn write(
-        &self,
-        joined: &Joined,
-        ack: Option<u64>,
-        name: &str,
-        args: Vec<Value>,
-    ) -> Option<AckFuture> {
-        let nsp = joined.namespace.path;
-        let command = match (name, args.into_iter().next()) {
-            ("create" | "update" | "delete", Some(Value::Object(mut fields))) => {
-                fields.insert("op".into(), name.into());
-                fields.insert("requestId".into(), ack.unwrap_or(0).into());
-                protocol::read_frame(Value::Object(fields)).1
-            }
-            ("create" | "update" | "delete", _) => Err(ApiError::bad_request(format!(
-                "{name} takes one object: {{entity, id, data, ifMatch}}"
-            ))),
-            _ => Err(ApiError::bad_request(format!(
-                "unknown event {name:?}: the events are create, update and delete"
-            ))),
-        };
-        let authorized = joined.credentials.authorize(&self.state.policy);
-        let state = self.state.clone();
-        let answer = move |outcome: Result<writes::Answer, ApiError>| {
-            let id = ack?;
-            let json = match outcome {
-                Ok(answer) => serde_json::json!({
-                    "status": answer.status,
-                    "body": answer.body,
-                    "cursor": answer.cursor.to_string(),
-                }),
-                Err(err) => serde_json::json!({
-                    "status": err.status().as_u16(),
-                    "body": err.body(),
-                }),
-            };
-            Some(packet::ack(nsp, id, &json.to_string()))
-        };
-        match command {
-            Ok(Command::Write(write)) => Some(Box::pin(async move {
-                let outcome = match authorized {
-                    Ok(()) => writes::perform(&state.store, write).await,
-                    Err(err) => Err(err),
-                };
-                answer(outcome)
-            })),
-            Ok(_) => None,
-            Err(err) if ack.is_some() => Some(Box::pin(async move { answer(Err(err)) })),
-            Err(_) => None,
-        }
-    }
-
     /// Ends the session: it leaves the registry first (a client asking again learns it is
     /// gone), writes in flight finish (their acks reach a client still there), and the client
     /// is told: `close` to a pending poll (`noop` when the client closed), a close frame on a
@@ -599,7 +489,7 @@ impl Session {
         } else {
             packet::CLOSE
         };
-        match &mut live.carrier {
+        match &mut live.transport.carrier {
             Carrier::WebSocket { out, .. } => {
                 if ending != Ending::ByClient {
                     out.push(Message::Close(None));
@@ -609,8 +499,8 @@ impl Session {
                 let _ = tokio::time::timeout(CLOSE_GRACE, out.flush()).await;
             }
             _ => {
-                live.queue.push_back(last.to_owned());
-                live.answer_poll();
+                live.transport.queue.push_back(last.to_owned());
+                live.transport.answer_poll();
             }
         }
         drop(self.slot);
@@ -639,7 +529,7 @@ fn on_step(live: &mut Live, index: usize, step: Next) -> Result<(), Ending> {
     let nsp = live.joined[index].namespace.path;
     match step {
         Next::Events { events, .. } => {
-            METRICS.delivered(Transport::SocketIo, events.len());
+            METRICS.delivered(metrics::Transport::SocketIo, events.len());
             for event in events {
                 live.send(packet::event(nsp, "updates", event.json.get(), event.id));
             }
@@ -673,42 +563,6 @@ async fn next_step(joined: &mut [Joined]) -> (usize, Next) {
         Poll::Pending
     })
     .await
-}
-
-/// What the session's WebSocket did: flushed its queue, or gave a frame.
-enum SocketEvent {
-    Flushed(std::io::Result<()>),
-    Frame(Option<Result<Message, std::io::Error>>),
-}
-
-/// Flushes the WebSocket's queue while reading its frames (when `read`); pending while
-/// neither has anything to do, and always over polling.
-async fn socket_event(carrier: &mut Carrier, read: bool) -> SocketEvent {
-    poll_fn(|cx| match carrier {
-        Carrier::WebSocket { out, incoming } => {
-            if out.has_work()
-                && let Poll::Ready(flushed) = out.poll_flush(cx)
-            {
-                return Poll::Ready(SocketEvent::Flushed(flushed));
-            }
-            if read && let Poll::Ready(frame) = incoming.poll_next_unpin(cx) {
-                return Poll::Ready(SocketEvent::Frame(frame));
-            }
-            Poll::Pending
-        }
-        Carrier::Probing { socket, .. } if read => {
-            socket.poll_next_unpin(cx).map(SocketEvent::Frame)
-        }
-        _ => Poll::Pending,
-    })
-    .await
-}
-
-fn probe_deadline(carrier: &Carrier) -> Option<Instant> {
-    match carrier {
-        Carrier::Probing { by, .. } => Some(*by),
-        _ => None,
-    }
 }
 
 async fn until(deadline: Option<Instant>) {
