@@ -24,6 +24,8 @@ pub(crate) struct EventRow {
     pub kind: EventKind,
     /// The resource's JSON as `GET` returned it after the change.
     pub data: String,
+    /// A Funko UPDATE's or DELETE's Funko before the change, as views read it.
+    pub before: Option<String>,
     pub created_at: String,
 }
 
@@ -33,6 +35,9 @@ pub(crate) struct NewEvent {
     pub entity: Entity,
     pub kind: EventKind,
     pub data: String,
+    /// For a Funko UPDATE or DELETE: the Funko before it, as views read it
+    /// ([`ViewFields`](crate::domain::view::ViewFields) JSON).
+    pub before: Option<String>,
 }
 
 /// The events one write appends, in order: its resource's, then those of any other resource
@@ -104,8 +109,8 @@ pub(crate) const NOTIFY_CHANNEL: &str = "funko_events";
 /// payload is the new id. It is only a wake-up: listeners read the table.
 pub(crate) async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "WITH e AS (INSERT INTO events (entity, type, data, created_at) \
-         VALUES ($1, $2, $3, $4) RETURNING id) \
+        "WITH e AS (INSERT INTO events (entity, type, data, created_at, prior) \
+         VALUES ($1, $2, $3, $4, $6) RETURNING id) \
          SELECT id, pg_notify($5, id::text) FROM e",
     )
     .bind(event.entity.as_str())
@@ -113,6 +118,7 @@ pub(crate) async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result
     .bind(&event.data)
     .bind(now_rfc3339())
     .bind(NOTIFY_CHANNEL)
+    .bind(event.before.as_deref())
     .fetch_one(conn)
     .await
 }
@@ -133,13 +139,13 @@ pub(crate) async fn append_all(
     let mut p = Placeholders::default();
     let now = p.next();
     let mut sql = String::with_capacity(80 + events.len() * 24);
-    sql.push_str("INSERT INTO events (entity, type, data, created_at) VALUES ");
+    sql.push_str("INSERT INTO events (entity, type, data, prior, created_at) VALUES ");
     for i in 0..events.len() {
         if i > 0 {
             sql.push_str(", ");
         }
-        let (entity, kind, data) = (p.next(), p.next(), p.next());
-        let _ = write!(sql, "({entity}, {kind}, {data}, {now})");
+        let (entity, kind, data, prior) = (p.next(), p.next(), p.next(), p.next());
+        let _ = write!(sql, "({entity}, {kind}, {data}, {prior}, {now})");
     }
     sql.push_str(" RETURNING id");
     // Built from placeholders only: every value is bound.
@@ -148,7 +154,8 @@ pub(crate) async fn append_all(
         query = query
             .bind(event.entity.as_str())
             .bind(event.kind.as_str())
-            .bind(&event.data);
+            .bind(&event.data)
+            .bind(event.before.as_deref());
     }
     let mut ids: Vec<i64> = query.fetch_all(conn).await?;
     if ids.len() != events.len() {
@@ -169,7 +176,8 @@ pub(crate) async fn read_after(
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, entity, type, data, created_at FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        "SELECT id, entity, type, data, created_at, prior FROM events \
+         WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after)
     .bind(limit)
@@ -187,7 +195,7 @@ pub(crate) async fn read_after_with_floor(
     limit: i64,
 ) -> Result<(Vec<EventRow>, Option<i64>), sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, entity, type, data, created_at, \
+        "SELECT id, entity, type, data, created_at, prior, \
          (SELECT m.value FROM stream_meta m WHERE m.key = 'floor') AS floor \
          FROM events WHERE id > $1 ORDER BY id LIMIT $2",
     )
@@ -195,7 +203,7 @@ pub(crate) async fn read_after_with_floor(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    let floor = rows.first().map(|row| row.try_get(5)).transpose()?;
+    let floor = rows.first().map(|row| row.try_get(6)).transpose()?;
     let events = rows.iter().map(event_row).collect::<Result<_, _>>()?;
     Ok((events, floor))
 }
@@ -209,6 +217,7 @@ fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
         kind: EventKind::parse(&kind).ok_or_else(|| decode_error("type", &kind))?,
         data: row.try_get(3)?,
         created_at: row.try_get(4)?,
+        before: row.try_get(5)?,
     })
 }
 

@@ -353,6 +353,7 @@ mod tests {
                     entity: Entity::Categories,
                     kind: EventKind::Create,
                     data: format!("{{\"name\":\"{name}\"}}"),
+                    before: None,
                 };
                 Ok((name, event.into()))
             })

@@ -1,5 +1,5 @@
 //! The store's vocabulary, with no I/O: the resources as clients see them ([`resource`]), the
-//! change stream's terms ([`event`]), preconditions ([`precondition`]), and the validated
+//! change stream's terms ([`event`]) and its views ([`view`]), preconditions ([`precondition`]), and the validated
 //! input of writes and lists, which turns client JSON into values that satisfy the rules, or
 //! into a list of field errors. Each request body's JSON
 //! Schema ([`Shape`]) is written here too, from the same constants, so the spec states the
@@ -11,6 +11,7 @@ pub(crate) mod funko;
 pub(crate) mod precondition;
 pub(crate) mod query;
 pub(crate) mod resource;
+pub(crate) mod view;
 
 use serde::Serialize;
 use serde_json::{Map, Value};

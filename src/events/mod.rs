@@ -14,7 +14,10 @@ use serde_json::value::RawValue;
 
 use crate::{
     db::events::EventRow,
-    domain::event::{Entity, EventKind},
+    domain::{
+        event::{Entity, EventKind},
+        view::{View, ViewChange, ViewFields, ViewKeys},
+    },
 };
 
 pub(crate) use subscription::{End, Filter, Next, Start, Subscription};
@@ -39,6 +42,15 @@ pub(crate) struct StoredEvent {
     /// The event as one Server-Sent Events frame (`id: …` + `data: …`), shared by every SSE
     /// subscriber: a delivery is a reference count, not a copy.
     pub sse: bytes::Bytes,
+    /// A Funko event's Funko before and after the change, as views compare them.
+    sides: Option<Arc<Sides>>,
+}
+
+/// What a view compares: the Funko before the change (none for a CREATE) and after it.
+#[derive(Debug)]
+struct Sides {
+    before: Option<ViewKeys>,
+    after: ViewKeys,
 }
 
 /// The event's JSON, as every transport sends it: the course project's
@@ -75,22 +87,55 @@ impl StoredEvent {
         // `data` follows the three fields before it, none of which can hold this key.
         let start = json.find(r#""data":"#).expect("the data field") + r#""data":"#.len();
         let data_at = (start as u32, (start + raw.get().len()) as u32);
-        let mut sse = format!("id: {id}\n");
-        // Compact JSON has no line breaks; split anyway so a frame can never be malformed.
-        for line in json.lines() {
-            sse.push_str("data: ");
-            sse.push_str(line);
-            sse.push('\n');
-        }
-        sse.push('\n');
+        let sides = (entity == Entity::Funkos)
+            .then(|| serde_json::from_str::<ViewFields>(raw.get()).ok())
+            .flatten()
+            .map(|after| {
+                Arc::new(Sides {
+                    before: None,
+                    after: ViewKeys::from(&after),
+                })
+            });
         Self {
             id,
             entity,
             kind,
+            sse: sse_frame(id, &json),
             json: Arc::from(RawValue::from_string(json).expect("serde_json writes JSON")),
             data_at,
-            sse: sse.into(),
+            sides,
         }
+    }
+
+    /// Sets what the log recorded of the Funko before the change (its [`ViewFields`]).
+    pub(crate) fn with_before(mut self, before: Option<&str>) -> Self {
+        let before = before.and_then(|json| serde_json::from_str::<ViewFields>(json).ok());
+        if let (Some(before), Some(sides)) = (before, &self.sides) {
+            self.sides = Some(Arc::new(Sides {
+                before: Some(ViewKeys::from(&before)),
+                after: sides.after.clone(),
+            }));
+        }
+        self
+    }
+
+    /// The event as `view` sees it: with `"view"` saying whether its Funko enters, stays in
+    /// or leaves the view; `None` when the Funko is in the view neither before nor after.
+    pub(crate) fn in_view(&self, view: &View) -> Option<Self> {
+        let sides = self.sides.as_ref()?;
+        let before = sides.before.as_ref().is_some_and(|b| view.matches(b));
+        let change = ViewChange::of(before, view.matches(&sides.after))?;
+        let plain = self.json.get();
+        let mut json = String::with_capacity(plain.len() + 20);
+        json.push_str(&plain[..plain.len() - 1]);
+        json.push_str(r#","view":""#);
+        json.push_str(change.as_str());
+        json.push_str(r#""}"#);
+        Some(Self {
+            sse: sse_frame(self.id, &json),
+            json: Arc::from(RawValue::from_string(json).expect("still JSON")),
+            ..self.clone()
+        })
     }
 
     /// The resource's JSON, as `GET` returns it.
@@ -99,9 +144,23 @@ impl StoredEvent {
     }
 }
 
+/// One Server-Sent Events frame: `id: …` and the JSON as `data: …`.
+fn sse_frame(id: i64, json: &str) -> bytes::Bytes {
+    let mut sse = format!("id: {id}\n");
+    // Compact JSON has no line breaks; split anyway so a frame can never be malformed.
+    for line in json.lines() {
+        sse.push_str("data: ");
+        sse.push_str(line);
+        sse.push('\n');
+    }
+    sse.push('\n');
+    sse.into()
+}
+
 impl From<EventRow> for StoredEvent {
     fn from(row: EventRow) -> Self {
         Self::new(row.id, row.entity, row.kind, &row.data, &row.created_at)
+            .with_before(row.before.as_deref())
     }
 }
 

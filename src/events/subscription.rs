@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     db,
-    domain::event::{Entity, EventKind, Reset, ResetReason},
+    domain::{
+        event::{Entity, EventKind, Reset, ResetReason},
+        view::View,
+    },
     error::ApiError,
     metrics::{METRICS, ReasonLabel},
 };
@@ -27,6 +30,8 @@ pub(crate) struct Filter {
     pub entity: Option<Entity>,
     /// Empty: all types.
     pub types: Vec<EventKind>,
+    /// A view: Funko events whose Funko is in it before or after, tagged with `view`.
+    pub view: Option<View>,
 }
 
 impl Filter {
@@ -60,12 +65,44 @@ impl Filter {
         Ok(Self {
             entity,
             types: kinds,
+            view: None,
         })
     }
 
-    pub(crate) fn matches(&self, event: &StoredEvent) -> bool {
-        self.entity.is_none_or(|e| e == event.entity)
-            && (self.types.is_empty() || self.types.contains(&event.kind))
+    /// Makes this filter a view (when `view` is one): Funko events only, of every type, since
+    /// a view must see each event that moves a Funko in or out.
+    pub(crate) fn with_view(self, view: Option<View>) -> Result<Self, ApiError> {
+        let Some(view) = view else {
+            return Ok(self);
+        };
+        if self.entity == Some(Entity::Categories) {
+            return Err(ApiError::bad_request(
+                "category, q, minPrice and maxPrice filter Funkos: entity must be FUNKOS or absent",
+            ));
+        }
+        if !self.types.is_empty() {
+            return Err(ApiError::bad_request(
+                "types cannot be combined with category, q, minPrice or maxPrice: a view needs \
+                 every type of event to stay right",
+            ));
+        }
+        Ok(Self {
+            entity: Some(Entity::Funkos),
+            types: Vec::new(),
+            view: Some(view),
+        })
+    }
+
+    /// The event as this subscriber gets it, if it gets it: itself, or for a view, tagged
+    /// with what it does to the view.
+    pub(crate) fn pass(&self, event: &StoredEvent) -> Option<StoredEvent> {
+        let wanted = self.entity.is_none_or(|e| e == event.entity)
+            && (self.types.is_empty() || self.types.contains(&event.kind));
+        match &self.view {
+            _ if !wanted => None,
+            None => Some(event.clone()),
+            Some(view) => event.in_view(view),
+        }
     }
 }
 
@@ -286,10 +323,7 @@ impl Subscription {
             }
         };
         self.cursor = batch.last().expect("not empty").id;
-        let events = batch
-            .into_iter()
-            .filter(|e| self.filter.matches(e))
-            .collect();
+        let events = batch.iter().filter_map(|e| self.filter.pass(e)).collect();
         Ok(Some(Next::Events {
             events,
             cursor: self.cursor,
@@ -331,10 +365,26 @@ mod tests {
         assert_eq!(filter.entity, Some(Entity::Funkos));
         assert_eq!(filter.types, [EventKind::Create, EventKind::Delete]);
         let event = |entity, kind| StoredEvent::new(1, entity, kind, "{}", "t");
-        assert!(filter.matches(&event(Entity::Funkos, EventKind::Create)));
-        assert!(!filter.matches(&event(Entity::Funkos, EventKind::Update)));
-        assert!(!filter.matches(&event(Entity::Categories, EventKind::Create)));
-        assert!(Filter::default().matches(&event(Entity::Categories, EventKind::Update)));
+        assert!(
+            filter
+                .pass(&event(Entity::Funkos, EventKind::Create))
+                .is_some()
+        );
+        assert!(
+            filter
+                .pass(&event(Entity::Funkos, EventKind::Update))
+                .is_none()
+        );
+        assert!(
+            filter
+                .pass(&event(Entity::Categories, EventKind::Create))
+                .is_none()
+        );
+        assert!(
+            Filter::default()
+                .pass(&event(Entity::Categories, EventKind::Update))
+                .is_some()
+        );
         assert!(Filter::parse(Some("users"), []).is_err());
         assert!(Filter::parse(None, ["UPSERT"]).is_err());
     }

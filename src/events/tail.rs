@@ -256,7 +256,10 @@ impl Tail {
                 Some(Commit::Events { created_at, events }) => self.extend(
                     events
                         .into_iter()
-                        .map(|(id, e)| StoredEvent::new(id, e.entity, e.kind, &e.data, &created_at))
+                        .map(|(id, e)| {
+                            StoredEvent::new(id, e.entity, e.kind, &e.data, &created_at)
+                                .with_before(e.before.as_deref())
+                        })
                         .collect(),
                 ),
                 Some(Commit::ReadLog) => {

@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::{Change, Changed, Read, Store, Written, funko_updated, on_unique, write, write_with};
+use crate::domain::view::ViewFields;
 use crate::{
     db,
     domain::{
@@ -76,7 +77,7 @@ pub(crate) async fn update(
     let if_match = if_match.cloned();
     let change: Change<Changed<Category>> = Box::new(move |conn| {
         Box::pin(async move {
-            fetch_live(conn, id).await?;
+            let old = fetch_live(conn, id).await?;
             IfMatch::check_untagged(if_match.as_ref())?;
             ensure_name_free(conn, &draft.name, Some(id)).await?;
             let now = now_rfc3339();
@@ -84,10 +85,22 @@ pub(crate) async fn update(
                 .await
                 .map_err(on_unique(|| name_conflict(&draft.name)))?;
             let funkos = db::funkos::touch_category(conn, id, &now).await?;
+            // Each Funko as views saw it: the same but for its category's old name.
+            let also = funkos
+                .iter()
+                .map(|funko| {
+                    let before = ViewFields {
+                        category: old.name.clone(),
+                        ..ViewFields::of(funko)
+                    };
+                    funko_updated(funko, &before)
+                })
+                .collect();
             Ok(Changed {
                 resource: fetch(conn, id).await?,
                 extra: (),
-                also: funkos.iter().map(funko_updated).collect(),
+                before: None,
+                also,
             })
         })
     });

@@ -20,6 +20,7 @@ use crate::{
         precondition::IfMatch,
         query::FunkoListQuery,
         resource::{Funko, FunkoPage, PageMeta, now_rfc3339},
+        view::ViewFields,
     },
     error::ApiError,
 };
@@ -170,6 +171,7 @@ pub(crate) async fn update(
                 .map_err(on_unique(|| name_conflict(&draft.name)))?
                 .ok_or_else(|| unknown_category(&draft.category))?;
             Ok(Changed {
+                before: Some(ViewFields::of(&current).to_json()),
                 resource: funko,
                 extra: current.image,
                 also: Vec::new(),
@@ -189,15 +191,21 @@ pub(crate) async fn delete(
     if_match: Option<&IfMatch>,
 ) -> Result<Written<Funko>, ApiError> {
     let if_match = if_match.cloned();
-    let change: Change<Funko> = Box::new(move |conn| {
+    let change: Change<Changed<Funko>> = Box::new(move |conn| {
         Box::pin(async move {
             let current = fetch_live(conn, id).await?;
             IfMatch::check(if_match.as_ref(), current.version)?;
             let deleted = db::funkos::soft_delete(conn, id, &now_rfc3339()).await?;
-            deleted.ok_or_else(|| vanished(id))
+            Ok(Changed {
+                resource: deleted.ok_or_else(|| vanished(id))?,
+                extra: (),
+                before: Some(ViewFields::of(&current).to_json()),
+                also: Vec::new(),
+            })
         })
     });
-    write(store, Entity::Funkos, EventKind::Delete, change).await
+    let (written, ()) = write_with(store, Entity::Funkos, EventKind::Delete, change).await?;
+    Ok(written)
 }
 
 /// Stores an uploaded image and makes it a live Funko's: the image it replaced is released,
@@ -218,6 +226,7 @@ pub(crate) async fn upload_image(
             let funko = db::funkos::set_image(conn, id, &saved, &now_rfc3339()).await?;
             Ok(Changed {
                 resource: funko.ok_or_else(|| vanished(id))?,
+                before: Some(ViewFields::of(&current).to_json()),
                 extra: current.image,
                 also: Vec::new(),
             })

@@ -22,6 +22,7 @@ use crate::{
     domain::{
         event::{Entity, EventKind},
         resource::Funko,
+        view::ViewFields,
     },
     error::ApiError,
     events::Tail,
@@ -101,6 +102,8 @@ type Change<T> =
 struct Changed<T, X = ()> {
     resource: T,
     extra: X,
+    /// A Funko's [`ViewFields`](crate::domain::view::ViewFields) before the change, for views.
+    before: Option<String>,
     also: Vec<NewEvent>,
 }
 
@@ -121,6 +124,7 @@ where
             Ok(Changed {
                 resource: change(conn).await?,
                 extra: (),
+                before: None,
                 also: Vec::new(),
             })
         })
@@ -150,6 +154,7 @@ where
                     entity,
                     kind,
                     data: changed.resource.to_json_string(),
+                    before: changed.before,
                 };
                 let events = NewEvents {
                     first,
@@ -165,12 +170,13 @@ where
     Ok((Written { resource, cursor }, extra))
 }
 
-/// The UPDATE event of a Funko another write changed.
-fn funko_updated(funko: &Funko) -> NewEvent {
+/// The UPDATE event of a Funko another write changed, with the Funko as views saw it before.
+fn funko_updated(funko: &Funko, before: &ViewFields) -> NewEvent {
     NewEvent {
         entity: Entity::Funkos,
         kind: EventKind::Update,
         data: funko.to_json_string(),
+        before: Some(before.to_json()),
     }
 }
 

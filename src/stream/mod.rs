@@ -18,6 +18,7 @@ use crate::{
         FieldErrors,
         event::{Entity, EventKind, parse_cursor},
         resource::{Category, Funko},
+        view::View,
     },
     error::ApiError,
     events::Start,
@@ -52,6 +53,70 @@ pub(crate) fn start_from_json(name: &str, value: Option<&Value>) -> Result<Start
     }
 }
 
+/// The list filters of `GET /funkos` that make a subscription a view, checked by its rules;
+/// `None` when none is set.
+pub(crate) fn view_of(
+    category: Option<String>,
+    q: Option<String>,
+    min_price: Option<f64>,
+    max_price: Option<f64>,
+) -> Result<Option<View>, ApiError> {
+    View::parse(category, q, min_price, max_price).map_err(|errors| ApiError::BadRequest {
+        detail: "invalid view filters (category, q, minPrice, maxPrice)".to_owned(),
+        errors,
+    })
+}
+
+/// [`view_of`] from text (a query string): the prices must be numbers.
+pub(crate) fn view_from_text(
+    field: impl Fn(&str) -> Option<String>,
+) -> Result<Option<View>, ApiError> {
+    let price = |name: &str| match field(name) {
+        None => Ok(None),
+        Some(raw) => raw
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest {
+                detail: format!("{name} must be a number, not {raw:?}"),
+                errors: FieldErrors::single(name, "must be a number"),
+            }),
+    };
+    view_of(
+        field("category"),
+        field("q"),
+        price("minPrice")?,
+        price("maxPrice")?,
+    )
+}
+
+/// [`view_of`] from JSON fields (a `/ws` frame, a Socket.IO `auth`): strings, and numbers for
+/// the prices; `null` is absent.
+pub(crate) fn view_from_json<'a>(
+    field: impl Fn(&str) -> Option<&'a Value>,
+) -> Result<Option<View>, ApiError> {
+    let wrong = |name: &str, what: &str| ApiError::BadRequest {
+        detail: format!("{name} must be {what}"),
+        errors: FieldErrors::single(name, format!("must be {what}")),
+    };
+    let text = |name: &str| match field(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(wrong(name, "a string")),
+    };
+    let price = |name: &str| match field(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(wrong(name, "a number")),
+    };
+    view_of(
+        text("category")?,
+        text("q")?,
+        price("minPrice")?,
+        price("maxPrice")?,
+    )
+}
+
 fn not_a_cursor(name: &str, shown: &str) -> ApiError {
     ApiError::BadRequest {
         detail: format!("{name} must be a cursor (a decimal event id), not {shown}"),
@@ -84,6 +149,23 @@ pub struct ChangeEventDoc {
     pub data: EventData,
     /// RFC 3339 UTC, millisecond precision.
     pub created_at: String,
+    /// Only for a view (a subscription with `category`, `q`, `minPrice` or `maxPrice`): what
+    /// the change does to the list. `enter` and `update`: upsert `data` by id; `leave`:
+    /// remove `data.id`.
+    pub view: Option<ViewTag>,
+}
+
+/// What a change does to a view's list.
+#[derive(Clone, Copy, Debug, poem_openapi::Enum, serde::Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ViewTag {
+    /// The Funko matches now and did not before.
+    Enter,
+    /// It matched before and still does.
+    Update,
+    /// It matched before and does not now (or was deleted).
+    Leave,
 }
 
 #[cfg(test)]

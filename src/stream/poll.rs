@@ -8,7 +8,7 @@ use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Query};
 use serde_json::value::RawValue;
 
-use super::{ChangeEventDoc, start_from_text};
+use super::{ChangeEventDoc, start_from_text, view_of};
 use crate::{
     api::{ApiTags, AppState, RawJson},
     domain::{FieldErrors, event::Reset},
@@ -113,6 +113,16 @@ impl PollApi {
         entity: Query<Option<String>>,
         /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
         types: Query<Option<String>>,
+        /// A view: only Funkos of this category (any case), each event tagged `view`.
+        category: Query<Option<String>>,
+        /// A view: only Funkos whose name or description contains this (any case).
+        q: Query<Option<String>>,
+        /// A view: only Funkos at this price or more.
+        #[oai(name = "minPrice")]
+        min_price: Query<Option<f64>>,
+        /// A view: only Funkos at this price or less.
+        #[oai(name = "maxPrice")]
+        max_price: Query<Option<f64>>,
     ) -> ApiResult<PollResponse, StreamErrors> {
         let start = start_from_text("after", after.0.as_deref())?;
         let timeout = timeout.0.unwrap_or(POLL_DEFAULT_TIMEOUT);
@@ -129,7 +139,8 @@ impl PollApi {
                 out_of_range("limit", format!("must be between 1 and {POLL_MAX_LIMIT}")).into(),
             );
         }
-        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let view = view_of(category.0, q.0, min_price.0, max_price.0)?;
+        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?.with_view(view)?;
         let _slot = state.slots.acquire(Transport::Poll, client_ip(request))?;
         let (mut subscription, reset) =
             Subscription::open(state.tail.clone(), start, filter).await?;

@@ -15,7 +15,7 @@ use poem_openapi::{
 };
 use tokio::time::Instant;
 
-use super::{ChangeEventDoc, start_from_text};
+use super::{ChangeEventDoc, start_from_text, view_of};
 use crate::{
     api::{ApiTags, AppState},
     domain::event::Reset,
@@ -300,6 +300,16 @@ impl SseApi {
         entity: Query<Option<String>>,
         /// Only these types, comma-separated: CREATE,UPDATE,DELETE.
         types: Query<Option<String>>,
+        /// A view: only Funkos of this category (any case), each event tagged `view`.
+        category: Query<Option<String>>,
+        /// A view: only Funkos whose name or description contains this (any case).
+        q: Query<Option<String>>,
+        /// A view: only Funkos at this price or more.
+        #[oai(name = "minPrice")]
+        min_price: Query<Option<f64>>,
+        /// A view: only Funkos at this price or less.
+        #[oai(name = "maxPrice")]
+        max_price: Query<Option<f64>>,
         /// End the stream once it has sent this many change events.
         #[oai(
             name = "maxEvents",
@@ -314,7 +324,8 @@ impl SseApi {
             Some(header) => start_from_text("Last-Event-ID", Some(header)),
             None => start_from_text("lastEventId", last_event_id_query.0.as_deref()),
         }?;
-        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?;
+        let view = view_of(category.0, q.0, min_price.0, max_price.0)?;
+        let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?.with_view(view)?;
         let slot = state.slots.acquire(Transport::Sse, client_ip(request))?;
         let end = EndCondition {
             remaining: max_events.0.map(|n| n as usize),

@@ -25,4 +25,5 @@ mod socketio;
 mod socketio_raw;
 mod startup;
 mod stream;
+mod views;
 mod ws;

@@ -358,7 +358,7 @@ impl Chunks {
 /// `None` for no events.
 fn render(events: &[StoredEvent], filter: &Filter) -> Option<(Bytes, usize)> {
     let last = events.last()?.id;
-    let matching: Vec<&StoredEvent> = events.iter().filter(|e| filter.matches(e)).collect();
+    let matching: Vec<StoredEvent> = events.iter().filter_map(|e| filter.pass(e)).collect();
     let trailing = (matching.last().map(|e| e.id) != Some(last)).then(|| format!("id: {last}\n\n"));
     let len = matching.iter().map(|e| e.sse.len()).sum::<usize>()
         + trailing.as_ref().map_or(0, String::len);

@@ -72,7 +72,6 @@ struct Query {
     eio: Option<String>,
     transport: Option<String>,
     sid: Option<String>,
-    cursor: Option<String>,
 }
 
 impl Query {
@@ -83,7 +82,6 @@ impl Query {
                 "EIO" => &mut parsed.eio,
                 "transport" => &mut parsed.transport,
                 "sid" => &mut parsed.sid,
-                "cursor" | "lastEventId" | "after" => &mut parsed.cursor,
                 _ => continue,
             };
             slot.get_or_insert_with(|| value.into_owned());
@@ -114,7 +112,7 @@ impl Engine {
             }
         };
         let Some(sid) = query.sid else {
-            return self.open(&req, websocket, query.cursor).await;
+            return self.open(&req, websocket).await;
         };
         let handle = self
             .sessions
@@ -170,12 +168,7 @@ impl Engine {
 
     /// The handshake: a new session, answered with `open` over polling, or as the first frame
     /// of its WebSocket.
-    async fn open(
-        self: &Arc<Self>,
-        req: &Request,
-        websocket: bool,
-        query_cursor: Option<String>,
-    ) -> poem::Result<Response> {
+    async fn open(self: &Arc<Self>, req: &Request, websocket: bool) -> poem::Result<Response> {
         if req.method() != Method::GET {
             let status = StatusCode::BAD_REQUEST;
             return Ok(engine_error(status, 2, "Bad handshake method"));
@@ -208,7 +201,7 @@ impl Engine {
             credentials: Credentials::of(req.headers()),
             state,
             engine: self.clone(),
-            query_cursor,
+            query: req.uri().query().unwrap_or_default().to_owned(),
             inbox: inbox_rx,
             slot,
         };

@@ -16,9 +16,9 @@
 use serde_json::{Map, Value};
 
 use crate::{
-    domain::event::Entity,
+    domain::{event::Entity, view::View},
     events::{Filter, Start},
-    stream::{start_from_json, start_from_text},
+    stream::{start_from_json, start_from_text, view_from_json, view_from_text},
 };
 
 pub(super) struct Namespace {
@@ -56,11 +56,13 @@ impl Namespace {
         NAMESPACES.iter().find(|ns| ns.path == path)
     }
 
-    pub(super) fn filter(&self) -> Filter {
-        Filter {
+    /// Its entity's events, or those of a view (of Funkos only).
+    pub(super) fn filter(&self, view: Option<View>) -> Result<Filter, String> {
+        let filter = Filter {
             entity: self.entity,
-            types: Vec::new(),
-        }
+            ..Filter::default()
+        };
+        filter.with_view(view).map_err(|err| err.to_string())
     }
 }
 
@@ -68,6 +70,9 @@ impl Namespace {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Connect {
     pub(super) start: Start,
+    /// The view filters (`category`, `q`, `minPrice`, `maxPrice`) of `auth`, else of the
+    /// handshake's query.
+    pub(super) view: Option<View>,
     /// The session the client recovers: the `pid` it sent with an offset.
     pub(super) recovering: Option<String>,
     /// `auth.token`, for the writes of this namespace.
@@ -76,48 +81,59 @@ pub(super) struct Connect {
 
 /// Reads a CONNECT's `auth`. Where the socket starts: after the `offset` of a recovering
 /// client (one that sent the `pid` it was given), else after the first cursor of `cursor`,
-/// `lastEventId`, `after` (a string or a number), else after the handshake's query cursor,
-/// else now. An `Err` is the message of the CONNECT_ERROR that refuses it.
-pub(super) fn read_connect(
-    auth: &Map<String, Value>,
-    query_cursor: Option<&str>,
-) -> Result<Connect, String> {
+/// `lastEventId`, `after` (a string or a number), else after the handshake query's, else now.
+/// The handshake's query (`cursor`, `lastEventId`, `after` and the view filters) is for tools
+/// that cannot send `auth`. An `Err` is the message of the CONNECT_ERROR that refuses it.
+pub(super) fn read_connect(auth: &Map<String, Value>, query: &str) -> Result<Connect, String> {
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let in_query = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
     let token = match auth.get("token") {
         None | Some(Value::Null) => None,
         Some(Value::String(token)) => Some(token.clone()),
         Some(_) => return Err("auth.token must be a string".to_owned()),
+    };
+    let view = if VIEW_FIELDS.iter().any(|name| auth.contains_key(*name)) {
+        view_from_json(|name| auth.get(name))
+    } else {
+        view_from_text(in_query)
+    }
+    .map_err(|err| err.to_string())?;
+    let connect = |start, recovering| Connect {
+        start,
+        view: view.clone(),
+        recovering,
+        token: token.clone(),
     };
     if let (Some(Value::String(pid)), Some(Value::String(offset))) =
         (auth.get("pid"), auth.get("offset"))
         && is_pid(pid)
         && let Ok(start @ Start::After(_)) = start_from_text("offset", Some(offset))
     {
-        return Ok(Connect {
-            start,
-            recovering: Some(pid.clone()),
-            token,
-        });
+        return Ok(connect(start, Some(pid.clone())));
     }
     for key in ["cursor", "lastEventId", "after"] {
         match start_from_json(key, auth.get(key)) {
             Ok(Start::Now) => continue,
-            Ok(start) => {
-                return Ok(Connect {
-                    start,
-                    recovering: None,
-                    token,
-                });
-            }
+            Ok(start) => return Ok(connect(start, None)),
             Err(err) => return Err(err.to_string()),
         }
     }
-    let start = start_from_text("cursor", query_cursor).map_err(|err| err.to_string())?;
-    Ok(Connect {
-        start,
-        recovering: None,
-        token,
-    })
+    let cursor = ["cursor", "lastEventId", "after"]
+        .into_iter()
+        .find_map(in_query);
+    let start = start_from_text("cursor", cursor.as_deref()).map_err(|err| err.to_string())?;
+    Ok(connect(start, None))
 }
+
+/// The `auth` (or query) fields that make a namespace's subscription a view.
+const VIEW_FIELDS: [&str; 4] = ["category", "q", "minPrice", "maxPrice"];
 
 /// A `pid` this server could have issued ([`super::session::random_id`]), so one it echoes
 /// back is never an arbitrary string of the client's.
@@ -139,7 +155,10 @@ mod tests {
     }
 
     fn start(json: &str, query: Option<&str>) -> Result<Start, String> {
-        read_connect(&auth(json), query).map(|c| c.start)
+        let query = query
+            .map(|cursor| format!("cursor={cursor}"))
+            .unwrap_or_default();
+        read_connect(&auth(json), &query).map(|c| c.start)
     }
 
     proptest! {
@@ -150,7 +169,7 @@ mod tests {
             query in any::<Option<String>>(),
         ) {
             let auth: Map<String, Value> = auth.into_iter().map(|(k, v)| (k, v.into())).collect();
-            let _ = read_connect(&auth, query.as_deref());
+            let _ = read_connect(&auth, query.as_deref().unwrap_or(""));
             let _ = Namespace::find(query.as_deref().unwrap_or(""));
         }
     }
@@ -195,13 +214,14 @@ mod tests {
         // A recovering client: its offset wins over its own cursor.
         let recovering = read_connect(
             &auth(r#"{"pid":"abc123","offset":"40","cursor":"5","token":"t"}"#),
-            None,
+            "",
         )
         .unwrap();
         assert_eq!(
             recovering,
             Connect {
                 start: Start::After(40),
+                view: None,
                 recovering: Some("abc123".into()),
                 token: Some("t".into()),
             }
@@ -214,7 +234,7 @@ mod tests {
             r#"{"pid":"not one!","offset":"40","cursor":"5"}"#,
             r#"{"pid":7,"offset":"40","cursor":"5"}"#,
         ] {
-            let connect = read_connect(&auth(json), None).unwrap();
+            let connect = read_connect(&auth(json), "").unwrap();
             assert_eq!(
                 (connect.start, connect.recovering),
                 (Start::After(5), None),

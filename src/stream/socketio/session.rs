@@ -90,8 +90,9 @@ pub(super) struct Session {
     pub(super) engine: Arc<Engine>,
     /// The handshake's credentials: its bearer token, origin and host.
     pub(super) credentials: Credentials,
-    /// The handshake query's cursor, for clients that cannot send `auth` (Postman).
-    pub(super) query_cursor: Option<String>,
+    /// The handshake's query string: a cursor and view filters for clients that cannot
+    /// send `auth` (Postman).
+    pub(super) query: String,
     pub(super) inbox: mpsc::Receiver<Inbound>,
     pub(super) slot: StreamSlot,
 }
@@ -430,12 +431,13 @@ impl Session {
         auth: &Map<String, Value>,
     ) {
         let nsp = namespace.path;
-        let connect = match read_connect(auth, self.query_cursor.as_deref()) {
-            Ok(connect) => connect,
+        let connected = read_connect(auth, &self.query)
+            .and_then(|connect| Ok((namespace.filter(connect.view.clone())?, connect)));
+        let (filter, connect) = match connected {
+            Ok(connected) => connected,
             Err(message) => return live.send(packet::connect_error(nsp, &message)),
         };
-        let opened =
-            Subscription::open(self.state.tail.clone(), connect.start, namespace.filter()).await;
+        let opened = Subscription::open(self.state.tail.clone(), connect.start, filter).await;
         let (subscription, reset) = match opened {
             Ok(opened) => opened,
             Err(err) => return live.send(packet::connect_error(nsp, &err.to_string())),

@@ -28,7 +28,7 @@ use crate::{
     events::{Filter, Start, Subscription},
     limits::client_ip,
     metrics::Transport,
-    stream::{socket::socket_config, start_from_text},
+    stream::{socket::socket_config, start_from_text, view_from_text},
 };
 
 /// The largest frame, and the largest message, a client may send; larger ones close the
@@ -89,21 +89,32 @@ async fn upgrade(
         .into_response())
 }
 
-/// `after`, `entity` and `types` (repeatable, comma-separated) of the upgrade request.
+/// `after`, `entity`, `types` (repeatable, comma-separated) and the view filters (`category`,
+/// `q`, `minPrice`, `maxPrice`) of the upgrade request.
 fn connect_params(query: &str) -> Result<(Start, Filter), ApiError> {
     let mut after = None;
     let mut entity = None;
     let mut types = Vec::new();
+    let mut view = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "after" => after = Some(value.into_owned()),
             "entity" => entity = Some(value.into_owned()),
             "types" => types.push(value.into_owned()),
+            "category" | "q" | "minPrice" | "maxPrice" => {
+                view.push((key.into_owned(), value.into_owned()));
+            }
             _ => {}
         }
     }
     let start = start_from_text("after", after.as_deref())?;
-    let filter = Filter::parse(entity.as_deref(), types.iter().map(String::as_str))?;
+    let view = view_from_text(|name| {
+        view.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    })?;
+    let filter =
+        Filter::parse(entity.as_deref(), types.iter().map(String::as_str))?.with_view(view)?;
     Ok((start, filter))
 }
 

@@ -20,7 +20,7 @@ use crate::{
     error::{ApiError, ProblemBody},
     events::{End, Filter, Start},
     service::writes::{Action, Answer, Write},
-    stream::start_from_json,
+    stream::{start_from_json, view_from_json},
 };
 
 /// What a client may ask for (the `op` of its frames).
@@ -190,18 +190,29 @@ impl<'de> Deserialize<'de> for Nullable {
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Frame {
-    Subscribe {
-        #[serde(default)]
-        after: Field,
-        #[serde(default)]
-        entity: Field,
-        #[serde(default)]
-        types: Field,
-    },
+    Subscribe(Box<SubscribeFrame>),
     Ping {},
     Create(WriteFrame),
     Update(WriteFrame),
     Delete(WriteFrame),
+}
+
+#[derive(Deserialize)]
+struct SubscribeFrame {
+    #[serde(default)]
+    after: Field,
+    #[serde(default)]
+    entity: Field,
+    #[serde(default)]
+    types: Field,
+    #[serde(default)]
+    category: Field,
+    #[serde(default)]
+    q: Field,
+    #[serde(default, rename = "minPrice")]
+    min_price: Field,
+    #[serde(default, rename = "maxPrice")]
+    max_price: Field,
 }
 
 #[derive(Deserialize)]
@@ -282,11 +293,7 @@ pub(crate) fn read_frame(value: Value) -> (Value, Result<Command, ApiError>) {
 fn command(frame: Frame, has_request_id: bool) -> Result<Command, ApiError> {
     let (op, write) = match frame {
         Frame::Ping {} => return Ok(Command::Ping),
-        Frame::Subscribe {
-            after,
-            entity,
-            types,
-        } => return subscribe(after, entity, types),
+        Frame::Subscribe(frame) => return subscribe(*frame),
         Frame::Create(write) => (ClientOp::Create, write),
         Frame::Update(write) => (ClientOp::Update, write),
         Frame::Delete(write) => (ClientOp::Delete, write),
@@ -381,7 +388,31 @@ fn command(frame: Frame, has_request_id: bool) -> Result<Command, ApiError> {
     Ok(Command::Write(Write { entity, action }))
 }
 
-fn subscribe(after: Field, entity: Field, types: Field) -> Result<Command, ApiError> {
+fn subscribe(frame: SubscribeFrame) -> Result<Command, ApiError> {
+    let SubscribeFrame {
+        after,
+        entity,
+        types,
+        category,
+        q,
+        min_price,
+        max_price,
+    } = frame;
+    let view = [
+        ("category", category),
+        ("q", q),
+        ("minPrice", min_price),
+        ("maxPrice", max_price),
+    ]
+    .map(|(name, field)| match field {
+        Field::Absent => (name, None),
+        Field::Sent(value) => (name, Some(value)),
+    });
+    let view = view_from_json(|name| {
+        view.iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, value)| value.as_ref())
+    })?;
     let sent = |field: Field| match field {
         Field::Absent => None,
         Field::Sent(value) => Some(value),
@@ -405,7 +436,8 @@ fn subscribe(after: Field, entity: Field, types: Field) -> Result<Command, ApiEr
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(not_strings()),
     };
-    let filter = Filter::parse(entity.as_deref(), types.iter().map(String::as_str))?;
+    let filter =
+        Filter::parse(entity.as_deref(), types.iter().map(String::as_str))?.with_view(view)?;
     Ok(Command::Subscribe { start, filter })
 }
 
