@@ -1,6 +1,6 @@
-//! `bench`: the load generator and harness of issue 7. `cargo run --release -p bench -- all`
-//! builds funko-live, installs the Node peer, runs every scenario against both (servers on
-//! core 0, generator processes on core 1, median of 3 runs) and writes `bench/results/` and
+//! `bench`: the load generator and harness. `cargo run --release -p bench -- all` builds
+//! funko-live, installs the Node peer, runs every scenario against both (servers on core 0,
+//! generator processes on core 1, median of 3 runs) and writes `bench/results/` and
 //! `BENCHMARKS.md`.
 
 mod clock;
@@ -21,16 +21,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    report::{Machine, Notes, Thresholds},
+    report::{Machine, Notes},
     scenarios::{Ctx, Plan, Scenario},
     servers::{Kind, Launch},
 };
 
 #[derive(Parser)]
-#[command(
-    name = "bench",
-    about = "Benchmark funko-live against a Node.js peer (issue 7)."
-)]
+#[command(name = "bench", about = "Benchmark funko-live against a Node.js peer.")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -84,9 +81,9 @@ enum Cmd {
     Replay,
     /// Subscribers that stop reading while writes go on: server RSS and readers' latency.
     Slow,
-    /// The kernel's cost of one loopback write per subscriber: the floor under any fan-out.
+    /// A server with no code of its own writing to N subscribers: the fan-out's kernel floor.
     Floor,
-    /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/analysis.md).
+    /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/findings.md).
     Report,
     /// Internal: a generator process (reads its task on stdin).
     #[command(hide = true)]
@@ -250,23 +247,12 @@ fn main() -> anyhow::Result<()> {
         report::fanout_chart(&ctx.results, &out.join("fanout.png"))?;
     }
     eprintln!("wrote {}", out.display());
-    let thresholds = Thresholds {
-        fanout_big: plan.fanout_ns.iter().copied().max().unwrap_or(0),
-        fanout_small: if plan.fanout_ns.contains(&1000) {
-            1000
-        } else {
-            plan.fanout_ns.first().copied().unwrap_or(0)
-        },
-        conn_max: plan.conn_steps.last().copied().unwrap_or(0),
-        replay_k: plan.replay_k as usize,
-    };
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     if cli.cmd == Cmd::All {
         let notes = Notes {
             load: (load_start.clone(), report::loadavg()),
             runs: plan.runs,
             pinned: pin,
-            plan: plan_text,
             minutes,
             extra: ctx
                 .failures
@@ -277,15 +263,11 @@ fn main() -> anyhow::Result<()> {
         let info = report::RunInfo {
             machine: Machine::probe(),
             notes,
-            fanout_big: thresholds.fanout_big,
-            fanout_small: thresholds.fanout_small,
-            conn_max: thresholds.conn_max,
-            replay_k: thresholds.replay_k,
         };
         std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
         write_markdown(&root, &ctx.results, &info)?;
     }
-    for row in report::targets(&ctx.results, &thresholds) {
+    for row in report::targets(&ctx.results) {
         if row.met.is_some() && !smoke {
             eprintln!(
                 "{:<58} ours {:<40} peer {:<40} {:<18} {}",
@@ -387,18 +369,9 @@ fn write_markdown(
     results: &report::Results,
     info: &report::RunInfo,
 ) -> anyhow::Result<()> {
-    let thresholds = Thresholds {
-        fanout_big: info.fanout_big,
-        fanout_small: info.fanout_small,
-        conn_max: info.conn_max,
-        replay_k: info.replay_k,
-    };
-    let mut md = report::markdown(results, &thresholds, &info.machine, &info.notes);
-    // The hand-written analysis of misses (profiles, causes) rides along unchanged.
-    if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
-        md.push('\n');
-        md.push_str(&analysis);
-    }
+    // The findings are hand-written after a run: a few bullets, read from bench/findings.md.
+    let findings = std::fs::read_to_string(root.join("bench/findings.md")).unwrap_or_default();
+    let md = report::markdown(results, &info.machine, &info.notes, &findings);
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     eprintln!("wrote {}", root.join("BENCHMARKS.md").display());
     Ok(())

@@ -31,8 +31,6 @@ const PER_WORKER: usize = 9_000;
 /// Subscribers per client address: funko-live caps streams per client IP (1,000 by default),
 /// as a real crowd comes from many addresses.
 const PER_SRC: usize = 500;
-/// funko-live's default `--notsent-lowat-bytes`, which the slow-consumer floor sets too.
-const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// How long a subscriber worker may live, in seconds, for a stream of `run_s` seconds: two
 /// minutes to connect, then the stream, then a minute to drain.
@@ -65,8 +63,8 @@ pub struct Plan {
     pub slow_rate: f64,
     pub slow_baseline_s: f64,
     pub slow_s: f64,
-    /// Socket counts of the kernel-floor measurement (two descriptors per socket pair, in
-    /// one process: at most ~9,000 under a 20,000-file limit).
+    /// Socket counts of the kernel floor: the SSE fan-out's latency targets' N (at most
+    /// ~9,000 connections to one process under a 20,000-file limit).
     pub floor_ns: Vec<usize>,
 }
 
@@ -94,7 +92,7 @@ impl Plan {
             slow_rate: 1_000.0,
             slow_baseline_s: 5.0,
             slow_s: 30.0,
-            floor_ns: vec![1_000, 5_000, 9_000],
+            floor_ns: vec![1_000, 9_000],
         }
     }
 
@@ -270,54 +268,26 @@ impl Ctx {
         if scenario == Scenario::Floor {
             let core = self.launch.pin.then_some(0);
             let (rounds, rate) = (self.plan.fanout_events as usize, self.plan.fanout_rate);
-            let (runs, ns) = (self.plan.runs, self.plan.floor_ns.clone());
-            let points: Vec<_> = (1..=runs)
-                .flat_map(|run| ns.iter().map(move |&n| (run, n)))
-                .collect();
-            for (run, n) in points {
-                eprintln!("-- floor run {run}/{runs} at {n}");
-                match self.floor(n, rounds, rate, core).await {
-                    Ok((floor, latency)) => {
-                        let (p50, p99) = (latency.quantile_ms(0.5), latency.quantile_ms(0.99));
-                        eprintln!(
-                            "   {n} sockets: {:.2} µs per write (median round), best {:.2}; \
-                             quick-ACK rounds {:.2}, later {}; latency p50 {:.2} ms, p99 {:.2} ms",
-                            floor.write_us,
-                            floor.write_us_best,
-                            floor.write_us_quick,
-                            floor
-                                .write_us_later
-                                .map_or("-".to_owned(), |w| format!("{w:.2}")),
-                            p50,
-                            p99
-                        );
-                        self.record_all(
-                            "floor",
-                            crate::report::KERNEL,
-                            "tcp",
-                            n,
-                            [
-                                ("write_us", "µs", floor.write_us),
-                                ("write_us_best", "µs", floor.write_us_best),
-                                ("write_us_quick", "µs", floor.write_us_quick),
-                                ("p50", "ms", p50),
-                                ("p99", "ms", p99),
-                            ],
-                        );
-                        if let Some(later) = floor.write_us_later {
+            for run in 1..=self.plan.runs {
+                for n in self.plan.floor_ns.clone() {
+                    match self.floor(n, rounds, rate, core).await {
+                        Ok((write_us, latency)) => {
+                            let p99 = latency.quantile_ms(0.99);
+                            eprintln!(
+                                "   floor run {run}, {n} sockets: {write_us:.2} µs per write, p99 {p99:.2} ms"
+                            );
                             self.record_all(
                                 "floor",
                                 crate::report::KERNEL,
                                 "tcp",
                                 n,
-                                [("write_us_later", "µs", later)],
+                                [("write_us", "µs", write_us), ("p99", "ms", p99)],
                             );
                         }
+                        Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                     }
-                    Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
             }
-            self.slow_floor(core).await;
             return Ok(());
         }
         if scenario == Scenario::Replay {
@@ -645,7 +615,7 @@ impl Ctx {
         rounds: usize,
         rate: f64,
         core: Option<usize>,
-    ) -> anyhow::Result<(crate::floor::Costs, crate::hist::Hist)> {
+    ) -> anyhow::Result<(f64, crate::hist::Hist)> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let costs = crate::floor::serve(listener, n, rounds, rate, core);
@@ -1115,51 +1085,6 @@ impl Ctx {
     }
 
     // ---------------------------------------------------------------- slow
-
-    /// The slow-consumer scenario's readers and non-readers with no server code (see
-    /// [`crate::floor::slow`]): how far the kernel's own work moves the readers' p99.
-    async fn slow_floor(&mut self, core: Option<usize>) {
-        let p = self.plan.clone();
-        for run in 1..=p.runs {
-            let floor = crate::floor::slow(
-                p.slow_readers,
-                p.slow_m,
-                p.slow_rate,
-                (p.slow_baseline_s, p.slow_s),
-                NOTSENT_LOWAT,
-                core,
-            )
-            .await;
-            match floor {
-                Ok(f) => {
-                    eprintln!(
-                        "   slow floor run {run}: {} readers' p99 {:.2} ms alone, {:.2} ms beside \
-                         {} non-reading sockets ({:.2} ms after the first second); each \
-                         non-reader took {:.0} KiB",
-                        p.slow_readers,
-                        f.alone_p99_ms,
-                        f.beside_p99_ms,
-                        p.slow_m,
-                        f.beside_settled_p99_ms,
-                        f.held_kib
-                    );
-                    self.record_all(
-                        "floor",
-                        crate::report::KERNEL,
-                        "tcp",
-                        p.slow_m,
-                        [
-                            ("slow_p99_alone", "ms", f.alone_p99_ms),
-                            ("slow_p99_beside", "ms", f.beside_p99_ms),
-                            ("slow_p99_settled", "ms", f.beside_settled_p99_ms),
-                            ("slow_held", "KiB", f.held_kib),
-                        ],
-                    );
-                }
-                Err(e) => self.fail(format!("slow floor: {e:#}")),
-            }
-        }
-    }
 
     async fn slow(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
         let p = self.plan.clone();

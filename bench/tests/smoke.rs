@@ -37,7 +37,7 @@ fn smoke_run_of_the_harness_completes() {
             );
         }
     }
-    for metric in ["write_us", "slow_p99_alone", "slow_p99_beside"] {
+    for metric in ["write_us", "p99"] {
         assert!(
             csv.lines()
                 .any(|l| l.starts_with("floor,kernel,") && l.contains(&format!(",{metric},"))),
