@@ -73,7 +73,7 @@ enum Cmd {
     Smoke,
     /// GET by id, GET list, POST, PATCH: requests/s and latency.
     Crud,
-    /// N subscribers on SSE (several N), long-poll and WebSocket; deliveries/s.
+    /// N subscribers on SSE, long-poll, WebSocket and Socket.IO; deliveries/s.
     Fanout,
     /// Idle SSE connections ramped up: server RSS per connection.
     Connections,
@@ -297,7 +297,7 @@ fn main() -> anyhow::Result<()> {
 fn describe(p: &Plan) -> String {
     format!(
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
-         long-poll N = {}; WebSocket N = {}; throughput N = {} for {} s with {} POST connections; \
+         long-poll N = {}; WebSocket N = {:?}; Socket.IO N = {:?}; throughput N = {} for {} s with {} POST connections; \
          idle SSE connections in steps {:?}, idle WebSockets {}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
          ({} s alone, then {} s); kernel floor at {:?} sockets",
         p.crud_connections,
@@ -307,7 +307,8 @@ fn describe(p: &Plan) -> String {
         p.fanout_events,
         p.fanout_rate,
         p.poll_n,
-        p.ws_n,
+        p.ws_ns,
+        p.sio_ns,
         p.throughput_n,
         p.throughput_s,
         p.throughput_concurrency,

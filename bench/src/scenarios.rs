@@ -50,7 +50,9 @@ pub struct Plan {
     pub fanout_events: u64,
     pub fanout_rate: f64,
     pub poll_n: usize,
-    pub ws_n: usize,
+    pub ws_ns: Vec<usize>,
+    /// Socket.IO (WebSocket transport) fan-out sizes.
+    pub sio_ns: Vec<usize>,
     pub throughput_n: usize,
     pub throughput_s: f64,
     pub throughput_concurrency: usize,
@@ -80,7 +82,8 @@ impl Plan {
             fanout_events: 40,
             fanout_rate: 10.0,
             poll_n: 1_000,
-            ws_n: 1_000,
+            ws_ns: vec![1_000, 5_000],
+            sio_ns: vec![1_000, 5_000],
             throughput_n: 1_000,
             throughput_s: 5.0,
             throughput_concurrency: 8,
@@ -107,7 +110,8 @@ impl Plan {
             fanout_events: 5,
             fanout_rate: 20.0,
             poll_n: 5,
-            ws_n: 5,
+            ws_ns: vec![5],
+            sio_ns: vec![5],
             throughput_n: 5,
             throughput_s: 1.0,
             throughput_concurrency: 2,
@@ -600,8 +604,13 @@ impl Ctx {
         }
         self.fanout_point(kind, Transport::Poll, plan.poll_n, true)
             .await?;
-        self.fanout_point(kind, Transport::Ws, plan.ws_n, false)
-            .await?;
+        for &n in &plan.ws_ns {
+            self.fanout_point(kind, Transport::Ws, n, false).await?;
+        }
+        for &n in &plan.sio_ns {
+            self.fanout_point(kind, Transport::SocketIo, n, false)
+                .await?;
+        }
         self.throughput(kind).await?;
         Ok(())
     }
