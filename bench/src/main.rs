@@ -7,6 +7,7 @@ mod clock;
 mod floor;
 mod hist;
 mod http;
+mod pg;
 mod report;
 mod scenarios;
 mod servers;
@@ -83,6 +84,8 @@ enum Cmd {
     Slow,
     /// A server with no code of its own writing to N subscribers: the fan-out's kernel floor.
     Floor,
+    /// 1, 2 and 4 funko-live instances on one private PostgreSQL: POST/s and fan-out p99.
+    Cluster,
     /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/findings.md).
     Report,
     /// Internal: a generator process (reads its task on stdin).
@@ -196,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Replay,
             Scenario::Slow,
             Scenario::Floor,
+            Scenario::Cluster,
         ],
         Cmd::Crud => vec![Scenario::Crud],
         Cmd::Fanout => vec![Scenario::Fanout],
@@ -203,6 +207,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Replay => vec![Scenario::Replay],
         Cmd::Slow => vec![Scenario::Slow],
         Cmd::Floor => vec![Scenario::Floor],
+        Cmd::Cluster => vec![Scenario::Cluster],
         Cmd::Worker | Cmd::Report => unreachable!(),
     };
     let out = cli.out.clone().unwrap_or_else(|| {
@@ -299,7 +304,8 @@ fn describe(p: &Plan) -> String {
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
          long-poll N = {}; WebSocket N = {:?}; Socket.IO N = {:?}; throughput N = {} for {} s with {} POST connections; \
          idle SSE connections in steps {:?}, idle WebSockets {}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
-         ({} s alone, then {} s); kernel floor at {:?} sockets",
+         ({} s alone, then {} s); kernel floor at {:?} sockets; PostgreSQL instances {:?} \
+         with {} SSE subscribers",
         p.crud_connections,
         p.crud_warmup_s,
         p.crud_duration_s,
@@ -320,7 +326,9 @@ fn describe(p: &Plan) -> String {
         p.slow_rate,
         p.slow_baseline_s,
         p.slow_s,
-        p.floor_ns
+        p.floor_ns,
+        p.cluster_ks,
+        p.cluster_n
     )
 }
 

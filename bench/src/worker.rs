@@ -179,6 +179,9 @@ pub struct CrudReport {
     #[serde(default)]
     pub cpu_s: f64,
     pub requests: u64,
+    /// Requests answered over warm-up and measurement, for the server's CPU per request.
+    #[serde(default)]
+    pub all_requests: u64,
     pub errors: u64,
     pub latency: Hist,
     pub elapsed_s: f64,
@@ -846,6 +849,9 @@ async fn crud(task: CrudTask) -> CrudReport {
                     }
                 };
                 let done = Instant::now();
+                if res.is_ok() {
+                    report.borrow_mut().all_requests += 1;
+                }
                 if t < measure_from {
                     if let Err(e) = res {
                         let mut r = report.borrow_mut();
