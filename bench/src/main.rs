@@ -1,12 +1,13 @@
-//! `bench`: the load generator and harness of issue 7. `cargo run --release -p bench -- all`
-//! builds funko-live, installs the Node peer, runs every scenario against both (servers on
-//! core 0, generator processes on core 1, median of 3 runs) and writes `bench/results/` and
+//! `bench`: the load generator and harness. `cargo run --release -p bench -- all` builds
+//! funko-live, installs the Node peer, runs every scenario against both (servers on core 0,
+//! generator processes on core 1, median of 3 runs) and writes `bench/results/` and
 //! `BENCHMARKS.md`.
 
 mod clock;
 mod floor;
 mod hist;
 mod http;
+mod pg;
 mod report;
 mod scenarios;
 mod servers;
@@ -21,16 +22,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    report::{Machine, Notes, Thresholds},
+    report::{Machine, Notes},
     scenarios::{Ctx, Plan, Scenario},
     servers::{Kind, Launch},
 };
 
 #[derive(Parser)]
-#[command(
-    name = "bench",
-    about = "Benchmark funko-live against a Node.js peer (issue 7)."
-)]
+#[command(name = "bench", about = "Benchmark funko-live against a Node.js peer.")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -76,7 +74,7 @@ enum Cmd {
     Smoke,
     /// GET by id, GET list, POST, PATCH: requests/s and latency.
     Crud,
-    /// N subscribers on SSE (several N), long-poll and WebSocket; deliveries/s.
+    /// N subscribers on SSE, long-poll, WebSocket and Socket.IO; deliveries/s.
     Fanout,
     /// Idle SSE connections ramped up: server RSS per connection.
     Connections,
@@ -84,9 +82,11 @@ enum Cmd {
     Replay,
     /// Subscribers that stop reading while writes go on: server RSS and readers' latency.
     Slow,
-    /// The kernel's cost of one loopback write per subscriber: the floor under any fan-out.
+    /// A server with no code of its own writing to N subscribers: the fan-out's kernel floor.
     Floor,
-    /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/analysis.md).
+    /// 1, 2 and 4 funko-live instances on one private PostgreSQL: POST/s and fan-out p99.
+    Cluster,
+    /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/findings.md).
     Report,
     /// Internal: a generator process (reads its task on stdin).
     #[command(hide = true)]
@@ -199,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Replay,
             Scenario::Slow,
             Scenario::Floor,
+            Scenario::Cluster,
         ],
         Cmd::Crud => vec![Scenario::Crud],
         Cmd::Fanout => vec![Scenario::Fanout],
@@ -206,6 +207,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Replay => vec![Scenario::Replay],
         Cmd::Slow => vec![Scenario::Slow],
         Cmd::Floor => vec![Scenario::Floor],
+        Cmd::Cluster => vec![Scenario::Cluster],
         Cmd::Worker | Cmd::Report => unreachable!(),
     };
     let out = cli.out.clone().unwrap_or_else(|| {
@@ -250,23 +252,12 @@ fn main() -> anyhow::Result<()> {
         report::fanout_chart(&ctx.results, &out.join("fanout.png"))?;
     }
     eprintln!("wrote {}", out.display());
-    let thresholds = Thresholds {
-        fanout_big: plan.fanout_ns.iter().copied().max().unwrap_or(0),
-        fanout_small: if plan.fanout_ns.contains(&1000) {
-            1000
-        } else {
-            plan.fanout_ns.first().copied().unwrap_or(0)
-        },
-        conn_max: plan.conn_steps.last().copied().unwrap_or(0),
-        replay_k: plan.replay_k as usize,
-    };
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     if cli.cmd == Cmd::All {
         let notes = Notes {
             load: (load_start.clone(), report::loadavg()),
             runs: plan.runs,
             pinned: pin,
-            plan: plan_text,
             minutes,
             extra: ctx
                 .failures
@@ -277,15 +268,11 @@ fn main() -> anyhow::Result<()> {
         let info = report::RunInfo {
             machine: Machine::probe(),
             notes,
-            fanout_big: thresholds.fanout_big,
-            fanout_small: thresholds.fanout_small,
-            conn_max: thresholds.conn_max,
-            replay_k: thresholds.replay_k,
         };
         std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
         write_markdown(&root, &ctx.results, &info)?;
     }
-    for row in report::targets(&ctx.results, &thresholds) {
+    for row in report::targets(&ctx.results) {
         if row.met.is_some() && !smoke {
             eprintln!(
                 "{:<58} ours {:<40} peer {:<40} {:<18} {}",
@@ -315,9 +302,10 @@ fn main() -> anyhow::Result<()> {
 fn describe(p: &Plan) -> String {
     format!(
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
-         long-poll N = {}; WebSocket N = {}; throughput N = {} for {} s with {} POST connections; \
+         long-poll N = {}; WebSocket N = {:?}; Socket.IO N = {:?}; throughput N = {} for {} s with {} POST connections; \
          idle SSE connections in steps {:?}, idle WebSockets {}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
-         ({} s alone, then {} s); kernel floor at {:?} sockets",
+         ({} s alone, then {} s); kernel floor at {:?} sockets; PostgreSQL instances {:?} \
+         with {} SSE subscribers",
         p.crud_connections,
         p.crud_warmup_s,
         p.crud_duration_s,
@@ -325,7 +313,8 @@ fn describe(p: &Plan) -> String {
         p.fanout_events,
         p.fanout_rate,
         p.poll_n,
-        p.ws_n,
+        p.ws_ns,
+        p.sio_ns,
         p.throughput_n,
         p.throughput_s,
         p.throughput_concurrency,
@@ -337,7 +326,9 @@ fn describe(p: &Plan) -> String {
         p.slow_rate,
         p.slow_baseline_s,
         p.slow_s,
-        p.floor_ns
+        p.floor_ns,
+        p.cluster_ks,
+        p.cluster_n
     )
 }
 
@@ -387,18 +378,9 @@ fn write_markdown(
     results: &report::Results,
     info: &report::RunInfo,
 ) -> anyhow::Result<()> {
-    let thresholds = Thresholds {
-        fanout_big: info.fanout_big,
-        fanout_small: info.fanout_small,
-        conn_max: info.conn_max,
-        replay_k: info.replay_k,
-    };
-    let mut md = report::markdown(results, &thresholds, &info.machine, &info.notes);
-    // The hand-written analysis of misses (profiles, causes) rides along unchanged.
-    if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
-        md.push('\n');
-        md.push_str(&analysis);
-    }
+    // The findings are hand-written after a run: a few bullets, read from bench/findings.md.
+    let findings = std::fs::read_to_string(root.join("bench/findings.md")).unwrap_or_default();
+    let md = report::markdown(results, &info.machine, &info.notes, &findings);
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     eprintln!("wrote {}", root.join("BENCHMARKS.md").display());
     Ok(())

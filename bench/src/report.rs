@@ -108,14 +108,6 @@ impl Results {
             .map(|(_, v)| median(v))
     }
 
-    /// How many runs measured a figure (the first row of `scenario` with `metric`; 0 if none).
-    pub fn runs_of(&self, scenario: &str, metric: &str) -> usize {
-        self.rows
-            .iter()
-            .find(|(k, _)| k.scenario == scenario && k.metric == metric)
-            .map_or(0, |(_, values)| values.len())
-    }
-
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         let runs = self.rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
         let mut out = String::from("scenario,server,transport,n,metric,unit");
@@ -178,8 +170,12 @@ fn register_font() {
     });
 }
 
-/// The slow-consumer target's row, and its bound on RSS growth in the run's second half.
-const SLOW_ROW: &str = "1,000 non-reading subscribers, 1,000 writes/s for 30 s";
+pub const OURS: &str = "funko-live";
+pub const PEER: &str = "node-peer";
+/// The kernel-floor rows (no server).
+pub const KERNEL: &str = "kernel";
+
+/// The slow-consumer bound on RSS growth in the run's second half.
 const RSS_GROWTH_MIB: f64 = 8.0;
 
 /// The slow-consumer rule for "readers' p99 unchanged": the most the readers' p99 beside the
@@ -187,128 +183,192 @@ const RSS_GROWTH_MIB: f64 = 8.0;
 fn readers_p99_limit(alone_ms: f64) -> f64 {
     1.5 * alone_ms + 2.0
 }
-const OURS: &str = "funko-live";
-const PEER: &str = "node-peer";
-/// The kernel-floor rows (no server).
-pub const KERNEL: &str = "kernel";
 
-/// fanout.png: SSE publish-to-deliver p99 (solid) and p50 (thin) vs N, ours vs the peer.
-pub fn fanout_chart(results: &Results, path: &Path) -> anyhow::Result<bool> {
-    register_font();
-    let series = |scenario: &str, transport: &str, server: &str, metric: &str| {
-        let mut pts: Vec<(f64, f64)> = results
-            .rows
-            .iter()
-            .filter(|(k, _)| {
-                k.scenario == scenario
-                    && k.transport == transport
-                    && k.server == server
-                    && k.metric == metric
-            })
-            .map(|(k, v)| (k.n as f64, median(v).max(0.01)))
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pts
-    };
-    let fanout = |server: &'static str, metric: &'static str| {
-        (
-            format!("{server} {metric}"),
-            series("fanout", "sse", server, metric),
-        )
-    };
-    // The kernel floor's p99: a server with no code of its own, read by the same generator.
-    let floor = (
-        "kernel floor p99 (no server code)".to_owned(),
-        series("floor", "tcp", KERNEL, "p99"),
-    );
-    let lines = [
-        (fanout(OURS, "p99"), RGBColor(200, 60, 30), 3),
-        (fanout(PEER, "p99"), RGBColor(40, 90, 200), 3),
-        (floor, RGBColor(90, 90, 90), 2),
-        (fanout(OURS, "p50"), RGBColor(200, 60, 30), 1),
-        (fanout(PEER, "p50"), RGBColor(40, 90, 200), 1),
-    ];
-    let data: Vec<_> = lines
-        .into_iter()
-        .map(|((label, pts), color, width)| (label, color, width, pts))
+type Series = Vec<(f64, f64)>;
+
+/// The medians of a metric by N for one (scenario, server, transport).
+fn series(r: &Results, scenario: &str, server: &str, transport: &str, metric: &str) -> Series {
+    let mut pts: Series = r
+        .rows
+        .iter()
+        .filter(|(k, _)| {
+            k.scenario == scenario
+                && k.server == server
+                && k.transport == transport
+                && k.metric == metric
+        })
+        .map(|(k, v)| (k.n as f64, median(v)))
+        .filter(|p| p.1.is_finite())
         .collect();
-    let all: Vec<(f64, f64)> = data.iter().flat_map(|d| d.3.clone()).collect();
-    if all.is_empty() {
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
+/// fanout.png: on the left, fan-out p99 against subscribers for every transport, ours and the
+/// peer's, beside the kernel floor; on the right, POST/s and fan-out p99 against instances on
+/// PostgreSQL.
+pub fn fanout_chart(r: &Results, path: &Path) -> anyhow::Result<bool> {
+    register_font();
+    let (red, blue, grey) = (
+        RGBColor(200, 60, 30),
+        RGBColor(40, 90, 200),
+        RGBColor(90, 90, 90),
+    );
+    let lines: Vec<(String, RGBColor, u32, Series)> = [
+        ("SSE", "sse", red, blue),
+        (
+            "WebSocket",
+            "ws",
+            RGBColor(235, 150, 20),
+            RGBColor(20, 160, 170),
+        ),
+        (
+            "Socket.IO",
+            "socketio",
+            RGBColor(150, 40, 150),
+            RGBColor(40, 150, 60),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(label, t, ours, peer)| {
+        [
+            (
+                format!("funko-live {label}"),
+                ours,
+                3,
+                series(r, "fanout", OURS, t, "p99"),
+            ),
+            (
+                format!("node peer {label}"),
+                peer,
+                2,
+                series(r, "fanout", PEER, t, "p99"),
+            ),
+        ]
+    })
+    .chain([(
+        "kernel floor (no server code)".to_owned(),
+        grey,
+        2,
+        series(r, "floor", KERNEL, "tcp", "p99"),
+    )])
+    .map(|(l, c, w, pts)| {
+        (
+            l,
+            c,
+            w,
+            pts.into_iter().map(|(x, y)| (x, y.max(0.01))).collect(),
+        )
+    })
+    .filter(|(.., pts): &(_, _, _, Series)| !pts.is_empty())
+    .collect();
+    if lines.is_empty() {
         return Ok(false);
     }
-    let (xmin, xmax) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (ymin, ymax) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
+    let posts = series(r, "cluster", OURS, "pg", "posts_per_s");
+    let p99 = series(r, "cluster", OURS, "pg", "p99");
+    let width = if posts.is_empty() { 900 } else { 1340 };
+    let root = BitMapBackend::new(path, (width, 620)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "SSE fan-out: publish-to-deliver latency vs subscribers (median of runs)",
-            ("sans-serif", 22),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
+    let (left, right) = root.split_horizontally(900);
+    let all: Series = lines.iter().flat_map(|l| l.3.clone()).collect();
+    let bounds = |f: fn(&(f64, f64)) -> f64| {
+        all.iter()
+            .map(f)
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)))
+    };
+    let ((xmin, xmax), (ymin, ymax)) = (bounds(|p| p.0), bounds(|p| p.1));
+    let mut chart = ChartBuilder::on(&left)
+        .caption("Fan-out p99 (median of runs)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
         .build_cartesian_2d(
             ((xmin * 0.7)..(xmax * 1.4)).log_scale(),
             ((ymin * 0.5).max(0.01)..(ymax * 2.0)).log_scale(),
         )?;
     chart
         .configure_mesh()
-        .x_desc("subscribers (N)")
+        .x_desc("subscribers")
+        .y_desc("publish-to-deliver p99, ms")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| {
-            if *y >= 1.0 {
-                format!("{y:.0}")
-            } else {
-                format!("{y:.1}")
-            }
-        })
-        .y_desc("latency, ms (log)")
-        .label_style(("sans-serif", 15))
+        .y_label_formatter(&|y| format!("{y}"))
+        .label_style(("sans-serif", 14))
         .draw()?;
-    for (label, color, width, pts) in data {
-        if pts.is_empty() {
-            continue;
-        }
+    for (label, color, width, pts) in lines {
         let style = color.stroke_width(width);
         chart
             .draw_series(LineSeries::new(pts.clone(), style))?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
-            });
-        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .label_font(("sans-serif", 15))
+        .label_font(("sans-serif", 13))
         .draw()?;
+
+    if !posts.is_empty() {
+        let (top, bottom) = right.split_vertically(310);
+        let kmax = posts.iter().chain(&p99).map(|p| p.0).fold(1.0, f64::max);
+        for (area, pts, caption, color) in [
+            (
+                &top,
+                &posts,
+                "PostgreSQL: POST/s through all instances",
+                red,
+            ),
+            (
+                &bottom,
+                &p99,
+                "PostgreSQL: fan-out p99, ms (1,000 SSE)",
+                blue,
+            ),
+        ] {
+            let ymax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.25;
+            let mut c = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 17))
+                .margin(12)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(0.5..(kmax + 0.5), 0.0..ymax)?;
+            c.configure_mesh()
+                .x_desc("instances")
+                .x_labels(kmax as usize)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .label_style(("sans-serif", 13))
+                .draw()?;
+            c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
+            c.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        }
+    }
     root.present()?;
     Ok(true)
 }
 
-/// One line of the issue's target table.
+/// One line of the targets table.
 pub struct TargetRow {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub target: &'static str,
     pub ours: String,
+    /// The peer's figure, or the reference the target compares ours with.
     pub peer: String,
     pub ratio: String,
     pub met: Option<bool>,
+    /// Why a miss cannot be helped here, measured in the same run.
+    pub why: Option<String>,
 }
 
 fn num(x: Option<f64>, unit: &str) -> String {
     let text = match x {
         Some(v) if v.is_finite() && unit == "count" => return format!("{v:.0}"),
         Some(v) if v.is_finite() => {
-            if v >= 100.0 {
+            if v >= 10_000.0 {
+                count(v.round() as usize)
+            } else if v >= 100.0 {
                 format!("{v:.0}")
             } else if v >= 10.0 {
                 format!("{v:.1}")
@@ -325,244 +385,440 @@ fn num(x: Option<f64>, unit: &str) -> String {
     }
 }
 
-/// `a / b` as "N.Nx good", or as "N.Nx bad" of the inverse when below 1.
-fn ratio_word(a: Option<f64>, b: Option<f64>, good: &str, bad: &str) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() => {
-            let x = a / b;
-            if x >= 1.0 {
-                format!("{x:.1}x {good}")
-            } else {
-                format!("{:.1}x {bad}", 1.0 / x)
-            }
-        }
-        _ => "n/a".into(),
-    }
-}
-
+/// `a / b` with two decimals: a ratio near a threshold (1.97x against 2x) must not print as met.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        // Two decimals: a ratio near a threshold (1.97x against 2x) must not print as met.
         (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}x", a / b),
         _ => "n/a".into(),
     }
 }
 
-pub struct Thresholds {
-    pub fanout_big: usize,
-    pub fanout_small: usize,
-    pub conn_max: usize,
-    pub replay_k: usize,
+/// Thousands separated, for row names.
+fn count(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Why an absolute latency target cannot be met on this machine, when the kernel floor
-/// measured in the same run says so: a server with no code of its own and no commit would
-/// already miss it (its frame p99 at the nearest socket count not above `n` is over `limit`).
-pub fn floor_forbids(r: &Results, n: usize, limit_ms: f64) -> Option<String> {
-    let (floor_n, p99) = r
-        .rows
-        .iter()
-        .filter(|(k, _)| k.scenario == "floor" && k.metric == "p99" && k.n <= n)
-        .filter_map(|(k, _)| Some((k.n, r.get("floor", KERNEL, "tcp", Some(k.n), "p99")?)))
-        .max_by_key(|(floor_n, _)| *floor_n)?;
+/// measured in the same run says so: a server with no code of its own would already miss it
+/// (its frame p99 at the nearest socket count not above `n` is over `limit`).
+fn floor_forbids(r: &Results, n: usize, limit_ms: f64) -> Option<String> {
+    let (floor_n, p99) = series(r, "floor", KERNEL, "tcp", "p99")
+        .into_iter()
+        .rfind(|(k, _)| *k as usize <= n)?;
     (p99 > limit_ms).then(|| {
-        format!("impossible here: the kernel floor alone has p99 {p99:.1} ms at {floor_n} sockets")
-    })
-}
-
-/// Why "readers' p99 unchanged" cannot be met on this machine, when the slow-consumer floor
-/// measured in the same run says so: with no server code, no commit and no way to tell the
-/// readers apart, the kernel's own work for the non-readers already raises the readers' p99
-/// by more than the rule lets ours rise ([`readers_p99_limit`] of ours alone, minus ours alone).
-pub fn slow_floor_forbids(r: &Results) -> Option<String> {
-    let floor = |metric| r.get("floor", KERNEL, "tcp", None, metric);
-    let (alone, beside) = (floor("slow_p99_alone")?, floor("slow_p99_beside")?);
-    let ours = r.get("slow", OURS, "sse", None, "readers_p99_alone")?;
-    let allowed = readers_p99_limit(ours) - ours;
-    (beside - alone > allowed).then(|| {
         format!(
-            "readers' p99 impossible here: with no server code (kernel floor) it goes \
-             {alone:.1} → {beside:.1} ms beside the non-readers, +{:.1} ms, more than the \
-             +{allowed:.1} ms the rule allows ours",
-            beside - alone
+            "impossible here: the kernel floor alone has p99 {p99:.1} ms at {} sockets",
+            count(floor_n as usize)
         )
     })
 }
 
-pub fn targets(r: &Results, t: &Thresholds) -> Vec<TargetRow> {
+/// The N measured for a transport's fan-out on our side.
+fn ns(r: &Results, scenario: &str, transport: &str) -> Vec<usize> {
+    series(r, scenario, OURS, transport, "p99")
+        .iter()
+        .map(|p| p.0 as usize)
+        .collect()
+}
+
+pub fn targets(r: &Results) -> Vec<TargetRow> {
     let g = |s: &str, server: &str, tr: &str, n: Option<usize>, m: &str| r.get(s, server, tr, n, m);
     let mut rows = Vec::new();
+    let mut row = |scenario: String, target, ours, peer, ratio, met, why| {
+        rows.push(TargetRow {
+            scenario,
+            target,
+            ours,
+            peer,
+            ratio,
+            met,
+            why,
+        });
+    };
 
     let (o, p) = (
         g("crud", OURS, "get_by_id", None, "requests_per_s"),
         g("crud", PEER, "get_by_id", None, "requests_per_s"),
     );
-    rows.push(TargetRow {
-        scenario: "GET /funkos/{id}",
-        target: "≥ 5x the peer's req/s",
-        ours: num(o, "req/s"),
-        peer: num(p, "req/s"),
-        ratio: ratio(o, p),
-        met: o.zip(p).map(|(o, p)| o >= 5.0 * p),
-    });
-
-    let (o, p) = (
-        g("crud", OURS, "post", None, "requests_per_s"),
-        g("crud", PEER, "post", None, "requests_per_s"),
+    row(
+        "GET /funkos/{id}".into(),
+        "≥ 5x the peer's req/s",
+        num(o, "req/s"),
+        num(p, "req/s"),
+        ratio(o, p),
+        o.zip(p).map(|(o, p)| o >= 5.0 * p),
+        None,
     );
-    rows.push(TargetRow {
-        scenario: "POST /funkos (durable, SQLite)",
-        target: "≥ 2x the peer's (in-memory) req/s",
-        ours: num(o, "req/s"),
-        peer: num(p, "req/s"),
-        ratio: ratio(o, p),
-        met: o.zip(p).map(|(o, p)| o >= 2.0 * p),
-    });
-
-    let n = t.fanout_big;
-    let (o, p) = (
-        g("fanout", OURS, "sse", Some(n), "p99"),
-        g("fanout", PEER, "sse", Some(n), "p99"),
+    let peer_posts = g("crud", PEER, "post", None, "requests_per_s");
+    let o = g("crud", OURS, "post", None, "requests_per_s");
+    row(
+        "POST /funkos (SQLite)".into(),
+        "≥ 2x the peer's (in-memory) req/s",
+        num(o, "req/s"),
+        num(peer_posts, "req/s"),
+        ratio(o, peer_posts),
+        o.zip(peer_posts).map(|(o, p)| o >= 2.0 * p),
+        None,
     );
-    let lost = g("fanout", OURS, "sse", Some(n), "lost").unwrap_or(0.0);
-    rows.push(TargetRow {
-        scenario: if n == 10_000 {
-            "SSE fan-out to 10,000 subscribers"
-        } else {
-            "SSE fan-out, largest N"
-        },
-        target: "p99 ≤ 50 ms and ≤ 1/4 of the peer's p99",
-        ours: format!("p99 {}", num(o, "ms")),
-        peer: format!("p99 {}", num(p, "ms")),
-        ratio: ratio_word(p, o, "lower", "higher"),
-        met: o
-            .zip(p)
-            .map(|(o, p)| o <= 50.0 && o * 4.0 <= p && lost == 0.0),
-    });
 
-    let n = t.fanout_small;
-    let (o, p) = (
-        g("fanout", OURS, "sse", Some(n), "p99"),
-        g("fanout", PEER, "sse", Some(n), "p99"),
-    );
-    rows.push(TargetRow {
-        scenario: "SSE fan-out to 1,000 subscribers",
-        target: "p99 ≤ 10 ms",
-        ours: format!("p99 {}", num(o, "ms")),
-        peer: format!("p99 {}", num(p, "ms")),
-        ratio: ratio_word(p, o, "lower", "higher"),
-        met: o.map(|o| o <= 10.0),
-    });
+    let sse_ns = ns(r, "fanout", "sse");
+    let sse_p99 = |n| g("fanout", OURS, "sse", Some(n), "p99");
+    if let Some(&big) = sse_ns.last() {
+        let (o, p) = (sse_p99(big), g("fanout", PEER, "sse", Some(big), "p99"));
+        let lost = g("fanout", OURS, "sse", Some(big), "lost").unwrap_or(0.0);
+        let quarter = o.zip(p).is_some_and(|(o, p)| o * 4.0 <= p);
+        row(
+            format!("SSE fan-out, {} subscribers", count(big)),
+            "p99 ≤ 50 ms and ≤ 1/4 of the peer's",
+            num(o, "ms"),
+            num(p, "ms"),
+            ratio(o, p),
+            o.map(|o| o <= 50.0 && quarter && lost == 0.0),
+            floor_forbids(r, big, 50.0)
+                .filter(|_| quarter)
+                .map(|why| format!("≤ 50 ms {why}; ≤ 1/4 of the peer's: met")),
+        );
+    }
+    if sse_ns.contains(&1000) {
+        let (o, p) = (sse_p99(1000), g("fanout", PEER, "sse", Some(1000), "p99"));
+        row(
+            "SSE fan-out, 1,000 subscribers".into(),
+            "p99 ≤ 10 ms",
+            num(o, "ms"),
+            num(p, "ms"),
+            ratio(o, p),
+            o.map(|o| o <= 10.0),
+            floor_forbids(r, 1000, 10.0),
+        );
+    }
 
     let (o, p) = (
         g("throughput", OURS, "sse", None, "deliveries_per_s"),
         g("throughput", PEER, "sse", None, "deliveries_per_s"),
     );
-    rows.push(TargetRow {
-        scenario: "deliveries/s, 1,000 subscribers, writes as fast as they go",
-        target: "≥ 200,000/s on the server's one core",
-        ours: num(o, "/s"),
-        peer: num(p, "/s"),
-        ratio: ratio(o, p),
-        met: o.map(|o| o >= 200_000.0),
-    });
-
-    let (oh, ph) = (
-        g("connections", OURS, "sse", None, "held"),
-        g("connections", PEER, "sse", None, "held"),
+    row(
+        "SSE deliveries/s, 1,000 subscribers, writes as fast as they go".into(),
+        "≥ 200,000/s",
+        num(o, "/s"),
+        num(p, "/s"),
+        ratio(o, p),
+        o.map(|o| o >= 200_000.0),
+        None,
     );
-    let (ok, pk) = (
-        g("connections", OURS, "sse", None, "rss_per_connection"),
-        g("connections", PEER, "sse", None, "rss_per_connection"),
-    );
-    rows.push(TargetRow {
-        scenario: "idle SSE connections",
-        target: "19,000 held by one process; ≤ 16 KiB RSS each",
-        ours: format!("{} held, {}", num(oh, ""), num(ok, "KiB/conn")),
-        peer: format!("{} held, {}", num(ph, ""), num(pk, "KiB/conn")),
-        ratio: ratio_word(pk, ok, "less memory", "more memory"),
-        met: oh.zip(ok).map(|(h, k)| h >= t.conn_max as f64 && k <= 16.0),
-    });
 
+    let sse_conn_max = series(r, "connections", OURS, "sse", "held")
+        .last()
+        .map(|p| p.0 as usize);
+    if let Some(max) = sse_conn_max {
+        let held = |s| g("connections", s, "sse", Some(max), "held");
+        let kib = |s| g("connections", s, "sse", Some(max), "rss_per_connection");
+        row(
+            format!("idle SSE connections, {}", count(max)),
+            "all held by one process; ≤ 16 KiB RSS each",
+            format!(
+                "{} held, {}",
+                num(held(OURS), "count"),
+                num(kib(OURS), "KiB")
+            ),
+            format!(
+                "{} held, {}",
+                num(held(PEER), "count"),
+                num(kib(PEER), "KiB")
+            ),
+            ratio(kib(OURS), kib(PEER)),
+            held(OURS)
+                .zip(kib(OURS))
+                .map(|(h, k)| h >= max as f64 && k <= 16.0),
+            None,
+        );
+    }
+
+    // Long-poll: the CPU of a delivery against the CPU of a plain read.
     let (o, p) = (
         g("fanout", OURS, "poll", None, "p99"),
         g("fanout", PEER, "poll", None, "p99"),
     );
-    let (oc, pc) = (
-        g("fanout", OURS, "poll", None, "idle_cpu"),
-        g("fanout", PEER, "poll", None, "idle_cpu"),
-    );
-    rows.push(TargetRow {
-        scenario: "long-poll, 1,000 pollers",
-        target: "p99 write-to-answer ≤ 50 ms; no CPU while idle (< 0.5 % of a core)",
-        ours: format!("p99 {}, idle {}", num(o, "ms"), num(oc, "% CPU")),
-        peer: format!("p99 {}, idle {}", num(p, "ms"), num(pc, "% CPU")),
-        ratio: ratio_word(p, o, "lower", "higher"),
-        met: o.zip(oc).map(|(o, c)| o <= 50.0 && c < 0.5),
-    });
+    if o.is_some() {
+        let idle = g("fanout", OURS, "poll", None, "idle_cpu");
+        let cpu = g("fanout", OURS, "poll", None, "cpu_per_delivery");
+        let get_cpu = g("crud", OURS, "get_by_id", None, "cpu_per_request");
+        let cpu_ok = match (cpu, get_cpu) {
+            (Some(c), Some(gc)) => c <= 2.0 * gc,
+            _ => true,
+        };
+        row(
+            "long-poll, 1,000 pollers".into(),
+            "p99 ≤ 40 ms; CPU per delivery ≤ 2x a GET /funkos/{id}'s per request; idle CPU < 0.5 %",
+            format!(
+                "p99 {}; {} CPU per delivery; idle {}",
+                num(o, "ms"),
+                num(cpu, "µs"),
+                num(idle, "%")
+            ),
+            format!(
+                "peer p99 {}; GET {} CPU per request",
+                num(p, "ms"),
+                num(get_cpu, "µs")
+            ),
+            format!("CPU {}", ratio(cpu, get_cpu)),
+            o.zip(idle).map(|(o, i)| o <= 40.0 && i < 0.5 && cpu_ok),
+            None,
+        );
+    }
 
     let (o, p) = (
         g("replay", OURS, "sse", None, "events_per_s"),
         g("replay", PEER, "sse", None, "events_per_s"),
     );
-    rows.push(TargetRow {
-        scenario: if t.replay_k == 100_000 {
-            "replay of 100,000 events"
-        } else {
-            "replay"
-        },
-        target: "≥ 200,000 events/s to one subscriber",
-        ours: num(o, "events/s"),
-        peer: num(p, "events/s"),
-        ratio: ratio(o, p),
-        met: o.map(|o| o >= 200_000.0),
-    });
+    row(
+        "replay of 100,000 events to one subscriber".into(),
+        "≥ 200,000 events/s",
+        num(o, "events/s"),
+        num(p, "events/s"),
+        ratio(o, p),
+        o.map(|o| o >= 200_000.0),
+        None,
+    );
 
-    let (oa, ob) = (
-        g("slow", OURS, "sse", None, "readers_p99_alone"),
-        g("slow", OURS, "sse", None, "readers_p99_with_slow"),
+    let s = |server, m| g("slow", server, "sse", None, m);
+    let (growth, alone, beside) = (
+        s(OURS, "rss_growth_2nd_half"),
+        s(OURS, "readers_p99_alone"),
+        s(OURS, "readers_p99_with_slow"),
     );
-    let (pa, pb) = (
-        g("slow", PEER, "sse", None, "readers_p99_alone"),
-        g("slow", PEER, "sse", None, "readers_p99_with_slow"),
-    );
-    let (og, pg) = (
-        g("slow", OURS, "sse", None, "rss_growth_2nd_half"),
-        g("slow", PEER, "sse", None, "rss_growth_2nd_half"),
-    );
-    let (om, pm) = (
-        g("slow", OURS, "sse", None, "rss_max"),
-        g("slow", PEER, "sse", None, "rss_max"),
-    );
-    // Where the readers' tail comes from: the steady state after the first second, and how
-    // much of the stream one non-reader's socket took before writes to it stalled.
-    let settled = |kind: &str| {
-        let (a, b, held, held_s) = (
-            g("slow", kind, "sse", None, "readers_p99_settled_alone"),
-            g("slow", kind, "sse", None, "readers_p99_settled"),
-            g("slow", kind, "sse", None, "nonreader_held"),
-            g("slow", kind, "sse", None, "nonreader_held_s"),
-        );
+    let slow = |server| {
         format!(
-            "; after the 1st second {} → {}; each non-reader took {} ({})",
-            num(a, "ms"),
-            num(b, "ms"),
-            num(held, "KiB"),
-            num(held_s, "s of the stream"),
+            "RSS max {}, 2nd half +{}; readers' p99 {} → {}",
+            num(s(server, "rss_max"), "MiB"),
+            num(s(server, "rss_growth_2nd_half"), "MiB"),
+            num(s(server, "readers_p99_alone"), "ms"),
+            num(s(server, "readers_p99_with_slow"), "ms"),
         )
     };
-    rows.push(TargetRow {
-        scenario: SLOW_ROW,
-        target: "RSS bounded (grows < 8 MiB in the 2nd half); readers' p99 unchanged (≤ 1.5x alone + 2 ms)",
-        ours: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}{}", num(om, "MiB"), num(og, "MiB"), num(oa, "ms"), num(ob, "ms"), settled(OURS)),
-        peer: format!("RSS max {}, 2nd-half +{}; readers p99 {} → {}{}", num(pm, "MiB"), num(pg, "MiB"), num(pa, "ms"), num(pb, "ms"), settled(PEER)),
-        ratio: ratio_word(pm, om, "less peak RSS", "more peak RSS"),
-        met: match (og, oa, ob) {
+    row(
+        "1,000 non-reading subscribers beside 100 readers, 1,000 writes/s for 30 s".into(),
+        "RSS grows < 8 MiB in the 2nd half; readers' p99 ≤ 1.5x alone + 2 ms",
+        slow(OURS),
+        slow(PEER),
+        ratio(s(OURS, "rss_max"), s(PEER, "rss_max")),
+        match (growth, alone, beside) {
             (Some(g), Some(a), Some(b)) => Some(g < RSS_GROWTH_MIB && b <= readers_p99_limit(a)),
             _ => None,
         },
-    });
+        None,
+    );
+
+    // WebSocket against our own SSE at the same N.
+    for n in ns(r, "fanout", "ws") {
+        let ws = |m| g("fanout", OURS, "ws", Some(n), m);
+        let sse = |m| g("fanout", OURS, "sse", Some(n), m);
+        let (c, sc, p, sp) = (
+            ws("cpu_per_delivery"),
+            sse("cpu_per_delivery"),
+            ws("p99"),
+            sse("p99"),
+        );
+        row(
+            format!("WebSocket fan-out, {} subscribers", count(n)),
+            "CPU per delivery and p99 each ≤ 1.25x our SSE's",
+            format!("{} CPU, p99 {}", num(c, "µs"), num(p, "ms")),
+            format!("SSE: {} CPU, p99 {}", num(sc, "µs"), num(sp, "ms")),
+            format!("{} / {}", ratio(c, sc), ratio(p, sp)),
+            c.zip(sc)
+                .zip(p.zip(sp))
+                .map(|((c, sc), (p, sp))| c <= 1.25 * sc && p <= 1.25 * sp),
+            None,
+        );
+    }
+    if let Some(n) = series(r, "connections", OURS, "ws", "rss_per_connection")
+        .last()
+        .map(|p| p.0 as usize)
+    {
+        let (o, sse) = (
+            g("connections", OURS, "ws", Some(n), "rss_per_connection"),
+            g("connections", OURS, "sse", Some(n), "rss_per_connection"),
+        );
+        row(
+            format!("idle WebSockets, {}", count(n)),
+            "RSS per connection ≤ our SSE's at the same count + 2 KiB",
+            num(o, "KiB"),
+            format!("SSE: {}", num(sse, "KiB")),
+            ratio(o, sse),
+            o.zip(sse).map(|(o, s)| o <= s + 2.0),
+            None,
+        );
+    }
+
+    // Socket.IO: latency against the peer's socket.io, CPU against our own SSE.
+    for n in ns(r, "fanout", "socketio") {
+        let (o, p) = (
+            g("fanout", OURS, "socketio", Some(n), "p99"),
+            g("fanout", PEER, "socketio", Some(n), "p99"),
+        );
+        let (c, sc) = (
+            g("fanout", OURS, "socketio", Some(n), "cpu_per_delivery"),
+            g("fanout", OURS, "sse", Some(n), "cpu_per_delivery"),
+        );
+        row(
+            format!("Socket.IO fan-out (WebSocket), {} subscribers", count(n)),
+            "p99 ≤ 1/4 of the peer's; CPU per delivery ≤ 1.5x our SSE's",
+            format!("p99 {}, {} CPU", num(o, "ms"), num(c, "µs")),
+            format!("peer p99 {}; SSE {} CPU", num(p, "ms"), num(sc, "µs")),
+            format!("{} / {}", ratio(o, p), ratio(c, sc)),
+            o.zip(p)
+                .zip(c.zip(sc))
+                .map(|((o, p), (c, sc))| 4.0 * o <= p && c <= 1.5 * sc),
+            None,
+        );
+    }
+
+    // Several instances on one PostgreSQL.
+    let cluster = |k, m| g("cluster", OURS, "pg", Some(k), m);
+    if let Some(posts) = cluster(2, "posts_per_s") {
+        row(
+            "two instances on one PostgreSQL: POST/s through both".into(),
+            "≥ the peer's (in-memory) POST/s",
+            num(Some(posts), "req/s"),
+            num(peer_posts, "req/s"),
+            ratio(Some(posts), peer_posts),
+            peer_posts.map(|p| posts >= p),
+            None,
+        );
+    }
+    if let Some(p99) = cluster(2, "p99") {
+        let sqlite = sse_p99(1000);
+        row(
+            "cross-instance fan-out: 1,000 SSE subscribers on B, writes on A".into(),
+            "p99 ≤ SQLite's single-instance p99 + 5 ms",
+            num(Some(p99), "ms"),
+            format!("SQLite: {}", num(sqlite, "ms")),
+            ratio(Some(p99), sqlite),
+            sqlite.map(|s| p99 <= s + 5.0),
+            None,
+        );
+    }
     rows
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Notes {
+    /// /proc/loadavg at the start and at the end of the run.
+    pub load: (String, String),
+    pub runs: usize,
+    pub pinned: bool,
+    pub minutes: f64,
+    /// Problems seen during the run.
+    pub extra: Vec<String>,
+}
+
+pub fn markdown(r: &Results, m: &Machine, notes: &Notes, findings: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Benchmarks\n\n\
+         funko-live against a minimal Node.js peer (`bench/peers/node`: express, socket.io and ws \
+         over an in-memory list), driven by one Rust load generator in the same run. The harness \
+         writes this page; every run's figures are in `bench/results/results.csv`, notes on \
+         causes in `bench/NOTES.md`.\n"
+    );
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(
+        s,
+        "- {} × {}, {}; Linux {}; {}; Node.js {}",
+        m.nproc, m.model, m.mem, m.kernel, m.rustc, m.node
+    );
+    let _ = writeln!(
+        s,
+        "- {}; the run took {:.0} min; load average {} at the start, {} at the end (a shared \
+         machine: compare ratios within one run)",
+        m.date, notes.minutes, notes.load.0, notes.load.1
+    );
+    if notes.pinned {
+        let _ = writeln!(
+            s,
+            "- Core 0: the server under test (the Node peer, or every funko-live instance). \
+             Core 1: the generator processes, the harness, and the private PostgreSQL of the \
+             instance rows (its CPU is in their table). Loopback only; each figure is the median \
+             of {} runs.",
+            notes.runs
+        );
+    } else {
+        let _ = writeln!(s, "- Not pinned to cores (`--no-pin` or no `taskset`).");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Commands\n\n```sh\n\
+         cargo run --release -p bench -- all      # this page and bench/results/\n\
+         cargo run --release -p bench -- fanout   # one scenario: crud, fanout, connections, replay, slow, floor, cluster\n\
+         cargo run -p bench -- smoke              # every scenario at a tiny size (run by the test suite)\n\
+         ```\n"
+    );
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(
+        s,
+        "| scenario | target | funko-live | peer or reference | ratio | met? |\n|---|---|---|---|---|---|"
+    );
+    for row in targets(r) {
+        if row.ours.starts_with("n/a") {
+            continue;
+        }
+        let met = match (row.met, row.why) {
+            (Some(true), _) => "**met**".to_owned(),
+            (Some(false), Some(why)) => format!("**missed**: {why}"),
+            (Some(false), None) => "**missed**".to_owned(),
+            (None, _) => "not measured".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.scenario, row.target, row.ours, row.peer, row.ratio, met
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n![fan-out p99 and instances](bench/results/fanout.png)\n"
+    );
+    let ks = series(r, "cluster", OURS, "pg", "posts_per_s");
+    if !ks.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Instances on one PostgreSQL\n\n\
+             POSTs through every instance at once (32 connections in all); fan-out to 1,000 SSE \
+             subscribers spread over the instances that do not take the writes (with one \
+             instance, on it), 10 writes/s.\n\n\
+             | instances | POST/s | fan-out p50 | fan-out p99 | PostgreSQL CPU while POSTing |\n|---|---|---|---|---|"
+        );
+        for (k, posts) in ks {
+            let c = |m| r.get("cluster", OURS, "pg", Some(k as usize), m);
+            let _ = writeln!(
+                s,
+                "| {k:.0} | {} | {} | {} | {} |",
+                num(Some(posts), "req/s"),
+                num(c("p50"), "ms"),
+                num(c("p99"), "ms"),
+                num(c("pg_cpu"), "% of a core"),
+            );
+        }
+        s.push('\n');
+    }
+    if !findings.trim().is_empty() {
+        let _ = writeln!(s, "## Findings\n\n{}", findings.trim());
+    }
+    if !notes.extra.is_empty() {
+        let _ = writeln!(s, "\n## Problems seen during the run\n");
+        for e in &notes.extra {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
+    s
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -621,284 +877,6 @@ impl Machine {
     }
 }
 
-/// Medians of a curve per x, per server.
-fn curve_medians(r: &Results, chart: &str, server: &str, bucket: f64) -> Vec<(f64, f64)> {
-    let mut by_x: Vec<(f64, Vec<f64>)> = Vec::new();
-    for c in r
-        .curves
-        .iter()
-        .filter(|c| c.chart == chart && c.server == server)
-    {
-        let x = (c.x / bucket).round() * bucket;
-        match by_x.iter_mut().find(|(bx, _)| *bx == x) {
-            Some((_, v)) => v.push(c.y),
-            None => by_x.push((x, vec![c.y])),
-        }
-    }
-    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
-    by_x.into_iter().map(|(x, v)| (x, median(&v))).collect()
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct Notes {
-    /// /proc/loadavg at the start and at the end of the run.
-    pub load: (String, String),
-    pub runs: usize,
-    pub pinned: bool,
-    pub plan: String,
-    pub minutes: f64,
-    pub extra: Vec<String>,
-}
-
-pub fn markdown(r: &Results, t: &Thresholds, m: &Machine, notes: &Notes) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# Benchmarks\n");
-    let _ = writeln!(
-        s,
-        "funko-live against a minimal Node.js peer (`bench/peers/node`: express + socket.io + ws, SSE and \
-         long-poll over an in-memory Funko list), driven by the same Rust load generator (`bench/`) in the \
-         same run. This page is written by the harness; do not edit it by hand.\n"
-    );
-    let _ = writeln!(s, "## Machine\n");
-    let _ = writeln!(s, "- CPU: {} × {}", m.nproc, m.model);
-    let _ = writeln!(s, "- Memory: {}", m.mem);
-    let _ = writeln!(
-        s,
-        "- Kernel: Linux {}; {}; Node.js {}",
-        m.kernel, m.rustc, m.node
-    );
-    let _ = writeln!(
-        s,
-        "- Measured: {} (the whole run took {:.1} min)",
-        m.date, notes.minutes
-    );
-    let _ = writeln!(
-        s,
-        "- Load average (1, 5, 15 min) at the start: {}; at the end: {}. Anything else running on the \
-         machine competes with the pinned processes for their cores.",
-        notes.load.0, notes.load.1
-    );
-    let _ = writeln!(
-        s,
-        "- Layout: {}; every figure is the median of {} runs; servers on 127.0.0.1, all traffic on loopback.\n",
-        if notes.pinned {
-            "each server alone on core 0 (`taskset -c 0`), every generator process on core 1 (`taskset -c 1`)"
-        } else {
-            "NOT pinned (taskset missing or --no-pin)"
-        },
-        notes.runs
-    );
-    let _ = writeln!(s, "## Commands\n");
-    let _ = writeln!(s, "```sh");
-    let _ = writeln!(
-        s,
-        "cargo run --release -p bench -- all          # everything below: ~{:.0} min on this machine",
-        notes.minutes.ceil()
-    );
-    let _ = writeln!(
-        s,
-        "cargo run --release -p bench -- crud         # or fanout, connections, replay, slow, floor"
-    );
-    let _ = writeln!(
-        s,
-        "cargo run -p bench -- smoke                  # a few subscribers and events, both servers, seconds"
-    );
-    let _ = writeln!(s, "```\n");
-    let _ = writeln!(
-        s,
-        "The harness builds `target/release/funko-live` (or takes `--server-bin PATH` / `FUNKO_BENCH_SERVER_BIN`), \
-         installs the peer with `npm ci` into a temp copy of `bench/peers/node`, starts each server as its own process with a fresh temp data dir \
-         for every scenario and run, and writes `bench/results/results.csv` (every run and the median), \
-         `bench/results/curves.csv` (RSS curves), `bench/results/fanout.png` and this page. Plan: {}.\n",
-        notes.plan
-    );
-    let _ = writeln!(s, "## Targets (issue 7)\n");
-    let _ = writeln!(
-        s,
-        "| scenario | target | funko-live | node peer | ratio | met? |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for row in targets(r, t) {
-        let forbids = match row.scenario {
-            "SSE fan-out to 10,000 subscribers" => floor_forbids(r, 10_000, 50.0).map(|why| {
-                let p99 = |server| r.get("fanout", server, "sse", Some(10_000), "p99");
-                let quarter = p99(OURS).zip(p99(PEER)).is_some_and(|(o, p)| o * 4.0 <= p);
-                let quarter = if quarter { "met" } else { "missed" };
-                format!("≤ 50 ms {why}; ≤ 1/4 of the peer's p99: {quarter}")
-            }),
-            "SSE fan-out to 1,000 subscribers" => floor_forbids(r, 1_000, 10.0),
-            SLOW_ROW => r
-                .get("slow", OURS, "sse", None, "rss_growth_2nd_half")
-                .filter(|growth| *growth < RSS_GROWTH_MIB)
-                .and(slow_floor_forbids(r))
-                .map(|why| format!("{why}; RSS bounded: met")),
-            _ => None,
-        };
-        let met = match (row.met, forbids) {
-            (Some(true), _) => "**met**".to_owned(),
-            (Some(false), Some(why)) => format!("**missed**: {why}"),
-            (Some(false), None) => "**missed**".to_owned(),
-            (None, _) => "not measured".to_owned(),
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            row.scenario, row.target, row.ours, row.peer, row.ratio, met
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n![SSE fan-out latency vs N](bench/results/fanout.png)\n"
-    );
-    // Per N: the median per-write cost, and how the page describes that N's floor.
-    let floor: Vec<(usize, f64, String)> = r
-        .rows
-        .iter()
-        .filter(|(k, _)| k.scenario == "floor" && k.metric == "write_us")
-        .filter_map(|(k, _)| {
-            let get = |m: &str| r.get("floor", KERNEL, "tcp", Some(k.n), m);
-            let (n, median, best) = (k.n, get("write_us")?, get("write_us_best")?);
-            let phases = match (get("write_us_quick"), get("write_us_later")) {
-                (Some(quick), Some(later)) => {
-                    format!(", {quick:.1} in the quick-ACK rounds and {later:.1} after")
-                }
-                _ => String::new(),
-            };
-            let p99 = get("p99").map_or(String::new(), |p| format!(", frame p99 {p:.1} ms"));
-            let step = format!("{median:.1} µs at {n} sockets (best round {best:.1}{phases}{p99})");
-            Some((n, median, step))
-        })
-        .collect();
-    let floor_runs = r.runs_of("floor", "write_us");
-    if let Some(&(n, median, _)) = floor.last() {
-        let steps: Vec<&str> = floor.iter().map(|(.., step)| step.as_str()).collect();
-        let _ = writeln!(
-            s,
-            "**Kernel floor** (`bench floor`: a thread on core 0 plays a server with no code of \
-             its own for N subscribers, the fan-out's own generator processes on core 1, which \
-             connect with `GET /events` and read, parse and time each frame as they do a \
-             server's; it answers them with an SSE response head, then writes one ~{}-byte event \
-             frame to each in one `write()` a round, in rounds shaped like the SSE fan-out (as \
-             many as its events, at its rate); medians of {} runs of the per-write cost of the \
-             median round and of the frame p99, each frame's time from the start of its round to \
-             its receipt, over every round): {}. \
-             A receiver acknowledges the first 16 segments of a stream (and of one idle past its \
-             retransmission timeout) at once; on loopback those quick ACKs are built and taken in \
-             on the writing core, inside its `write`, so the first 16 rounds cost more. \
-             On loopback the writing core also runs the receiver's TCP input and wake-up, so this \
-             is what one delivery costs before any server code runs, and the frame p99 is the \
-             fan-out p99 of a server with no code of its own and no commit: one event to 10,000 \
-             subscribers needs at least 10,000 × {median:.1} µs ≈ {:.0} ms of the server's core \
-             here (per-write cost at {n} sockets), and one to {} subscribers at least {:.1} ms.\n",
-            400,
-            floor_runs,
-            steps.join(", "),
-            10_000.0 * median / 1000.0,
-            floor[0].0,
-            floor[0].0 as f64 * floor[0].1 / 1000.0,
-        );
-    }
-    let slow = |metric| r.get("floor", KERNEL, "tcp", None, metric);
-    if let (Some(alone), Some(beside), Some(settled), Some(held)) = (
-        slow("slow_p99_alone"),
-        slow("slow_p99_beside"),
-        slow("slow_p99_settled"),
-        slow("slow_held"),
-    ) {
-        let runs = r.runs_of("floor", "slow_p99_beside");
-        let _ = writeln!(
-            s,
-            "**Slow-consumer floor** (`bench floor`, median of {runs} runs): the slow scenario's \
-             readers and non-readers with no server: a thread on core 0 writes each 400-byte \
-             frame that has come due (1,000 a second) to every socket in one non-blocking \
-             `write` per round, in a shuffled order that does not know who reads, and leaves a \
-             socket that did not take its write to epoll until it has room \
-             (`TCP_NOTSENT_LOWAT` as funko-live sets it); the non-readers are held by a thread \
-             of their own on core 1 that waits in epoll and never reads, as a generator \
-             process does. The readers' p99 goes {alone:.1} → {beside:.1} ms beside the \
-             non-readers ({settled:.1} ms after the first second): each non-reader's socket \
-             takes {held:.0} KiB before a write to it blocks, and until then nothing on the \
-             socket tells it from a reader, so every round goes to all of them.\n"
-        );
-    }
-    if !notes.extra.is_empty() {
-        let _ = writeln!(s, "## Notes\n");
-        for e in &notes.extra {
-            let _ = writeln!(s, "- {e}");
-        }
-        s.push('\n');
-    }
-    let _ = writeln!(s, "## All figures (medians)\n");
-    let _ = writeln!(
-        s,
-        "| scenario | transport | N | metric | funko-live | node peer |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let mut seen: Vec<(String, String, usize, String)> = Vec::new();
-    for (k, _) in r.rows.iter().filter(|(k, _)| k.scenario != "floor") {
-        let id = (
-            k.scenario.clone(),
-            k.transport.clone(),
-            k.n,
-            k.metric.clone(),
-        );
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        let o = r.get(&k.scenario, OURS, &k.transport, Some(k.n), &k.metric);
-        let p = r.get(&k.scenario, PEER, &k.transport, Some(k.n), &k.metric);
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            k.scenario,
-            k.transport,
-            k.n,
-            k.metric,
-            num(o, &k.unit),
-            num(p, &k.unit)
-        );
-    }
-    let _ = writeln!(s, "\n## Server RSS curves (medians of runs)\n");
-    for (chart, title, xname, bucket) in [
-        (
-            "connections",
-            "Idle SSE connections",
-            "connections held",
-            1.0,
-        ),
-        (
-            "slow",
-            "1,000 non-reading subscribers while 1,000 writes/s go on",
-            "seconds",
-            5.0,
-        ),
-    ] {
-        let o = curve_medians(r, chart, OURS, bucket);
-        let p = curve_medians(r, chart, PEER, bucket);
-        if o.is_empty() && p.is_empty() {
-            continue;
-        }
-        let _ = writeln!(s, "{title}:\n");
-        let _ = writeln!(s, "| {xname} | funko-live RSS | node peer RSS |");
-        let _ = writeln!(s, "|---|---|---|");
-        let mut xs: Vec<f64> = o.iter().chain(&p).map(|c| c.0).collect();
-        xs.sort_by(|a, b| a.total_cmp(b));
-        xs.dedup();
-        for x in xs {
-            let f = |v: &[(f64, f64)]| {
-                v.iter()
-                    .find(|c| c.0 == x)
-                    .map(|c| format!("{:.1} MiB", c.1 / 1048576.0))
-                    .unwrap_or_default()
-            };
-            let _ = writeln!(s, "| {x:.0} | {} | {} |", f(&o), f(&p));
-        }
-        s.push('\n');
-    }
-    s
-}
-
 /// The first three fields of /proc/loadavg.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -914,10 +892,6 @@ pub fn loadavg() -> String {
 pub struct RunInfo {
     pub machine: Machine,
     pub notes: Notes,
-    pub fanout_big: usize,
-    pub fanout_small: usize,
-    pub conn_max: usize,
-    pub replay_k: usize,
 }
 
 impl Results {

@@ -31,8 +31,6 @@ const PER_WORKER: usize = 9_000;
 /// Subscribers per client address: funko-live caps streams per client IP (1,000 by default),
 /// as a real crowd comes from many addresses.
 const PER_SRC: usize = 500;
-/// funko-live's default `--notsent-lowat-bytes`, which the slow-consumer floor sets too.
-const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// How long a subscriber worker may live, in seconds, for a stream of `run_s` seconds: two
 /// minutes to connect, then the stream, then a minute to drain.
@@ -52,7 +50,9 @@ pub struct Plan {
     pub fanout_events: u64,
     pub fanout_rate: f64,
     pub poll_n: usize,
-    pub ws_n: usize,
+    pub ws_ns: Vec<usize>,
+    /// Socket.IO (WebSocket transport) fan-out sizes.
+    pub sio_ns: Vec<usize>,
     pub throughput_n: usize,
     pub throughput_s: f64,
     pub throughput_concurrency: usize,
@@ -65,9 +65,12 @@ pub struct Plan {
     pub slow_rate: f64,
     pub slow_baseline_s: f64,
     pub slow_s: f64,
-    /// Socket counts of the kernel-floor measurement (two descriptors per socket pair, in
-    /// one process: at most ~9,000 under a 20,000-file limit).
+    /// Socket counts of the kernel floor: the SSE fan-out's latency targets' N (at most
+    /// ~9,000 connections to one process under a 20,000-file limit).
     pub floor_ns: Vec<usize>,
+    /// Instance counts on one PostgreSQL, and the SSE subscribers of their fan-out.
+    pub cluster_ks: Vec<usize>,
+    pub cluster_n: usize,
 }
 
 impl Plan {
@@ -82,7 +85,8 @@ impl Plan {
             fanout_events: 40,
             fanout_rate: 10.0,
             poll_n: 1_000,
-            ws_n: 1_000,
+            ws_ns: vec![1_000, 5_000],
+            sio_ns: vec![1_000, 5_000],
             throughput_n: 1_000,
             throughput_s: 5.0,
             throughput_concurrency: 8,
@@ -94,7 +98,9 @@ impl Plan {
             slow_rate: 1_000.0,
             slow_baseline_s: 5.0,
             slow_s: 30.0,
-            floor_ns: vec![1_000, 5_000, 9_000],
+            floor_ns: vec![1_000, 9_000],
+            cluster_ks: vec![1, 2, 4],
+            cluster_n: 1_000,
         }
     }
 
@@ -109,7 +115,8 @@ impl Plan {
             fanout_events: 5,
             fanout_rate: 20.0,
             poll_n: 5,
-            ws_n: 5,
+            ws_ns: vec![5],
+            sio_ns: vec![5],
             throughput_n: 5,
             throughput_s: 1.0,
             throughput_concurrency: 2,
@@ -122,6 +129,8 @@ impl Plan {
             slow_baseline_s: 1.0,
             slow_s: 2.0,
             floor_ns: vec![20],
+            cluster_ks: vec![1, 2],
+            cluster_n: 5,
         }
     }
 }
@@ -134,6 +143,7 @@ pub enum Scenario {
     Replay,
     Slow,
     Floor,
+    Cluster,
 }
 
 impl Scenario {
@@ -145,6 +155,7 @@ impl Scenario {
             Self::Replay => "replay",
             Self::Slow => "slow",
             Self::Floor => "floor",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -157,6 +168,8 @@ pub struct Ctx {
     pub results: Results,
     /// Problems a smoke run fails on.
     pub failures: Vec<String>,
+    /// The private PostgreSQL of the instance scenario, started on first use.
+    pg: Option<crate::pg::Pg>,
     src: Cell<u32>,
     tag: Cell<u64>,
     run_id: String,
@@ -216,6 +229,7 @@ impl Ctx {
             kinds,
             results: Results::default(),
             failures: Vec::new(),
+            pg: None,
             src: Cell::new(0),
             tag: Cell::new(0),
             run_id: format!("{:x}", crate::clock::now_ns() % 0xffff_ffff),
@@ -270,54 +284,40 @@ impl Ctx {
         if scenario == Scenario::Floor {
             let core = self.launch.pin.then_some(0);
             let (rounds, rate) = (self.plan.fanout_events as usize, self.plan.fanout_rate);
-            let (runs, ns) = (self.plan.runs, self.plan.floor_ns.clone());
-            let points: Vec<_> = (1..=runs)
-                .flat_map(|run| ns.iter().map(move |&n| (run, n)))
-                .collect();
-            for (run, n) in points {
-                eprintln!("-- floor run {run}/{runs} at {n}");
-                match self.floor(n, rounds, rate, core).await {
-                    Ok((floor, latency)) => {
-                        let (p50, p99) = (latency.quantile_ms(0.5), latency.quantile_ms(0.99));
-                        eprintln!(
-                            "   {n} sockets: {:.2} µs per write (median round), best {:.2}; \
-                             quick-ACK rounds {:.2}, later {}; latency p50 {:.2} ms, p99 {:.2} ms",
-                            floor.write_us,
-                            floor.write_us_best,
-                            floor.write_us_quick,
-                            floor
-                                .write_us_later
-                                .map_or("-".to_owned(), |w| format!("{w:.2}")),
-                            p50,
-                            p99
-                        );
-                        self.record_all(
-                            "floor",
-                            crate::report::KERNEL,
-                            "tcp",
-                            n,
-                            [
-                                ("write_us", "µs", floor.write_us),
-                                ("write_us_best", "µs", floor.write_us_best),
-                                ("write_us_quick", "µs", floor.write_us_quick),
-                                ("p50", "ms", p50),
-                                ("p99", "ms", p99),
-                            ],
-                        );
-                        if let Some(later) = floor.write_us_later {
+            for run in 1..=self.plan.runs {
+                for n in self.plan.floor_ns.clone() {
+                    match self.floor(n, rounds, rate, core).await {
+                        Ok((write_us, latency)) => {
+                            let p99 = latency.quantile_ms(0.99);
+                            eprintln!(
+                                "   floor run {run}, {n} sockets: {write_us:.2} µs per write, p99 {p99:.2} ms"
+                            );
                             self.record_all(
                                 "floor",
                                 crate::report::KERNEL,
                                 "tcp",
                                 n,
-                                [("write_us_later", "µs", later)],
+                                [("write_us", "µs", write_us), ("p99", "ms", p99)],
                             );
                         }
+                        Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                     }
-                    Err(e) => self.fail(format!("floor at {n}: {e:#}")),
                 }
             }
-            self.slow_floor(core).await;
+            return Ok(());
+        }
+        if scenario == Scenario::Cluster {
+            if !self.start_pg()? {
+                return Ok(());
+            }
+            for run in 1..=self.plan.runs {
+                for k in self.plan.cluster_ks.clone() {
+                    eprintln!("-- cluster run {run}/{} with {k} instances", self.plan.runs);
+                    if let Err(e) = self.cluster(k).await {
+                        self.fail(format!("cluster of {k} run {run}: {e:#}"));
+                    }
+                }
+            }
             return Ok(());
         }
         if scenario == Scenario::Replay {
@@ -342,7 +342,7 @@ impl Ctx {
                     Scenario::Fanout => self.fanout(kind).await,
                     Scenario::Connections => self.connections(kind, run).await,
                     Scenario::Slow => self.slow(kind, run).await,
-                    Scenario::Replay | Scenario::Floor => unreachable!(),
+                    Scenario::Replay | Scenario::Floor | Scenario::Cluster => unreachable!(),
                 };
                 if let Err(e) = outcome {
                     self.fail(format!(
@@ -391,7 +391,7 @@ impl Ctx {
     async fn crud(&mut self, kind: Kind) -> anyhow::Result<()> {
         let server = Server::start(&self.launch, kind).await?;
         let seeded = self
-            .publish(&server, self.plan.crud_seed, 0.0, 8, 0.0, "seed")
+            .publish(server.addr, self.plan.crud_seed, 0.0, 8, 0.0, "seed")
             .await?;
         if seeded.ok != self.plan.crud_seed {
             bail!(
@@ -413,9 +413,11 @@ impl Ctx {
                 ids: ids.clone(),
                 tag: self.next_tag("crud"),
             });
+            let cpu0 = server.cpu_seconds();
             let mut w = self.spawn(&task).await?;
             let budget = self.plan.crud_warmup_s + self.plan.crud_duration_s + 60.0;
             let r: CrudReport = w.result(Duration::from_secs_f64(budget)).await?;
+            let cpu_us = (server.cpu_seconds() - cpu0) * 1e6 / r.all_requests.max(1) as f64;
             let rps = r.requests as f64 / r.elapsed_s;
             // The generator's CPU over warm-up + measurement, as a share of its one core.
             let gen_busy = r.cpu_s / (self.plan.crud_warmup_s + self.plan.crud_duration_s) * 100.0;
@@ -487,6 +489,15 @@ impl Ctx {
                 "%",
                 gen_busy,
             );
+            self.record(
+                "crud",
+                kind,
+                op.name(),
+                self.plan.crud_connections,
+                "cpu_per_request",
+                "µs",
+                cpu_us,
+            );
         }
         server.stop().await;
         Ok(())
@@ -495,7 +506,7 @@ impl Ctx {
     /// POSTs `count` Funkos (publish-to-deliver stamps in their descriptions).
     async fn publish(
         &self,
-        server: &Server,
+        server: SocketAddr,
         count: u64,
         rate: f64,
         concurrency: usize,
@@ -513,7 +524,7 @@ impl Ctx {
             expected
         } + 120.0;
         let task = Task::Publish(PublishTask {
-            addr: server.addr,
+            addr: server,
             src: self.next_src(),
             count,
             rate,
@@ -630,8 +641,13 @@ impl Ctx {
         }
         self.fanout_point(kind, Transport::Poll, plan.poll_n, true)
             .await?;
-        self.fanout_point(kind, Transport::Ws, plan.ws_n, false)
-            .await?;
+        for &n in &plan.ws_ns {
+            self.fanout_point(kind, Transport::Ws, n, false).await?;
+        }
+        for &n in &plan.sio_ns {
+            self.fanout_point(kind, Transport::SocketIo, n, false)
+                .await?;
+        }
         self.throughput(kind).await?;
         Ok(())
     }
@@ -645,7 +661,7 @@ impl Ctx {
         rounds: usize,
         rate: f64,
         core: Option<usize>,
-    ) -> anyhow::Result<(crate::floor::Costs, crate::hist::Hist)> {
+    ) -> anyhow::Result<(f64, crate::hist::Hist)> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let costs = crate::floor::serve(listener, n, rounds, rate, core);
@@ -734,7 +750,9 @@ impl Ctx {
             self.record("fanout", kind, transport.name(), n, "idle_cpu", "%", pct);
         }
         let cpu0 = server.cpu_seconds();
-        let publ = self.publish(&server, events, rate, 4, 0.0, "fan").await?;
+        let publ = self
+            .publish(server.addr, events, rate, 4, 0.0, "fan")
+            .await?;
         let drain = Duration::from_secs(30);
         let sub = Self::collect(&mut workers, drain).await?;
         // The server's CPU per delivery while the events went out (the writes included):
@@ -823,7 +841,7 @@ impl Ctx {
         let cpu0 = server.cpu_seconds();
         let publ = self
             .publish(
-                &server,
+                server.addr,
                 100_000_000,
                 0.0,
                 self.plan.throughput_concurrency,
@@ -927,6 +945,15 @@ impl Ctx {
                 held as f64,
                 last_rss as f64,
             ));
+            self.record(
+                "connections",
+                kind,
+                "sse",
+                step,
+                "rss_per_connection",
+                "KiB",
+                last_rss.saturating_sub(rss0) as f64 / held.max(1) as f64 / 1024.0,
+            );
             if held < target {
                 break;
             }
@@ -976,15 +1003,6 @@ impl Ctx {
             "rss_at_max",
             "MiB",
             last_rss as f64 / 1048576.0,
-        );
-        self.record(
-            "connections",
-            kind,
-            "sse",
-            max,
-            "rss_per_connection",
-            "KiB",
-            per_conn / 1024.0,
         );
         self.record("connections", kind, "sse", max, "idle_cpu", "%", idle);
         Self::stop_all(&mut workers).await;
@@ -1044,7 +1062,7 @@ impl Ctx {
         let from = res
             .stream_cursor
             .context("GET /funkos answered no Stream-Cursor")?;
-        let seeded = self.publish(&server, k, 0.0, 16, 0.0, "replay").await?;
+        let seeded = self.publish(server.addr, k, 0.0, 16, 0.0, "replay").await?;
         let seed_secs = (seeded.last_done_ns - seeded.first_send_ns) as f64 / 1e9;
         eprintln!(
             "   seeded {} events in {seed_secs:.1} s ({:.0} POST/s, 16 connections)",
@@ -1114,52 +1132,127 @@ impl Ctx {
         Ok(())
     }
 
-    // ---------------------------------------------------------------- slow
+    // ---------------------------------------------------------------- cluster
 
-    /// The slow-consumer scenario's readers and non-readers with no server code (see
-    /// [`crate::floor::slow`]): how far the kernel's own work moves the readers' p99.
-    async fn slow_floor(&mut self, core: Option<usize>) {
-        let p = self.plan.clone();
-        for run in 1..=p.runs {
-            let floor = crate::floor::slow(
-                p.slow_readers,
-                p.slow_m,
-                p.slow_rate,
-                (p.slow_baseline_s, p.slow_s),
-                NOTSENT_LOWAT,
-                core,
-            )
-            .await;
-            match floor {
-                Ok(f) => {
-                    eprintln!(
-                        "   slow floor run {run}: {} readers' p99 {:.2} ms alone, {:.2} ms beside \
-                         {} non-reading sockets ({:.2} ms after the first second); each \
-                         non-reader took {:.0} KiB",
-                        p.slow_readers,
-                        f.alone_p99_ms,
-                        f.beside_p99_ms,
-                        p.slow_m,
-                        f.beside_settled_p99_ms,
-                        f.held_kib
-                    );
-                    self.record_all(
-                        "floor",
-                        crate::report::KERNEL,
-                        "tcp",
-                        p.slow_m,
-                        [
-                            ("slow_p99_alone", "ms", f.alone_p99_ms),
-                            ("slow_p99_beside", "ms", f.beside_p99_ms),
-                            ("slow_p99_settled", "ms", f.beside_settled_p99_ms),
-                            ("slow_held", "KiB", f.held_kib),
-                        ],
-                    );
-                }
-                Err(e) => self.fail(format!("slow floor: {e:#}")),
-            }
+    /// Starts the private PostgreSQL once; false (and a note) where it is not installed.
+    fn start_pg(&mut self) -> anyhow::Result<bool> {
+        if self.pg.is_some() {
+            return Ok(true);
         }
+        let Some(bin) = crate::pg::binaries() else {
+            let why = "PostgreSQL is not installed (/usr/lib/postgresql/*/bin): no cluster figures";
+            if std::env::var_os("FUNKO_REQUIRE_POSTGRES").is_some() {
+                bail!("{why}, and FUNKO_REQUIRE_POSTGRES is set");
+            }
+            eprintln!("   {why}");
+            return Ok(false);
+        };
+        let pg = crate::pg::Pg::start(bin, self.launch.pin.then_some(1))?;
+        eprintln!("   PostgreSQL on 127.0.0.1:{}", pg.port);
+        self.pg = Some(pg);
+        Ok(true)
     }
+
+    /// `k` instances on one new PostgreSQL database: POST/s through all of them at once, then
+    /// a fan-out to SSE subscribers on the instances that do not take the writes.
+    async fn cluster(&mut self, k: usize) -> anyhow::Result<()> {
+        let p = self.plan.clone();
+        let url = self.pg.as_ref().context("no PostgreSQL")?.database()?;
+        let mut servers = Vec::new();
+        for _ in 0..k {
+            servers.push(Server::start_on(&self.launch, Kind::Ours, Some(&url)).await?);
+        }
+        let result = self.cluster_on(&servers, &p).await;
+        for server in servers {
+            server.stop().await;
+        }
+        result
+    }
+
+    async fn cluster_on(&mut self, servers: &[Server], p: &Plan) -> anyhow::Result<()> {
+        let k = servers.len();
+        let pg_cpu = |ctx: &Self| ctx.pg.as_ref().map_or(0.0, crate::pg::Pg::cpu_seconds);
+        let mut workers = Vec::new();
+        let pg0 = pg_cpu(self);
+        for (i, server) in servers.iter().enumerate() {
+            let task = Task::Crud(CrudTask {
+                addr: server.addr,
+                src: self.next_src(),
+                op: CrudOp::Post,
+                connections: (p.crud_connections / k).max(1),
+                warmup_s: p.crud_warmup_s,
+                duration_s: p.crud_duration_s,
+                ids: Vec::new(),
+                tag: self.next_tag(&format!("cluster{i}")),
+            });
+            workers.push(self.spawn(&task).await?);
+        }
+        let (mut posts, mut errors, mut first_error) = (0.0, 0, None);
+        let budget = Duration::from_secs_f64(p.crud_warmup_s + p.crud_duration_s + 60.0);
+        for w in &mut workers {
+            let r: CrudReport = w.result(budget).await?;
+            posts += r.requests as f64 / r.elapsed_s;
+            errors += r.errors;
+            first_error = first_error.or(r.first_error);
+        }
+        let pg_busy = (pg_cpu(self) - pg0) / (p.crud_warmup_s + p.crud_duration_s) * 100.0;
+        if errors > 0 {
+            self.fail(format!(
+                "cluster of {k}: {errors} POST errors: {first_error:?}"
+            ));
+        }
+
+        // The fan-out: subscribers on the instances other than the writer's (on it, alone).
+        let subs: Vec<SocketAddr> = if k == 1 {
+            vec![servers[0].addr]
+        } else {
+            servers[1..].iter().map(|s| s.addr).collect()
+        };
+        let (events, rate) = (p.fanout_events, p.fanout_rate);
+        let sub_budget = subscriber_budget_s(events as f64 / rate);
+        let mut workers = Vec::new();
+        let mut connected = 0;
+        for (i, addr) in subs.iter().enumerate() {
+            let share = p.cluster_n / subs.len() + usize::from(i < p.cluster_n % subs.len());
+            let (ws, ready) = self
+                .subscribers(*addr, Transport::Sse, share, events, true, None, sub_budget)
+                .await?;
+            workers.extend(ws);
+            connected += ready.connected;
+        }
+        let publ = self
+            .publish(servers[0].addr, events, rate, 4, 0.0, "cl")
+            .await?;
+        let sub = Self::collect(&mut workers, Duration::from_secs(30)).await?;
+        let lost = (publ.ok * connected as u64).saturating_sub(sub.events);
+        let (p50, p99) = (sub.latency.quantile_ms(0.5), sub.latency.quantile_ms(0.99));
+        eprintln!(
+            "   {k} instances: {posts:.0} POST/s (PostgreSQL {pg_busy:.0} % of a core); fan-out to {connected} on {} instance(s): p50 {p50:.2} ms, p99 {p99:.2} ms, lost {lost}",
+            subs.len()
+        );
+        if lost > 0 || connected < p.cluster_n {
+            self.fail(format!(
+                "cluster of {k}: {connected} of {} connected, lost {lost}: {:?}",
+                p.cluster_n, publ.first_error
+            ));
+        }
+        self.record_all(
+            "cluster",
+            crate::report::OURS,
+            "pg",
+            k,
+            [
+                ("posts_per_s", "req/s", posts),
+                ("pg_cpu", "%", pg_busy),
+                ("p50", "ms", p50),
+                ("p99", "ms", p99),
+                ("lost", "count", lost as f64),
+            ],
+        );
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- slow
 
     async fn slow(&mut self, kind: Kind, run: usize) -> anyhow::Result<()> {
         let p = self.plan.clone();
@@ -1179,7 +1272,7 @@ impl Ctx {
         let count = (p.slow_rate * p.slow_baseline_s) as u64;
         let a_pub = self
             .publish(
-                &server,
+                server.addr,
                 count,
                 p.slow_rate,
                 16,

@@ -59,6 +59,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(launch: &Launch, kind: Kind) -> anyhow::Result<Self> {
+        Self::start_on(launch, kind, None).await
+    }
+
+    /// funko-live on `database_url` (None: its own SQLite file), or the peer.
+    pub async fn start_on(
+        launch: &Launch,
+        kind: Kind,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("funko-bench-").tempdir()?;
         let log = dir.path().join("server.log");
         let out = std::fs::File::create(&log)?;
@@ -73,6 +82,9 @@ impl Server {
                     .env("NO_COLOR", "1")
                     .env_remove("DATABASE_URL")
                     .env_remove("API_TOKENS");
+                if let Some(url) = database_url {
+                    c.arg("--database-url").arg(url);
+                }
                 c
             }
             Kind::Node => {

@@ -33,7 +33,12 @@ pub enum Transport {
     Sse,
     Poll,
     Ws,
+    /// Socket.IO over its WebSocket transport, on the namespace [`SIO_NAMESPACE`].
+    SocketIo,
 }
+
+/// The Socket.IO namespace that carries Funko changes, on funko-live and on the peer.
+pub const SIO_NAMESPACE: &str = "/ws/v1/funkos";
 
 impl Transport {
     pub fn name(self) -> &'static str {
@@ -41,6 +46,7 @@ impl Transport {
             Self::Sse => "sse",
             Self::Poll => "poll",
             Self::Ws => "ws",
+            Self::SocketIo => "socketio",
         }
     }
 }
@@ -173,6 +179,9 @@ pub struct CrudReport {
     #[serde(default)]
     pub cpu_s: f64,
     pub requests: u64,
+    /// Requests answered over warm-up and measurement, for the server's CPU per request.
+    #[serde(default)]
+    pub all_requests: u64,
     pub errors: u64,
     pub latency: Hist,
     pub elapsed_s: f64,
@@ -368,6 +377,9 @@ async fn subscriber(
             poll_subscriber(&task, src, state, permits, ready_tx, stop, finish).await
         }
         Transport::Ws => ws_subscriber(&task, src, state, permits, ready_tx, stop, finish).await,
+        Transport::SocketIo => {
+            sio_subscriber(&task, src, state, permits, ready_tx, stop, finish).await
+        }
     };
     if !matches!(result, Ok(Outcome::Complete)) {
         finish.one_done();
@@ -602,6 +614,104 @@ async fn ws_subscriber(
     }
 }
 
+type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The next text frame of a socket, answering Engine.IO pings (`2`) on the way.
+async fn sio_text(ws: &mut WsStream) -> anyhow::Result<String> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no Socket.IO packet within 10 s")?
+            .context("closed during the Socket.IO handshake")??;
+        match msg {
+            Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
+            Message::Text(t) => return Ok(t.as_str().to_owned()),
+            Message::Close(_) => bail!("closed during the Socket.IO handshake"),
+            _ => {}
+        }
+    }
+}
+
+/// The first argument of a Socket.IO `updates` EVENT on [`SIO_NAMESPACE`]
+/// (`42<nsp>,["updates",{...},...]`): the event object, whatever arguments follow it.
+fn sio_update(packet: &str) -> Option<&str> {
+    let rest = packet
+        .strip_prefix("42")?
+        .strip_prefix(SIO_NAMESPACE)?
+        .strip_prefix(',')?
+        .strip_prefix("[\"updates\",")?;
+    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    Some(&rest[..values.byte_offset()])
+}
+
+async fn sio_subscriber(
+    task: &SubscribeTask,
+    src: IpAddr,
+    state: &RefCell<SubState>,
+    permits: &Semaphore,
+    ready_tx: &mpsc::UnboundedSender<Result<(), String>>,
+    stop: &mut watch::Receiver<bool>,
+    finish: &Finish,
+) -> Result<Outcome, Failure> {
+    let mut ws = {
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|e| Failure::Connect(e.into()))?;
+        let open = async {
+            let stream = http::connect(task.addr, Some(src)).await?;
+            let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", task.addr);
+            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+            let open = sio_text(&mut ws).await?;
+            anyhow::ensure!(open.starts_with('0'), "no Engine.IO open packet: {open:?}");
+            ws.send(Message::text(format!("40{SIO_NAMESPACE},")))
+                .await?;
+            let connected = format!("40{SIO_NAMESPACE},");
+            loop {
+                let packet = sio_text(&mut ws).await?;
+                if packet.starts_with(&connected) {
+                    break;
+                }
+                anyhow::ensure!(!packet.starts_with("44"), "CONNECT refused: {packet}");
+            }
+            anyhow::Ok(ws)
+        };
+        open.await.map_err(Failure::Connect)?
+    };
+    let _ = ready_tx.send(Ok(()));
+    let mut got = 0u64;
+    let mut stamps = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            () = stopped(stop) => return Ok(Outcome::Stopped),
+        };
+        let now = now_ns();
+        match msg {
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                ws.send(Message::text("3"))
+                    .await
+                    .map_err(|e| Failure::Stream(e.into()))?;
+            }
+            Some(Ok(Message::Text(text))) => {
+                if let Some(event) = sio_update(text.as_str()) {
+                    stamps.clear();
+                    let scan = http::scan(event.as_bytes(), |t| stamps.push(t));
+                    got += scan.events;
+                    state.borrow_mut().record(now, scan, &stamps, text.len());
+                }
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(Outcome::Ended),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Failure::Stream(e.into())),
+        }
+        if task.expect > 0 && got >= task.expect {
+            return Ok(finish.complete(stop).await);
+        }
+    }
+}
+
 /// The POST body of event `i`: its send time rides in `description`.
 pub fn funko_body(tag: &str, i: u64, stamp: Option<u64>) -> String {
     let description = match stamp {
@@ -739,6 +849,9 @@ async fn crud(task: CrudTask) -> CrudReport {
                     }
                 };
                 let done = Instant::now();
+                if res.is_ok() {
+                    report.borrow_mut().all_requests += 1;
+                }
                 if t < measure_from {
                     if let Err(e) = res {
                         let mut r = report.borrow_mut();
@@ -779,4 +892,22 @@ async fn crud(task: CrudTask) -> CrudReport {
         .max(1e-9);
     report.cpu_s = crate::servers::cpu_of(std::process::id()).unwrap_or(0.0);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sio_update;
+
+    #[test]
+    fn reads_the_first_argument_of_an_update() {
+        let event = r#"{"id":"7","entity":"FUNKOS","data":{"description":"bench t=5"}}"#;
+        for packet in [
+            format!(r#"42/ws/v1/funkos,["updates",{event}]"#),
+            format!(r#"42/ws/v1/funkos,["updates",{event},"7"]"#),
+        ] {
+            assert_eq!(sio_update(&packet), Some(event));
+        }
+        assert_eq!(sio_update(r#"42/ws/v1/funkos,["connection","hi"]"#), None);
+        assert_eq!(sio_update("2"), None);
+    }
 }

@@ -37,7 +37,25 @@ fn smoke_run_of_the_harness_completes() {
             );
         }
     }
-    for metric in ["write_us", "slow_p99_alone", "slow_p99_beside"] {
+    for transport in ["ws", "socketio", "poll"] {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with(&format!("fanout,funko-live,{transport},"))),
+            "no {transport} fan-out in:\n{csv}"
+        );
+    }
+    let postgres = std::path::Path::new("/usr/lib/postgresql").exists()
+        || std::env::var_os("FUNKO_REQUIRE_POSTGRES").is_some();
+    if postgres {
+        for k in [1, 2] {
+            assert!(
+                csv.lines()
+                    .any(|l| l.starts_with(&format!("cluster,funko-live,pg,{k},posts_per_s,"))),
+                "no cluster of {k} in:\n{csv}"
+            );
+        }
+    }
+    for metric in ["write_us", "p99"] {
         assert!(
             csv.lines()
                 .any(|l| l.starts_with("floor,kernel,") && l.contains(&format!(",{metric},"))),

@@ -1,8 +1,9 @@
 'use strict';
-// A minimal Node.js Funko store, the peer funko-live is benchmarked against (bench/, issue 7).
-// express for the REST routes, socket.io broadcasting `updates` like the course project's gateway,
-// Server-Sent Events at /events, long-polling at /events/poll and a `ws` WebSocket at /ws, all over
-// an in-memory Funko list and an in-memory event log. Same routes and event JSON as funko-live.
+// A minimal Node.js Funko store, the peer funko-live is benchmarked against (bench/).
+// express for the REST routes, socket.io broadcasting `updates` on the namespace `/ws/v1/funkos`
+// as funko-live does, Server-Sent Events at /events, long-polling at /events/poll and a `ws`
+// WebSocket at /ws, all over an in-memory Funko list and an in-memory event log. Same routes and
+// event JSON as funko-live.
 //
 // Usage: node server.js [--port 0] [--host 127.0.0.1]; prints `listening on http://HOST:PORT`.
 
@@ -70,7 +71,8 @@ function sseFrame(ev) {
 
 function publish(entity, type, data) {
   eventSeq += 1;
-  const json = JSON.stringify({ id: String(eventSeq), entity, type, data, createdAt: now() });
+  const event = { id: String(eventSeq), entity, type, data, createdAt: now() };
+  const json = JSON.stringify(event);
   const ev = { id: eventSeq, json };
   events.push(ev);
   if (events.length > MAX_EVENTS) events.splice(0, events.length - MAX_EVENTS);
@@ -84,7 +86,7 @@ function publish(entity, type, data) {
     pollers.clear();
     for (const p of waiting) p.answer();
   }
-  io.emit('updates', { entity, type, data, createdAt: now() });
+  if (entity === 'FUNKOS') funkosNsp.emit('updates', event);
 }
 
 function eventsAfter(cursor, limit) {
@@ -238,7 +240,8 @@ server.requestTimeout = 0;
 server.maxConnections = 100000;
 
 const io = new SocketIo(server, { destroyUpgrade: false });
-io.on('connection', () => {});
+const funkosNsp = io.of('/ws/v1/funkos');
+funkosNsp.on('connection', (socket) => socket.emit('connection', 'Updates Funkos WS: node-peer'));
 
 const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
 server.on('upgrade', (req, socket, head) => {
