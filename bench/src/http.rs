@@ -309,6 +309,8 @@ static ENTITY_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(ENTITY));
 static MARKER_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(MARKER));
+static VIEW_ENTER_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(br#""view":"enter""#));
 static FRAME_END_FINDER: LazyLock<memmem::FinderRev<'static>> =
     LazyLock::new(|| memmem::FinderRev::new(b"\n\n"));
 
@@ -338,6 +340,11 @@ pub fn scan(text: &[u8], mut on_stamp: impl FnMut(u64)) -> Scan {
     Scan { events }
 }
 
+/// How many events in `text` a view tagged `enter`.
+pub fn view_enters(text: &[u8]) -> u64 {
+    VIEW_ENTER_FINDER.find_iter(text).count() as u64
+}
+
 /// The value of the last `"cursor":"N"` in a JSON text.
 pub fn last_cursor(text: &[u8]) -> Option<String> {
     let key = b"\"cursor\":\"";
@@ -364,6 +371,24 @@ mod tests {
             assert_eq!(out, b"hello, world");
             assert!(d.done());
         }
+    }
+
+    #[test]
+    fn scans_view_events_and_id_only_frames() {
+        // A view's event carries `"view"` after `data`; an event outside the view is an
+        // `id:`-only frame, which moves no count.
+        let text = br#"id: 3
+data: {"id":"3","entity":"FUNKOS","type":"CREATE","data":{"description":"bench t=12345"},"view":"enter"}
+
+id: 4
+
+"#;
+        let end = frames_end(text).unwrap();
+        assert_eq!(end, text.len());
+        let mut stamps = vec![];
+        assert_eq!(scan(&text[..end], |t| stamps.push(t)).events, 1);
+        assert_eq!(stamps, [12345]);
+        assert_eq!(view_enters(text), 1);
     }
 
     #[test]

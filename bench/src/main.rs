@@ -302,7 +302,7 @@ fn main() -> anyhow::Result<()> {
 fn describe(p: &Plan) -> String {
     format!(
         "crud {} connections, {} s warm-up + {} s per operation; SSE fan-out N = {:?}, {} events at {}/s; \
-         long-poll N = {}; WebSocket N = {:?}; Socket.IO N = {:?}; throughput N = {} for {} s with {} POST connections; \
+         SSE views (category, maxPrice, q) N = {:?}; long-poll N = {}; WebSocket N = {:?}; Socket.IO N = {:?}; throughput N = {} for {} s with {} POST connections; \
          idle SSE connections in steps {:?}, idle WebSockets {}; replay K = {}; slow M = {} beside {} readers at {} writes/s \
          ({} s alone, then {} s); kernel floor at {:?} sockets; PostgreSQL instances {:?} \
          with {} SSE subscribers",
@@ -312,6 +312,7 @@ fn describe(p: &Plan) -> String {
         p.fanout_ns,
         p.fanout_events,
         p.fanout_rate,
+        p.view_ns,
         p.poll_n,
         p.ws_ns,
         p.sio_ns,

@@ -500,6 +500,35 @@ pub fn targets(r: &Results) -> Vec<TargetRow> {
         );
     }
 
+    // Views against our own plain SSE at the same N, measured in the same run.
+    for n in ns(r, "fanout", crate::scenarios::VIEW_TRANSPORT) {
+        let view = |m| g("fanout", OURS, crate::scenarios::VIEW_TRANSPORT, Some(n), m);
+        let sse = |m| g("fanout", OURS, "sse", Some(n), m);
+        let (c, sc, p, sp) = (
+            view("cpu_per_delivery"),
+            sse("cpu_per_delivery"),
+            view("p99"),
+            sse("p99"),
+        );
+        let lost = view("lost").unwrap_or(0.0);
+        row(
+            format!(
+                "SSE fan-out to {} view subscribers (a third each `category`, `maxPrice`, `q`; \
+                 every write enters every view)",
+                count(n)
+            ),
+            "a view costs no more per delivered event than the plain stream: CPU per delivery \
+             ≤ 1.1x and p99 ≤ 1.25x our unfiltered SSE's at the same N",
+            format!("{} CPU, p99 {}", num(c, "µs"), num(p, "ms")),
+            format!("SSE: {} CPU, p99 {}", num(sc, "µs"), num(sp, "ms")),
+            format!("{} / {}", ratio(c, sc), ratio(p, sp)),
+            c.zip(sc)
+                .zip(p.zip(sp))
+                .map(|((c, sc), (p, sp))| c <= 1.1 * sc && p <= 1.25 * sp && lost == 0.0),
+            None,
+        );
+    }
+
     let (o, p) = (
         g("throughput", OURS, "sse", None, "deliveries_per_s"),
         g("throughput", PEER, "sse", None, "deliveries_per_s"),

@@ -38,6 +38,27 @@ fn subscriber_budget_s(run_s: f64) -> f64 {
     120.0 + run_s + 60.0
 }
 
+/// The transport name of the view fan-out's figures (SSE with view filters).
+pub const VIEW_TRANSPORT: &str = "sse_view";
+
+/// The tag of the fan-out's writes: their names are `fan-…`.
+const FANOUT_TAG: &str = "fan";
+
+/// The view fan-out's filters, a third of the subscribers each: one per kind of filter, each
+/// chosen so that every Funko the fan-out writes (see [`crate::worker::funko_body`]) is in
+/// every view. Each subscriber then gets every event, tagged `enter`, as many deliveries as
+/// the plain stream's.
+pub fn view_filters() -> Vec<String> {
+    use crate::worker::{FUNKO_CATEGORY, FUNKO_PRICE};
+    const MAX_PRICE: f64 = 20.0;
+    const _: () = assert!(FUNKO_PRICE <= MAX_PRICE);
+    vec![
+        format!("category={FUNKO_CATEGORY}"),
+        format!("maxPrice={MAX_PRICE}"),
+        format!("q={FANOUT_TAG}"),
+    ]
+}
+
 /// How big each scenario is.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -49,6 +70,9 @@ pub struct Plan {
     pub fanout_ns: Vec<usize>,
     pub fanout_events: u64,
     pub fanout_rate: f64,
+    /// SSE fan-out sizes measured again with view subscribers (see [`view_filters`]), each
+    /// right after the plain SSE point of the same N.
+    pub view_ns: Vec<usize>,
     pub poll_n: usize,
     pub ws_ns: Vec<usize>,
     /// Socket.IO (WebSocket transport) fan-out sizes.
@@ -84,6 +108,7 @@ impl Plan {
             fanout_ns: vec![100, 1_000, 5_000, 10_000],
             fanout_events: 40,
             fanout_rate: 10.0,
+            view_ns: vec![1_000],
             poll_n: 1_000,
             ws_ns: vec![1_000, 5_000],
             sio_ns: vec![1_000, 5_000],
@@ -114,6 +139,7 @@ impl Plan {
             fanout_ns: vec![5],
             fanout_events: 5,
             fanout_rate: 20.0,
+            view_ns: vec![5],
             poll_n: 5,
             ws_ns: vec![5],
             sio_ns: vec![5],
@@ -551,6 +577,23 @@ impl Ctx {
         after: Option<String>,
         deadline_s: f64,
     ) -> anyhow::Result<(Vec<WorkerProc>, Ready)> {
+        self.subscribers_viewing(addr, transport, n, expect, read, after, deadline_s, &[])
+            .await
+    }
+
+    /// [`Self::subscribers`] with view filters (SSE; see [`SubscribeTask::views`]).
+    #[allow(clippy::too_many_arguments, reason = "the subscriber task's settings")]
+    async fn subscribers_viewing(
+        &self,
+        addr: SocketAddr,
+        transport: Transport,
+        n: usize,
+        expect: u64,
+        read: bool,
+        after: Option<String>,
+        deadline_s: f64,
+        views: &[String],
+    ) -> anyhow::Result<(Vec<WorkerProc>, Ready)> {
         let mut workers = Vec::new();
         let mut left = n;
         while left > 0 {
@@ -569,6 +612,7 @@ impl Ctx {
                 after: after.clone(),
                 deadline_s,
                 connect_concurrency: 128,
+                views: views.to_vec(),
             });
             workers.push(self.spawn(&task).await?);
         }
@@ -617,6 +661,7 @@ impl Ctx {
                 };
             }
             total.last_event_ns = total.last_event_ns.max(r.last_event_ns);
+            total.view_enters += r.view_enters;
             for e in r.errors {
                 if total.errors.len() < 5 {
                     total.errors.push(e);
@@ -636,16 +681,35 @@ impl Ctx {
 
     async fn fanout(&mut self, kind: Kind) -> anyhow::Result<()> {
         let plan = self.plan.clone();
+        // Views are funko-live's own (the peer has none): measured right after the plain SSE
+        // point of the same N, for the closest conditions.
+        let views = if kind == Kind::Ours {
+            view_filters()
+        } else {
+            Vec::new()
+        };
         for &n in &plan.fanout_ns {
-            self.fanout_point(kind, Transport::Sse, n, false).await?;
+            self.fanout_point(kind, Transport::Sse, n, false, &[])
+                .await?;
+            if !views.is_empty() && plan.view_ns.contains(&n) {
+                self.fanout_point(kind, Transport::Sse, n, false, &views)
+                    .await?;
+            }
         }
-        self.fanout_point(kind, Transport::Poll, plan.poll_n, true)
+        if !views.is_empty() {
+            for &n in plan.view_ns.iter().filter(|n| !plan.fanout_ns.contains(n)) {
+                self.fanout_point(kind, Transport::Sse, n, false, &views)
+                    .await?;
+            }
+        }
+        self.fanout_point(kind, Transport::Poll, plan.poll_n, true, &[])
             .await?;
         for &n in &plan.ws_ns {
-            self.fanout_point(kind, Transport::Ws, n, false).await?;
+            self.fanout_point(kind, Transport::Ws, n, false, &[])
+                .await?;
         }
         for &n in &plan.sio_ns {
-            self.fanout_point(kind, Transport::SocketIo, n, false)
+            self.fanout_point(kind, Transport::SocketIo, n, false, &[])
                 .await?;
         }
         self.throughput(kind).await?;
@@ -689,21 +753,28 @@ impl Ctx {
         Ok((costs, sub.latency))
     }
 
-    /// N subscribers, E events at a set rate: publish-to-deliver latency.
+    /// N subscribers, E events at a set rate: publish-to-deliver latency. With `views` (SSE),
+    /// the subscribers are views, recorded as transport `sse_view`.
     async fn fanout_point(
         &mut self,
         kind: Kind,
         transport: Transport,
         n: usize,
         idle_cpu: bool,
+        views: &[String],
     ) -> anyhow::Result<()> {
         let (events, rate) = (self.plan.fanout_events, self.plan.fanout_rate);
         let server = Server::start(&self.launch, kind).await?;
         let budget = subscriber_budget_s(events as f64 / rate);
         let (mut workers, ready) = self
-            .subscribers(server.addr, transport, n, events, true, None, budget)
+            .subscribers_viewing(server.addr, transport, n, events, true, None, budget, views)
             .await?;
-        let label = format!("{} n={n}", transport.name());
+        let t = if views.is_empty() {
+            transport.name()
+        } else {
+            VIEW_TRANSPORT
+        };
+        let label = format!("{t} n={n}");
         if ready.connected == 0 {
             let why = ready.first_error.unwrap_or_default();
             eprintln!("   {label}: no subscriber could connect: {why}");
@@ -747,11 +818,11 @@ impl Ctx {
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             let pct = (server.cpu_seconds() - c0) / secs * 100.0;
             eprintln!("   {label}: idle server CPU {pct:.2} % with {n} waiting");
-            self.record("fanout", kind, transport.name(), n, "idle_cpu", "%", pct);
+            self.record("fanout", kind, t, n, "idle_cpu", "%", pct);
         }
         let cpu0 = server.cpu_seconds();
         let publ = self
-            .publish(server.addr, events, rate, 4, 0.0, "fan")
+            .publish(server.addr, events, rate, 4, 0.0, FANOUT_TAG)
             .await?;
         let drain = Duration::from_secs(30);
         let sub = Self::collect(&mut workers, drain).await?;
@@ -779,7 +850,6 @@ impl Ctx {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
-        let t = transport.name();
         self.record(
             "fanout",
             kind,
@@ -802,6 +872,15 @@ impl Ctx {
         self.record("fanout", kind, t, n, "deliveries_per_s", "1/s", dps);
         self.record("fanout", kind, t, n, "cpu_per_delivery", "µs", cpu_us);
         self.record("fanout", kind, t, n, "lost", "count", lost as f64);
+        if !views.is_empty() && sub.view_enters != sub.events {
+            self.fail(format!(
+                "fanout {label} on {}: {} of {} events tagged \"view\":\"enter\" (every Funko \
+                 written should enter every view)",
+                kind.name(),
+                sub.view_enters,
+                sub.events
+            ));
+        }
         if lost > 0 || publ.errors > 0 {
             let mut server = server;
             let state = if server.alive() {

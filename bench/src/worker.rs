@@ -76,6 +76,10 @@ pub struct SubscribeTask {
     pub after: Option<String>,
     pub deadline_s: f64,
     pub connect_concurrency: usize,
+    /// SSE only: view filters as query strings (`category=DISNEY`); subscriber `i` subscribes
+    /// with `views[i % views.len()]`. Empty: the plain stream.
+    #[serde(default)]
+    pub views: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -108,6 +112,10 @@ pub struct SubscribeReport {
     pub ready_ns: u64,
     pub first_event_ns: u64,
     pub last_event_ns: u64,
+    /// View subscribers: the events tagged `"view":"enter"` (every event, when each Funko
+    /// written is in every view).
+    #[serde(default)]
+    pub view_enters: u64,
     pub errors: Vec<String>,
 }
 
@@ -372,7 +380,9 @@ async fn subscriber(
     let (state, permits, ready_tx, stop, finish) =
         (&*state, &*permits, &ready_tx, &mut stop, &*finish);
     let result = match task.transport {
-        Transport::Sse => sse_subscriber(&task, src, state, permits, ready_tx, stop, finish).await,
+        Transport::Sse => {
+            sse_subscriber(i, &task, src, state, permits, ready_tx, stop, finish).await
+        }
         Transport::Poll => {
             poll_subscriber(&task, src, state, permits, ready_tx, stop, finish).await
         }
@@ -417,7 +427,12 @@ fn query_cursor(after: &Option<String>, name: &str) -> String {
         .unwrap_or_default()
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the other transports' arguments and the index"
+)]
 async fn sse_subscriber(
+    i: usize,
     task: &SubscribeTask,
     src: IpAddr,
     state: &RefCell<SubState>,
@@ -433,7 +448,11 @@ async fn sse_subscriber(
             .map_err(|e| Failure::Connect(e.into()))?;
         let open = async {
             let mut conn = Conn::open(task.addr, Some(src)).await?;
-            let path = format!("/events{}", query_cursor(&task.after, "lastEventId"));
+            let mut path = format!("/events{}", query_cursor(&task.after, "lastEventId"));
+            if !task.views.is_empty() {
+                path.push(if task.after.is_some() { '&' } else { '?' });
+                path.push_str(&task.views[i % task.views.len()]);
+            }
             conn.send("GET", &path, "Accept: text/event-stream\r\n", None)
                 .await?;
             let head = conn.read_head().await?;
@@ -469,7 +488,12 @@ async fn sse_subscriber(
             stamps.clear();
             let scan = http::scan(&decoded[..end], |t| stamps.push(t));
             got += scan.events;
-            state.borrow_mut().record(now, scan, &stamps, end);
+            let mut s = state.borrow_mut();
+            s.record(now, scan, &stamps, end);
+            if !task.views.is_empty() {
+                s.report.view_enters += http::view_enters(&decoded[..end]);
+            }
+            drop(s);
             decoded.drain(..end);
         }
         match more {
@@ -712,6 +736,11 @@ async fn sio_subscriber(
     }
 }
 
+/// The category and price of every Funko the generator writes (its name is `{tag}-{i}`): the
+/// view fan-out's filters are chosen to match them.
+pub const FUNKO_CATEGORY: &str = "DISNEY";
+pub const FUNKO_PRICE: f64 = 9.99;
+
 /// The POST body of event `i`: its send time rides in `description`.
 pub fn funko_body(tag: &str, i: u64, stamp: Option<u64>) -> String {
     let description = match stamp {
@@ -719,7 +748,7 @@ pub fn funko_body(tag: &str, i: u64, stamp: Option<u64>) -> String {
         None => "bench".to_owned(),
     };
     format!(
-        r#"{{"name":"{tag}-{i}","description":"{description}","price":9.99,"stock":{},"category":"DISNEY"}}"#,
+        r#"{{"name":"{tag}-{i}","description":"{description}","price":{FUNKO_PRICE},"stock":{},"category":"{FUNKO_CATEGORY}"}}"#,
         i % 1000
     )
 }

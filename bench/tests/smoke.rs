@@ -37,7 +37,7 @@ fn smoke_run_of_the_harness_completes() {
             );
         }
     }
-    for transport in ["ws", "socketio", "poll"] {
+    for transport in ["ws", "socketio", "poll", "sse_view"] {
         assert!(
             csv.lines()
                 .any(|l| l.starts_with(&format!("fanout,funko-live,{transport},"))),
