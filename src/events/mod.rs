@@ -8,7 +8,7 @@ pub(crate) mod retention;
 pub(crate) mod subscription;
 pub(crate) mod tail;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::value::RawValue;
 
@@ -42,8 +42,11 @@ pub(crate) struct StoredEvent {
     /// The event as one Server-Sent Events frame (`id: …` + `data: …`), shared by every SSE
     /// subscriber: a delivery is a reference count, not a copy.
     pub sse: bytes::Bytes,
-    /// A Funko event's Funko before and after the change, as views compare them.
-    sides: Option<Arc<Sides>>,
+    /// What the log recorded of a Funko event's Funko before the change.
+    before: Option<Arc<str>>,
+    /// The Funko before and after the change, as views compare them: worked out on the first
+    /// view that asks, once for every clone, so streams without views never pay for it.
+    sides: Arc<OnceLock<Option<Sides>>>,
 }
 
 /// What a view compares: the Funko before the change (none for a CREATE) and after it.
@@ -87,15 +90,6 @@ impl StoredEvent {
         // `data` follows the three fields before it, none of which can hold this key.
         let start = json.find(r#""data":"#).expect("the data field") + r#""data":"#.len();
         let data_at = (start as u32, (start + raw.get().len()) as u32);
-        let sides = (entity == Entity::Funkos)
-            .then(|| serde_json::from_str::<ViewFields>(raw.get()).ok())
-            .flatten()
-            .map(|after| {
-                Arc::new(Sides {
-                    before: None,
-                    after: ViewKeys::from(&after),
-                })
-            });
         Self {
             id,
             entity,
@@ -103,26 +97,39 @@ impl StoredEvent {
             sse: sse_frame(id, &json),
             json: Arc::from(RawValue::from_string(json).expect("serde_json writes JSON")),
             data_at,
-            sides,
+            before: None,
+            sides: Arc::default(),
         }
     }
 
     /// Sets what the log recorded of the Funko before the change (its [`ViewFields`]).
     pub(crate) fn with_before(mut self, before: Option<&str>) -> Self {
-        let before = before.and_then(|json| serde_json::from_str::<ViewFields>(json).ok());
-        if let (Some(before), Some(sides)) = (before, &self.sides) {
-            self.sides = Some(Arc::new(Sides {
-                before: Some(ViewKeys::from(&before)),
-                after: sides.after.clone(),
-            }));
-        }
+        self.before = before.map(Arc::from);
+        self.sides = Arc::default();
         self
+    }
+
+    fn sides(&self) -> Option<&Sides> {
+        self.sides
+            .get_or_init(|| {
+                let fields = |json: &str| serde_json::from_str::<ViewFields>(json).ok();
+                let after = fields(self.data()).filter(|_| self.entity == Entity::Funkos)?;
+                Some(Sides {
+                    before: self
+                        .before
+                        .as_deref()
+                        .and_then(fields)
+                        .map(|b| ViewKeys::from(&b)),
+                    after: ViewKeys::from(&after),
+                })
+            })
+            .as_ref()
     }
 
     /// The event as `view` sees it: with `"view"` saying whether its Funko enters, stays in
     /// or leaves the view; `None` when the Funko is in the view neither before nor after.
     pub(crate) fn in_view(&self, view: &View) -> Option<Self> {
-        let sides = self.sides.as_ref()?;
+        let sides = self.sides()?;
         let before = sides.before.as_ref().is_some_and(|b| view.matches(b));
         let change = ViewChange::of(before, view.matches(&sides.after))?;
         let plain = self.json.get();
@@ -131,9 +138,10 @@ impl StoredEvent {
         json.push_str(r#","view":""#);
         json.push_str(change.as_str());
         json.push_str(r#""}"#);
+        let json: Arc<RawValue> = Arc::from(RawValue::from_string(json).expect("still JSON"));
         Some(Self {
-            sse: sse_frame(self.id, &json),
-            json: Arc::from(RawValue::from_string(json).expect("still JSON")),
+            sse: sse_frame(self.id, json.get()),
+            json,
             ..self.clone()
         })
     }
