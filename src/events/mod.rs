@@ -112,8 +112,11 @@ impl StoredEvent {
     fn sides(&self) -> Option<&Sides> {
         self.sides
             .get_or_init(|| {
+                if self.entity != Entity::Funkos {
+                    return None;
+                }
                 let fields = |json: &str| serde_json::from_str::<ViewFields>(json).ok();
-                let after = fields(self.data()).filter(|_| self.entity == Entity::Funkos)?;
+                let after = fields(self.data())?;
                 Some(Sides {
                     before: self
                         .before

@@ -28,7 +28,11 @@ impl Filters {
         self.0
             .iter()
             .map(|(key, value)| match value {
-                Value::String(text) => format!("{key}={}", urlencode(text)),
+                Value::String(text) => {
+                    let text: String =
+                        url::form_urlencoded::byte_serialize(text.as_bytes()).collect();
+                    format!("{key}={text}")
+                }
                 other => format!("{key}={other}"),
             })
             .collect::<Vec<_>>()
@@ -41,15 +45,6 @@ impl Filters {
             .map(|(key, value)| ((*key).to_owned(), value.clone()))
             .collect()
     }
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The filters subscribers pick from: each of the four alone, with other cases than the

@@ -398,20 +398,18 @@ fn subscribe(frame: SubscribeFrame) -> Result<Command, ApiError> {
         min_price,
         max_price,
     } = frame;
-    let view = [
-        ("category", category),
-        ("q", q),
-        ("minPrice", min_price),
-        ("maxPrice", max_price),
-    ]
-    .map(|(name, field)| match field {
-        Field::Absent => (name, None),
-        Field::Sent(value) => (name, Some(value)),
-    });
     let view = view_from_json(|name| {
-        view.iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, value)| value.as_ref())
+        let field = match name {
+            "category" => &category,
+            "q" => &q,
+            "minPrice" => &min_price,
+            "maxPrice" => &max_price,
+            _ => return None,
+        };
+        match field {
+            Field::Absent => None,
+            Field::Sent(value) => Some(value),
+        }
     })?;
     let sent = |field: Field| match field {
         Field::Absent => None,
