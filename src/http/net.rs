@@ -17,15 +17,21 @@
 //! directly through its [`Outlet`], without waking the connection's task. The two never
 //! write at once: the fan-out writes only while hyper has nothing buffered and the response's
 //! body is not handing hyper bytes.
+//!
+//! After a WebSocket upgrade whose live events the fan-out writes, the socket has two writers
+//! at once: tungstenite (through hyper's upgraded connection: the session's own frames,
+//! pongs, the close) and the fan-out (batches of event frames). Each writes whole frames, and
+//! the outlet's [`Turn`] keeps them apart: the one with a frame half written holds the socket
+//! until it has written the rest.
 
 use std::{
     io,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -68,6 +74,8 @@ impl Shared {
                 flushed: AtomicWaker::new(),
                 opened: Instant::now(),
                 last_write: AtomicU64::new(0),
+                framed: AtomicBool::new(false),
+                turn: Mutex::new(Turn::default()),
             }),
         }
     }
@@ -92,6 +100,52 @@ pub(crate) struct Outlet {
     opened: Instant,
     /// Nanoseconds after `opened` of the last write through the outlet.
     last_write: AtomicU64,
+    /// Both writers write whole WebSocket frames, taking [`Turn`]s (see [`Outlet::frame_writes`]).
+    framed: AtomicBool,
+    turn: Mutex<Turn>,
+}
+
+/// Which of a framed socket's two writers has a frame half written, and the other's task if
+/// it waits for the rest.
+#[derive(Default)]
+struct Turn {
+    holder: Option<Writer>,
+    waiting: Option<Waker>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// tungstenite, through the connection's `AsyncWrite`.
+    Socket,
+    /// The fan-out, through [`Outlet::try_write`].
+    Outside,
+}
+
+impl Turn {
+    /// Records what a write of `len` bytes by `writer` did: a frame half written holds the
+    /// socket; a whole one (tungstenite writes whole frames from its buffer, so all of the
+    /// buffer is the end of a frame) lets the other writer go on.
+    fn wrote(&mut self, writer: Writer, written: usize, len: usize) {
+        if written < len {
+            self.holder = Some(writer);
+        } else {
+            self.holder = None;
+            if let Some(waiting) = self.waiting.take() {
+                waiting.wake();
+            }
+        }
+    }
+
+    /// Whether `writer` may write now; if not, its task is woken when it may.
+    fn poll_free(&mut self, writer: Writer, cx: &mut Context<'_>) -> Poll<()> {
+        match self.holder {
+            Some(holder) if holder != writer => {
+                self.waiting = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
 }
 
 impl Outlet {
@@ -123,35 +177,80 @@ impl Outlet {
         }
     }
 
-    /// Writes without waiting: `WouldBlock` when the socket's buffer is full. Only while
-    /// hyper is idle (see the type's rule).
+    /// From now on, the connection's own writes (tungstenite's, after a WebSocket upgrade) and
+    /// the fan-out's take turns frame by frame. Called before either writes a frame.
+    pub(crate) fn frame_writes(&self) {
+        self.framed.store(true, Ordering::Release);
+    }
+
+    fn is_framed(&self) -> bool {
+        self.framed.load(Ordering::Acquire)
+    }
+
+    fn turn(&self) -> MutexGuard<'_, Turn> {
+        self.turn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes without waiting: `WouldBlock` when the socket's buffer is full, or when the
+    /// socket's own writer has a frame half written. Only while hyper is idle (see the
+    /// type's rule).
     pub(super) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.socket().try_write(bytes)?;
+        let written = if self.is_framed() {
+            let mut turn = self.turn();
+            if turn.holder == Some(Writer::Socket) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let written = self.socket().try_write(bytes)?;
+            turn.wrote(Writer::Outside, written, bytes.len());
+            written
+        } else {
+            self.socket().try_write(bytes)?
+        };
         let since = Instant::now().saturating_duration_since(self.opened);
         self.last_write
             .store(since.as_nanos() as u64, Ordering::Release);
         Ok(written)
     }
 
-    /// hyper's write: waits for the socket to be writable, then `write` (a `try_write`), as
-    /// tokio's own `poll_write` does.
+    /// hyper's write of `len` bytes: waits for the socket to be writable (and, framed, for
+    /// the fan-out to have finished its frame), then `write` (a `try_write`), as tokio's own
+    /// `poll_write` does.
     fn poll_write_with(
         &self,
         cx: &mut Context<'_>,
+        len: usize,
         mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         let socket = self.socket();
         loop {
+            if self.is_framed() {
+                std::task::ready!(self.turn().poll_free(Writer::Socket, cx));
+            }
             std::task::ready!(socket.poll_write_ready(cx))?;
-            match write(socket) {
+            let written = if self.is_framed() {
+                let mut turn = self.turn();
+                if turn.holder == Some(Writer::Outside) {
+                    continue;
+                }
+                write(socket).inspect(|&written| turn.wrote(Writer::Socket, written, len))
+            } else {
+                write(socket)
+            };
+            match written {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
         }
     }
 
-    /// Registers the task for the socket's next writability.
+    /// Registers the task for the socket's next writability (framed, once the socket's own
+    /// writer has finished its frame).
     pub(super) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_framed() {
+            std::task::ready!(self.turn().poll_free(Writer::Outside, cx));
+        }
         self.socket().poll_write_ready(cx)
     }
 
@@ -194,7 +293,7 @@ impl AsyncWrite for Shared {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.outlet
-            .poll_write_with(cx, |socket| socket.try_write(buf))
+            .poll_write_with(cx, buf.len(), |socket| socket.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -202,8 +301,9 @@ impl AsyncWrite for Shared {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
         self.outlet
-            .poll_write_with(cx, |socket| socket.try_write_vectored(bufs))
+            .poll_write_with(cx, len, |socket| socket.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

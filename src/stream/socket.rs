@@ -48,10 +48,6 @@ impl Outbox {
         self.queue.push_back(frame);
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     pub(crate) fn has_work(&self) -> bool {
         !self.queue.is_empty() || self.unflushed
     }

@@ -161,7 +161,7 @@ impl SseStream {
                         writer = match writer.into_fanout(filter, subscription.cursor()) {
                             Ok(membership) => {
                                 drop(subscription);
-                                if let Ending::Abort(err) = membership.run(keep_alive, write_stall).await {
+                                if let Ending::Abort(err) = membership.run(Some(keep_alive), write_stall).await {
                                     yield Err(err);
                                 }
                                 break;

@@ -1218,7 +1218,124 @@ async fn writes_need_the_same_token_as_rest(backend: Backend) {
     assert_eq!(anonymous.next_event().await, event);
 }
 
+/// A masked client frame (RFC 6455, 5.3): `opcode` with `payload`, short payloads only.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Live events and the socket's own frames (pongs, answers) share one socket. Through a small
+/// receive window, with big events and the client pinging between writes, the wire stays a
+/// sequence of whole, unmasked frames: the replay, then every live event, once and in order,
+/// every ping ponged and every request answered.
+async fn frames_stay_whole_when_events_and_answers_share_the_socket(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let start = app.head().await;
+    let replayed = 40;
+    app.create_big_funkos("Replayed", replayed).await;
+    let mut tcp = app.small_window_connection().await;
+    tcp.write_all(
+        format!(
+            "GET /ws?after={start} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut read, mut send) = tcp.into_split();
+    let writes = 150;
+
+    let writing = async {
+        for i in 0..writes {
+            app.create_big_funkos(&format!("Shared {i}"), 1).await;
+            send.write_all(&client_frame(0x9, format!("p{i}").as_bytes()))
+                .await
+                .unwrap();
+            let request = json!({"op": "ping", "requestId": format!("r{i}")}).to_string();
+            send.write_all(&client_frame(0x1, request.as_bytes()))
+                .await
+                .unwrap();
+        }
+    };
+    let reading = async {
+        let mut bytes = Vec::new();
+        let mut buf = vec![0; 8192];
+        let (mut events, mut pongs, mut answers) = (Vec::new(), Vec::new(), Vec::new());
+        let mut at = None;
+        while events.len() < replayed + writes || pongs.len() < writes || answers.len() < writes {
+            let n = read.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the socket");
+            bytes.extend_from_slice(&buf[..n]);
+            let body = *at.get_or_insert_with(|| {
+                assert!(bytes.starts_with(b"HTTP/1.1 101"));
+                bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
+            });
+            // Whole frames off the front; a partial one waits for more bytes.
+            let mut rest = &bytes[body..];
+            loop {
+                if rest.len() < 2 {
+                    break;
+                }
+                assert_eq!(rest[0] & 0xf0, 0x80, "FIN, no reserved bits: {:x}", rest[0]);
+                assert_eq!(rest[1] & 0x80, 0, "server frames are unmasked");
+                let (len, header) = match rest[1] & 0x7f {
+                    126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                    127 if rest.len() >= 10 => (
+                        u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    n => (n as usize, 2),
+                };
+                if rest.len() < header + len {
+                    break;
+                }
+                let payload = &rest[header..header + len];
+                match rest[0] & 0x0f {
+                    0x1 => {
+                        let frame: Value = serde_json::from_slice(payload)
+                            .unwrap_or_else(|err| panic!("a text frame is JSON: {err}"));
+                        match frame["op"].as_str() {
+                            Some("welcome") => {}
+                            Some("pong") => answers.push(frame["requestId"].clone()),
+                            Some(op) => panic!("unexpected {op}: {frame}"),
+                            None => events.push(frame),
+                        }
+                    }
+                    0xa => pongs.push(String::from_utf8(payload.to_vec()).unwrap()),
+                    op => panic!("unexpected opcode {op:x}"),
+                }
+                rest = &rest[header + len..];
+            }
+            let consumed = bytes.len() - rest.len();
+            bytes.drain(body..consumed);
+        }
+        (events, pongs, answers)
+    };
+    let ((), (events, pongs, answers)) =
+        tokio::time::timeout(WAIT * 4, async { tokio::join!(writing, reading) })
+            .await
+            .expect("every event, pong and answer in time");
+    let log = app.events_after(&start).await;
+    assert_eq!(cursors(&events), cursors(&log), "the events' cursors");
+    assert!(events == log, "the events are the log's");
+    let expected = |prefix| {
+        (0..writes)
+            .map(|i| format!("{prefix}{i}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pongs, expected("p"));
+    assert_eq!(answers, expected("r"));
+}
+
 crate::backend_tests!(
+    frames_stay_whole_when_events_and_answers_share_the_socket,
     open_writes_over_the_socket_follow_the_origin_rule,
     welcome_first_with_the_head_cursor,
     same_events_as_sse_and_long_poll,

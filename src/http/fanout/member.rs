@@ -1,6 +1,6 @@
-//! A live SSE response's side of the fan-out: its [`Member`] state, which the shard and the
-//! response's own task share, and [`Membership::run`], the task that writes while the member
-//! is detached and waits while the shard writes.
+//! A live subscriber's side of the fan-out (an SSE response, a `/ws` socket): its [`Member`]
+//! state, which the shard and the subscriber's own task share, and [`Membership::run`], the
+//! task's part: it writes while the member is detached and waits while the shard writes.
 
 use std::{
     io,
@@ -12,17 +12,18 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Chunks, DETACHED_CHUNK, Hub, KEEP_ALIVE_CHUNK, Shard, lock, render};
+use super::{Chunks, DETACHED_CHUNK, Framing, Hub, KEEP_ALIVE_CHUNK, Shard, lock, render};
 use crate::{
-    events::{BATCH, Filter, tail::TailRead},
+    events::{BATCH, End, Filter, tail::TailRead},
     http::net::Outlet,
-    metrics::{METRICS, Transport},
+    metrics::METRICS,
 };
 
-/// One live SSE response's state, shared by the shard and the response's own task.
+/// One live subscriber's state, shared by the shard and the subscriber's own task.
 pub(super) struct Member {
     pub(super) id: u64,
     pub(super) outlet: Arc<Outlet>,
+    pub(super) framing: Framing,
     pub(super) filter: Filter,
     pub(super) state: Mutex<MemberState>,
 }
@@ -50,10 +51,11 @@ pub(super) enum Stop {
     SocketFailed,
 }
 
-/// How a member's stream ends, for the response body.
+/// How a member's stream ends, for its task.
 pub(crate) enum Ending {
-    /// Every chunk went out whole: the response can end properly.
-    Clean,
+    /// Every chunk went out whole: the stream can end properly, for this reason (the
+    /// subscriber resumes by cursor either way).
+    Clean(End),
     /// It cannot end properly (a chunk is half written, or the socket failed or stalled):
     /// the connection must be dropped.
     Abort(io::Error),
@@ -84,7 +86,7 @@ impl Member {
         }
         // From the batch's start, or (a member that attached ahead of the shard, or that a
         // refreshed batch reached last round) from its cursor.
-        let Some((chunk, n)) = chunks.after(state.cursor, &self.filter) else {
+        let Some((chunk, n)) = chunks.after(state.cursor, self.framing, &self.filter) else {
             return Offered::Skipped;
         };
         match state.write(&self.outlet, &chunk) {
@@ -130,6 +132,9 @@ enum Wrote {
 impl MemberState {
     /// Writes `chunk` without waiting, keeping in `owed` what the socket did not take of it.
     fn write(&mut self, outlet: &Outlet, chunk: &Bytes) -> Wrote {
+        if chunk.is_empty() {
+            return Wrote::Whole;
+        }
         match outlet.try_write(chunk) {
             Ok(written) if written == chunk.len() => Wrote::Whole,
             Ok(written) => {
@@ -154,7 +159,7 @@ impl MemberState {
     }
 }
 
-/// A response's place in the hub; leaving it (drop) removes the member.
+/// A subscriber's place in the hub; leaving it (drop) removes the member.
 pub(crate) struct Membership {
     pub(super) hub: Arc<Hub>,
     pub(super) shard: Arc<Shard>,
@@ -174,11 +179,14 @@ impl Membership {
     /// Delivers live events until the stream ends: waits for hyper to have written what it
     /// was handed, then writes from the tail while the member is detached and lets the shard
     /// write while it is attached. Sends a keep-alive comment after `keep_alive` without a
-    /// write; gives up on a socket that takes nothing for `write_stall`.
-    pub(crate) async fn run(&self, keep_alive: Duration, write_stall: Duration) -> Ending {
+    /// write, if given one; gives up on a socket that takes nothing for `write_stall`.
+    ///
+    /// Cancel-safe: what it has written and owes is in the member, so a task may drop it at
+    /// any await (to read its client, say) and run it again.
+    pub(crate) async fn run(&self, keep_alive: Option<Duration>, write_stall: Duration) -> Ending {
         let outlet = &self.member.outlet;
         std::future::poll_fn(|cx| outlet.poll_hyper_idle(cx)).await;
-        let delivered = METRICS.delivered_counter(Transport::Sse);
+        let delivered = METRICS.delivered_counter(self.member.framing.transport());
         let mut since_yield = 0;
         loop {
             if let Err(err) = self.pay_owed(write_stall).await {
@@ -210,8 +218,27 @@ impl Membership {
                 "writing to the stream's socket failed",
             )),
             _ if owed => Ending::Abort(io::Error::other("the stream ended mid-chunk")),
-            Stop::Shutdown | Stop::Slow => Ending::Clean,
+            Stop::Shutdown => Ending::Clean(End::Shutdown),
+            Stop::Slow => Ending::Clean(End::Slow),
         }
+    }
+
+    /// The last event written to the socket, or owed to it.
+    pub(crate) fn cursor(&self) -> i64 {
+        lock(&self.member.state).cursor
+    }
+
+    /// Leaves the hub for good, first writing what the member owes of a chunk (so that the
+    /// socket's other writer finds it at a frame's end), up to `write_stall`; returns the
+    /// cursor after what it wrote. The membership is inert after it.
+    pub(crate) async fn leave(&self, write_stall: Duration) -> io::Result<i64> {
+        {
+            let mut shard = lock(&self.shard.state);
+            shard.attached.remove(&self.member.id);
+            lock(&self.member.state).attached = false;
+        }
+        self.pay_owed(write_stall).await?;
+        Ok(self.cursor())
     }
 
     /// Writes the rest of a partly written chunk, waiting for the socket; fails when the
@@ -252,14 +279,18 @@ impl Membership {
         }
     }
 
-    /// One step of a detached member, with nothing owed: write the tail after its cursor,
-    /// or attach when there is none.
+    /// One step of a member with nothing owed: write the tail after its cursor, or attach
+    /// when there is none. An attached member (a task that runs again after it dropped
+    /// [`Membership::run`]) is the shard's to write to.
     fn step(&self) -> Step {
         let member = &self.member;
         let cursor = {
             let state = lock(&member.state);
             if let Some(end) = state.end {
                 return Step::Ended(end);
+            }
+            if state.attached {
+                return Step::Attached;
             }
             state.cursor
         };
@@ -286,7 +317,7 @@ impl Membership {
             })
             .map_or(events.len(), |at| at.max(1));
         events.truncate(fit);
-        let Some((chunk, n)) = render(&events, &member.filter) else {
+        let Some((chunk, n)) = render(&events, member.framing, &member.filter) else {
             return self.attach(cursor);
         };
         let mut state = lock(&member.state);
@@ -320,10 +351,13 @@ impl Membership {
         Step::Attached
     }
 
-    /// Waits while attached, sending keep-alives; `None` once detached (there is tail to
-    /// write), or how it ended.
-    async fn attached(&self, keep_alive: Duration) -> Option<Stop> {
+    /// Waits while attached, sending keep-alives if it has a period for them; `None` once
+    /// detached (there is tail to write), or how it ended.
+    async fn attached(&self, keep_alive: Option<Duration>) -> Option<Stop> {
         let outlet = &self.member.outlet;
+        let Some(keep_alive) = keep_alive else {
+            return std::future::poll_fn(|cx| self.poll_detached(cx)).await;
+        };
         loop {
             let since = outlet.last_write().unwrap_or_else(Instant::now);
             let waited = tokio::time::timeout_at(

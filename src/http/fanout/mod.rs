@@ -1,4 +1,5 @@
-//! The SSE fan-out: live events written straight to every subscriber's socket.
+//! The fan-out: live events written straight to every subscriber's socket, for SSE responses
+//! and `/ws` sockets.
 //!
 //! Through hyper, a delivery wakes the subscriber's connection task, which polls hyper's
 //! dispatcher, the response body, the subscription and the socket's guard before the one
@@ -20,6 +21,12 @@
 //! over once it is at the tail's head. A response is taken over only when hyper frames it
 //! with chunked encoding (HTTP/1.1 `GET`) and its bytes can be kept apart from hyper's.
 //!
+//! A `/ws` socket is a member the same way, its batches rendered as WebSocket text frames
+//! (a server's frames are not masked, so one rendering serves every socket with the filter).
+//! Its session task still writes its own frames (answers, pings, the close) through
+//! tungstenite; the socket's outlet makes the two writers take turns frame by frame
+//! ([`super::net`]), and [`WsWriter`] turns that on before the session writes anything.
+//!
 //! Who writes when is held by types. A response body gets its bytes to hyper only as
 //! [`ToHyper`] chunks, which only its [`SseWriter`] makes, marking hyper busy first; the fan-out
 //! writes to the socket only once the writer has been given up to it
@@ -37,6 +44,7 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 pub(crate) use self::member::{Ending, Membership};
@@ -65,6 +73,24 @@ pub(crate) struct Hub {
     shards: Vec<Arc<Shard>>,
     next_shard: AtomicUsize,
     next_id: AtomicU64,
+}
+
+/// How a member's batches are written on its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// Chunks of a chunked HTTP/1.1 response body of Server-Sent Events.
+    Sse,
+    /// WebSocket text frames, one per event.
+    WebSocket,
+}
+
+impl Framing {
+    fn transport(self) -> Transport {
+        match self {
+            Self::Sse => Transport::Sse,
+            Self::WebSocket => Transport::Ws,
+        }
+    }
 }
 
 /// A chunk of an SSE response's body, for hyper. Only an [`SseWriter`] makes one.
@@ -110,9 +136,46 @@ impl SseWriter {
     /// hyper); `Err(self)` when the fan-out cannot write to this connection.
     pub(crate) fn into_fanout(self, filter: Filter, cursor: i64) -> Result<Membership, Self> {
         match self {
-            Self::Fanout { hub, outlet } => Ok(hub.join(outlet, filter, cursor)),
+            Self::Fanout { hub, outlet } => Ok(hub.join(outlet, Framing::Sse, filter, cursor)),
             hyper => Err(hyper),
         }
+    }
+}
+
+/// A `/ws` socket's way into the fan-out: its live events are written by the fan-out, its
+/// own frames by tungstenite, taking turns frame by frame.
+pub(crate) struct WsWriter {
+    hub: Arc<Hub>,
+    outlet: Arc<Outlet>,
+}
+
+impl WsWriter {
+    /// The fan-out's access to the upgraded connection's socket, when the server accepted it
+    /// (not in poem's test client). Until [`WsWriter::start`], nothing changes.
+    pub(crate) fn for_request(hub: &Arc<Hub>, request: &poem::Request) -> Option<Self> {
+        let outlet = request.extensions().get::<Arc<Outlet>>()?;
+        Some(Self {
+            hub: hub.clone(),
+            outlet: outlet.clone(),
+        })
+    }
+
+    /// Makes the socket's writers take turns. Called by the session before it writes its
+    /// first frame, which is why a session has a writer only once it has started.
+    pub(crate) fn start(self) -> StartedWsWriter {
+        self.outlet.frame_writes();
+        StartedWsWriter(self)
+    }
+}
+
+/// A [`WsWriter`] whose socket's writers take turns: one that may join the fan-out.
+pub(crate) struct StartedWsWriter(WsWriter);
+
+impl StartedWsWriter {
+    /// Gives live delivery from `cursor` on to the fan-out, until the membership is left.
+    pub(crate) fn join(&self, filter: Filter, cursor: i64) -> Membership {
+        let WsWriter { hub, outlet } = &self.0;
+        hub.join(outlet.clone(), Framing::WebSocket, filter, cursor)
     }
 }
 
@@ -175,7 +238,13 @@ impl Hub {
 
     /// Takes over a live SSE response at `cursor` (everything up to it already handed to
     /// hyper); [`Membership::run`] then delivers the rest.
-    fn join(self: &Arc<Self>, outlet: Arc<Outlet>, filter: Filter, cursor: i64) -> Membership {
+    fn join(
+        self: &Arc<Self>,
+        outlet: Arc<Outlet>,
+        framing: Framing,
+        filter: Filter,
+        cursor: i64,
+    ) -> Membership {
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         Membership {
             hub: self.clone(),
@@ -183,6 +252,7 @@ impl Hub {
             member: Arc::new(Member {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 outlet,
+                framing,
                 filter,
                 state: Mutex::new(MemberState {
                     attached: false,
@@ -196,13 +266,13 @@ impl Hub {
     }
 
     async fn run_shard(self: Arc<Self>, shard: Arc<Shard>, mut head: watch::Receiver<i64>) {
-        let delivered = METRICS.delivered_counter(Transport::Sse);
+        let delivered = Delivered::new();
         loop {
             tokio::select! {
                 changed = head.changed() => if changed.is_err() { break },
                 () = self.tail.closing().cancelled() => break,
             }
-            delivered.inc_by(self.distribute(&shard).await);
+            self.distribute(&shard, &delivered).await;
         }
         let members: Vec<_> = {
             let mut state = lock(&shard.state);
@@ -214,20 +284,19 @@ impl Hub {
         }
     }
 
-    /// Writes the events after the shard's cursor to its attached members; returns how many
-    /// deliveries it made.
-    async fn distribute(&self, shard: &Shard) -> u64 {
-        let mut delivered = 0;
+    /// Writes the events after the shard's cursor to its attached members, counting the
+    /// deliveries.
+    async fn distribute(&self, shard: &Shard, delivered: &Delivered) {
         loop {
             let (events, members) = {
                 let mut state = lock(&shard.state);
                 if state.attached.is_empty() {
                     // Nobody to write to: whoever attaches next starts from the head.
                     state.cursor = state.cursor.max(self.tail.head());
-                    return delivered;
+                    return;
                 }
                 match self.tail.read(state.cursor, BATCH) {
-                    TailRead::Events(events) if events.is_empty() => return delivered,
+                    TailRead::Events(events) if events.is_empty() => return,
                     TailRead::Events(events) => {
                         state.cursor = events.last().expect("not empty").id;
                         (events, state.in_turn())
@@ -242,7 +311,7 @@ impl Hub {
                         for member in members {
                             member.detach();
                         }
-                        return delivered;
+                        return;
                     }
                 }
             };
@@ -254,7 +323,7 @@ impl Hub {
                     chunks.refresh(&self.tail);
                 }
                 match member.offer(&mut chunks) {
-                    Offered::Delivered(n) => delivered += n as u64,
+                    Offered::Delivered(n) => delivered.count(member.framing, n),
                     Offered::Skipped => {}
                     Offered::Detached => detached.push(member.id),
                 }
@@ -271,9 +340,32 @@ impl Hub {
                 }
             }
             if chunks.events.len() < BATCH {
-                return delivered;
+                return;
             }
         }
+    }
+}
+
+/// The deliveries counters, by framing.
+struct Delivered {
+    sse: Counter,
+    ws: Counter,
+}
+
+impl Delivered {
+    fn new() -> Self {
+        Self {
+            sse: METRICS.delivered_counter(Framing::Sse.transport()),
+            ws: METRICS.delivered_counter(Framing::WebSocket.transport()),
+        }
+    }
+
+    fn count(&self, framing: Framing, events: usize) {
+        match framing {
+            Framing::Sse => &self.sse,
+            Framing::WebSocket => &self.ws,
+        }
+        .inc_by(events as u64);
     }
 }
 
@@ -294,11 +386,21 @@ impl ShardState {
     }
 }
 
-/// The chunks of one batch of events, each rendered once per filter and starting point.
+/// The chunks of one batch of events, each rendered once per framing, filter and starting
+/// point.
 struct Chunks {
     events: Vec<StoredEvent>,
-    /// By filter and the index of the first event the chunk carries.
-    rendered: Vec<(Filter, usize, Bytes, usize)>,
+    rendered: Vec<Rendered>,
+}
+
+struct Rendered {
+    framing: Framing,
+    filter: Filter,
+    /// The index of the first event the chunk carries.
+    start: usize,
+    chunk: Bytes,
+    /// The events it carries.
+    events: usize,
 }
 
 impl Chunks {
@@ -332,31 +434,81 @@ impl Chunks {
         }
     }
 
-    /// What a member at `cursor` is owed of the batch, as one chunk for its filter, and how
-    /// many events that carries; `None` when it has the whole batch.
-    fn after(&mut self, cursor: i64, filter: &Filter) -> Option<(Bytes, usize)> {
+    /// What a member at `cursor` is owed of the batch, as one chunk in its framing for its
+    /// filter, and how many events that carries; `None` when it has the whole batch.
+    fn after(&mut self, cursor: i64, framing: Framing, filter: &Filter) -> Option<(Bytes, usize)> {
         let start = self.events.partition_point(|e| e.id <= cursor);
         if start == self.events.len() {
             return None;
         }
-        if let Some((.., chunk, n)) = self
+        if let Some(done) = self
             .rendered
             .iter()
-            .find(|(f, at, ..)| *at == start && f == filter)
+            .find(|r| r.start == start && r.framing == framing && r.filter == *filter)
         {
-            return Some((chunk.clone(), *n));
+            return Some((done.chunk.clone(), done.events));
         }
-        let (chunk, n) = render(&self.events[start..], filter).expect("not empty");
-        self.rendered
-            .push((filter.clone(), start, chunk.clone(), n));
-        Some((chunk, n))
+        let (chunk, events) = render(&self.events[start..], framing, filter).expect("not empty");
+        self.rendered.push(Rendered {
+            framing,
+            filter: filter.clone(),
+            start,
+            chunk: chunk.clone(),
+            events,
+        });
+        Some((chunk, events))
     }
 }
+
+/// Events as one write in `framing`, and how many events it carries (those the filter
+/// passes); `None` for no events. A chunk may carry no event and still move the member's
+/// cursor past the events the filter hides.
+fn render(events: &[StoredEvent], framing: Framing, filter: &Filter) -> Option<(Bytes, usize)> {
+    match framing {
+        Framing::Sse => sse_chunk(events, filter),
+        Framing::WebSocket => {
+            events.last()?;
+            Some(ws_frames(events, filter))
+        }
+    }
+}
+
+/// Events as WebSocket text frames, one per event the filter passes (empty when it passes
+/// none: a `/ws` client's cursor moves only with its events and its close frame's).
+fn ws_frames(events: &[StoredEvent], filter: &Filter) -> (Bytes, usize) {
+    let matching: Vec<StoredEvent> = events.iter().filter_map(|e| filter.pass(e)).collect();
+    let len = matching
+        .iter()
+        .map(|e| WS_HEADER_MAX + e.json.get().len())
+        .sum();
+    let mut frames = BytesMut::with_capacity(len);
+    for event in &matching {
+        let payload = event.json.get().as_bytes();
+        // FIN and the text opcode, then the unmasked payload's length (RFC 6455, 5.2).
+        frames.put_u8(0x81);
+        match payload.len() {
+            n @ ..=125 => frames.put_u8(n as u8),
+            n @ ..=0xffff => {
+                frames.put_u8(126);
+                frames.put_u16(n as u16);
+            }
+            n => {
+                frames.put_u8(127);
+                frames.put_u64(n as u64);
+            }
+        }
+        frames.put_slice(payload);
+    }
+    (frames.freeze(), matching.len())
+}
+
+/// The longest header of an unmasked WebSocket frame.
+const WS_HEADER_MAX: usize = 10;
 
 /// Events as one chunk of a chunked response: the events a filter passes and, when the
 /// batch ends in events it hides, an `id:` line that moves the client's cursor past them.
 /// `None` for no events.
-fn render(events: &[StoredEvent], filter: &Filter) -> Option<(Bytes, usize)> {
+fn sse_chunk(events: &[StoredEvent], filter: &Filter) -> Option<(Bytes, usize)> {
     let last = events.last()?.id;
     let matching: Vec<StoredEvent> = events.iter().filter_map(|e| filter.pass(e)).collect();
     let trailing = (matching.last().map(|e| e.id) != Some(last)).then(|| format!("id: {last}\n\n"));

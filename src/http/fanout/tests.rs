@@ -48,11 +48,14 @@ async fn a_keep_alive_the_socket_cannot_take_stalls_out_without_spinning() {
     // The client reads nothing: fill the socket until it takes not one more byte.
     while outlet.try_write(b":").is_ok() {}
 
-    let membership = hub.join(outlet, Filter::default(), tail.head());
+    let membership = hub.join(outlet, Framing::Sse, Filter::default(), tail.head());
     let (keep_alive, write_stall) = (Duration::from_millis(50), Duration::from_secs(1));
     let (started, cpu) = (Instant::now(), thread_cpu());
-    let ending =
-        tokio::time::timeout(5 * write_stall, membership.run(keep_alive, write_stall)).await;
+    let ending = tokio::time::timeout(
+        5 * write_stall,
+        membership.run(Some(keep_alive), write_stall),
+    )
+    .await;
     let (waited, used) = (started.elapsed(), thread_cpu() - cpu);
     assert!(
         matches!(ending, Ok(Ending::Abort(ref err)) if err.kind() == io::ErrorKind::TimedOut),
@@ -83,7 +86,7 @@ fn dechunk(chunk: &[u8]) -> String {
 #[test]
 fn a_batch_is_one_chunk_of_the_frames_the_filter_passes() {
     let events = [event(7, Entity::Funkos), event(8, Entity::Categories)];
-    let (all, n) = render(&events, &Filter::default()).unwrap();
+    let (all, n) = render(&events, Framing::Sse, &Filter::default()).unwrap();
     assert_eq!(n, 2);
     assert_eq!(
         dechunk(&all),
@@ -95,16 +98,71 @@ fn a_batch_is_one_chunk_of_the_frames_the_filter_passes() {
     );
     let funkos = Filter::parse(Some("FUNKOS"), []).unwrap();
     // The batch ends in an event the filter hides: the cursor moves past it too.
-    let (some, n) = render(&events, &funkos).unwrap();
+    let (some, n) = render(&events, Framing::Sse, &funkos).unwrap();
     assert_eq!(n, 1);
     assert_eq!(
         dechunk(&some),
         format!("{}id: 8\n\n", std::str::from_utf8(&events[0].sse).unwrap())
     );
     // None pass: the cursor still moves past them.
-    let (none, n) = render(&events[1..], &funkos).unwrap();
+    let (none, n) = render(&events[1..], Framing::Sse, &funkos).unwrap();
     assert_eq!(n, 0);
     assert_eq!(dechunk(&none), "id: 8\n\n");
-    assert!(render(&[], &funkos).is_none());
+    assert!(render(&[], Framing::Sse, &funkos).is_none());
     assert_eq!(dechunk(KEEP_ALIVE_CHUNK), ":\n\n");
+}
+
+/// Unmasked server frames as a client reads them: (FIN, opcode, payload).
+fn ws_decode(mut bytes: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert_eq!(bytes[1] & 0x80, 0, "a server's frames are not masked");
+        let (len, header) = match bytes[1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        frames.push((
+            bytes[0] & 0x80 != 0,
+            bytes[0] & 0x0f,
+            bytes[header..header + len].to_vec(),
+        ));
+        bytes = &bytes[header + len..];
+    }
+    frames
+}
+
+#[test]
+fn a_batch_for_websockets_is_one_text_frame_per_event_the_filter_passes() {
+    let sized = |id, len: usize| {
+        let data = format!(r#"{{"name":"{}"}}"#, "x".repeat(len));
+        StoredEvent::new(id, Entity::Funkos, EventKind::Create, &data, "t")
+    };
+    // Payloads on each side of the 7-bit and 16-bit length limits.
+    let events = [
+        sized(1, 0),
+        sized(2, 125),
+        sized(3, 126),
+        sized(4, 70_000),
+        event(5, Entity::Categories),
+    ];
+    let (all, n) = render(&events, Framing::WebSocket, &Filter::default()).unwrap();
+    assert_eq!(n, 5);
+    let frames = ws_decode(&all);
+    assert_eq!(frames.len(), 5);
+    for ((fin, opcode, payload), event) in frames.iter().zip(&events) {
+        assert!(*fin);
+        assert_eq!(*opcode, 0x1);
+        assert_eq!(payload, event.json.get().as_bytes());
+    }
+    let funkos = Filter::parse(Some("FUNKOS"), []).unwrap();
+    let (some, n) = render(&events, Framing::WebSocket, &funkos).unwrap();
+    assert_eq!((n, ws_decode(&some).len()), (4, 4));
+    // None pass: nothing to write, but there were events (the cursor moves past them).
+    let (none, n) = render(&events[4..], Framing::WebSocket, &funkos).unwrap();
+    assert_eq!((n, none.len()), (0, 0));
+    assert!(render(&[], Framing::WebSocket, &funkos).is_none());
 }

@@ -26,6 +26,7 @@ use crate::{
     auth::Credentials,
     error::ApiError,
     events::{Filter, Start, Subscription},
+    http::fanout::WsWriter,
     limits::client_ip,
     metrics::Transport,
     stream::{socket::socket_config, start_from_text, view_from_text},
@@ -74,7 +75,8 @@ async fn upgrade(
     let session = session::Session {
         state: state.clone(),
         credentials,
-        subscription,
+        feed: session::Feed::Replay(subscription),
+        writer: WsWriter::for_request(&state.hub, request),
         _slot: slot,
     };
     // Shutdown waits (within the grace period) for the socket's task to send its 1001 close.

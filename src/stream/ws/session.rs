@@ -1,6 +1,7 @@
-//! One `/ws` socket's task: a `select!` over the client's frames, the subscription's steps,
-//! the writes in flight, the heartbeat and shutdown, with the frames for the client queued in
-//! an [`Outbox`] that is flushed meanwhile.
+//! One `/ws` socket's task: a `select!` over the client's frames, the stream's steps, the
+//! writes in flight, the heartbeat and shutdown, with the frames for the client queued in an
+//! [`Outbox`] that is flushed meanwhile. The stream is a [`Feed`]: the subscription's replay,
+//! then, live, the fan-out's writes (where the connection allows it).
 
 use std::{io, time::Duration};
 
@@ -19,6 +20,7 @@ use crate::{
     domain::event::Reset,
     error::ApiError,
     events::{BATCH, Next, Subscription},
+    http::fanout::{Ending as LiveEnding, Membership, StartedWsWriter, WsWriter},
     limits::StreamSlot,
     metrics::{METRICS, Transport},
     service::writes::{self, Answer},
@@ -43,9 +45,77 @@ enum Ending {
 pub(super) struct Session {
     pub(super) state: AppState,
     pub(super) credentials: Credentials,
-    pub(super) subscription: Subscription,
+    pub(super) feed: Feed,
+    /// The fan-out's way to this socket, when it has one.
+    pub(super) writer: Option<WsWriter>,
     /// This socket's place among the open streams, freed when the task ends.
     pub(super) _slot: StreamSlot,
+}
+
+/// Where a socket's events come from.
+pub(super) enum Feed {
+    /// Its subscription: the replay, and live events where the fan-out cannot write.
+    Replay(Subscription),
+    /// The fan-out writes its live events.
+    Live(Membership),
+}
+
+/// What the feed did.
+enum Fed {
+    Next(Next),
+    /// The fan-out's delivery ended.
+    Ended(LiveEnding),
+}
+
+impl Feed {
+    /// The next step: the subscription's, handing the socket to the fan-out once the
+    /// subscription is live; or, live, the fan-out's delivery until it ends.
+    async fn next(&mut self, fanout: Option<&StartedWsWriter>, write_stall: Duration) -> Fed {
+        loop {
+            match self {
+                Self::Replay(subscription) => match subscription.poll_now(BATCH).await {
+                    Some(next) => return Fed::Next(next),
+                    None => match fanout {
+                        Some(fanout) => {
+                            let filter = subscription.filter().clone();
+                            *self = Self::Live(fanout.join(filter, subscription.cursor()));
+                        }
+                        None => subscription.wait().await,
+                    },
+                },
+                Self::Live(membership) => {
+                    return Fed::Ended(membership.run(None, write_stall).await);
+                }
+            }
+        }
+    }
+
+    fn cursor(&self) -> i64 {
+        match self {
+            Self::Replay(subscription) => subscription.cursor(),
+            Self::Live(membership) => membership.cursor(),
+        }
+    }
+
+    /// Whether it may take its next step now: the replay only when the previous batch has
+    /// been flushed (so the fan-out's first writes follow it on the wire); the fan-out holds
+    /// back by itself.
+    fn ready(&self, out: &Outbox) -> bool {
+        matches!(self, Self::Live(_)) || !out.has_work()
+    }
+
+    /// Stops the fan-out's delivery for good (finishing a frame it has half written, so the
+    /// socket's own frames can follow); returns the cursor after the last event the client
+    /// was sent.
+    async fn stop(&self, write_stall: Duration) -> i64 {
+        match self {
+            Self::Replay(subscription) => subscription.cursor(),
+            Self::Live(membership) => membership
+                .leave(write_stall)
+                .await
+                .unwrap_or_else(|_| membership.cursor()),
+        }
+    }
 }
 
 type WriteFuture = BoxFuture<'static, Message>;
@@ -54,6 +124,9 @@ impl Session {
     /// The socket's one task: a `select!` over the client's frames, the subscription's next
     /// step, finished writes, the heartbeat and shutdown, with the outbox flushing meanwhile.
     pub(super) async fn run(mut self, socket: WebSocketStream, head: i64, reset: Option<Reset>) {
+        // Before the first frame: the fan-out and tungstenite take turns from here on.
+        let fanout = self.writer.take().map(WsWriter::start);
+        let write_stall = self.state.settings.write_stall;
         let (sink, mut incoming) = socket.split();
         let mut out = Outbox::new(sink);
         out.push(protocol::welcome(head));
@@ -91,18 +164,20 @@ impl Session {
                         Some(Ok(message)) => self.on_message(message, &mut out, &mut writes).await,
                     }
                 }
-                // Read only when the previous batch has been handed to the socket: a client
-                // that stops reading stops the subscription, which falls behind the bus's
-                // tail and is cut off when it next reads, exactly as on SSE.
-                step = self.subscription.next(BATCH), if out.is_empty() => match step {
-                    Next::Events { events, .. } => {
+                // A client that stops reading stops the replay (see `Feed::ready`), which
+                // falls behind the tail and is cut off when it next reads; live, the fan-out
+                // cuts it off the same way. Exactly as on SSE.
+                fed = self.feed.next(fanout.as_ref(), write_stall), if self.feed.ready(&out) => match fed {
+                    Fed::Next(Next::Events { events, .. }) => {
                         METRICS.delivered(Transport::Ws, events.len());
                         for event in events {
                             out.push(Message::Text(event.json.get().to_owned()));
                         }
                     }
-                    Next::Reset(reset) => out.push(protocol::reset(&reset)),
-                    Next::End { why, .. } => break Ending::ByServer(why.into()),
+                    Fed::Next(Next::Reset(reset)) => out.push(protocol::reset(&reset)),
+                    Fed::Next(Next::End { why, .. }) => break Ending::ByServer(why.into()),
+                    Fed::Ended(LiveEnding::Clean(why)) => break Ending::ByServer(why.into()),
+                    Fed::Ended(LiveEnding::Abort(_)) => break Ending::ByClient,
                 },
                 Some(answer) = writes.next(), if !writes.is_empty() => out.push(answer),
                 () = &mut heartbeat => {
@@ -126,6 +201,8 @@ impl Session {
             }
         };
 
+        // The fan-out stops first: the frames below must not meet its writes.
+        let cursor = self.feed.stop(write_stall).await;
         // Writes in flight finish (dropping one mid-commit could lose the wake-up that tells
         // the bus about its event) and are answered, unless the client is gone.
         while let Some(answer) = writes.next().await {
@@ -140,7 +217,7 @@ impl Session {
             }
             Ending::ByServer(reason) => {
                 tracing::debug!(reason = reason.as_str(), "closing a WebSocket");
-                out.push(reason.frame(self.subscription.cursor()));
+                out.push(reason.frame(cursor));
             }
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, out.flush()).await;
@@ -201,12 +278,13 @@ impl Session {
                 match Subscription::open(self.state.tail.clone(), start, filter).await {
                     Err(err) => out.push(protocol::error(request_id, &err)),
                     Ok((subscription, reset)) => {
-                        self.subscription = subscription;
+                        self.feed.stop(self.state.settings.write_stall).await;
+                        self.feed = Feed::Replay(subscription);
                         if !request_id.is_null() {
                             let ack = Answer {
                                 status: 200,
                                 body: Value::Null,
-                                cursor: self.subscription.cursor(),
+                                cursor: self.feed.cursor(),
                             };
                             out.push(protocol::result(request_id, ack));
                         }
