@@ -330,16 +330,6 @@ impl Subscription {
         }))
     }
 
-    /// The next step of the stream, waiting for a commit when there is nothing new.
-    pub(crate) async fn next(&mut self, max: usize) -> Next {
-        loop {
-            if let Some(next) = self.poll_now(max).await {
-                return next;
-            }
-            self.wait().await;
-        }
-    }
-
     /// Waits until the head moves past what [`poll_now`](Self::poll_now) last saw, or the
     /// server starts shutting down (the next `poll_now` then ends the stream).
     pub(crate) async fn wait(&mut self) {

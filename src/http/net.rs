@@ -20,9 +20,9 @@
 //!
 //! After a WebSocket upgrade whose live events the fan-out writes, the socket has two writers
 //! at once: tungstenite (through hyper's upgraded connection: the session's own frames,
-//! pongs, the close) and the fan-out (batches of event frames). Each writes whole frames, and
-//! the outlet's [`Turn`] keeps them apart: the one with a frame half written holds the socket
-//! until it has written the rest.
+//! pongs, the close) and the fan-out (batches of event frames, for each member on the
+//! socket). Each writes whole frames, and the outlet's [`Turn`] keeps them apart: the one
+//! with a frame half written holds the socket until it has written the rest.
 
 use std::{
     io,
@@ -105,46 +105,52 @@ pub(crate) struct Outlet {
     turn: Mutex<Turn>,
 }
 
-/// Which of a framed socket's two writers has a frame half written, and the other's task if
-/// it waits for the rest.
+/// Which of a framed socket's writers has a frame half written, and the tasks waiting for it
+/// to finish.
 #[derive(Default)]
 struct Turn {
     holder: Option<Writer>,
-    waiting: Option<Waker>,
+    waiting: Vec<Waker>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Writer {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Writer {
     /// tungstenite, through the connection's `AsyncWrite`.
     Socket,
-    /// The fan-out, through [`Outlet::try_write`].
-    Outside,
+    /// A fan-out member, by its id, through [`Outlet::try_write`] (a Socket.IO session has one
+    /// per namespace on the same socket).
+    Outside(u64),
 }
 
 impl Turn {
     /// Records what a write of `len` bytes by `writer` did: a frame half written holds the
     /// socket; a whole one (tungstenite writes whole frames from its buffer, so all of the
-    /// buffer is the end of a frame) lets the other writer go on.
+    /// buffer is the end of a frame) lets the others go on.
     fn wrote(&mut self, writer: Writer, written: usize, len: usize) {
         if written < len {
             self.holder = Some(writer);
         } else {
             self.holder = None;
-            if let Some(waiting) = self.waiting.take() {
+            for waiting in self.waiting.drain(..) {
                 waiting.wake();
             }
         }
     }
 
-    /// Whether `writer` may write now; if not, its task is woken when it may.
+    /// Whether `writer` may write now: nobody else is mid-frame.
+    fn free_for(&self, writer: Writer) -> bool {
+        self.holder.is_none_or(|holder| holder == writer)
+    }
+
+    /// Like [`Turn::free_for`], registering the task to be woken when it may.
     fn poll_free(&mut self, writer: Writer, cx: &mut Context<'_>) -> Poll<()> {
-        match self.holder {
-            Some(holder) if holder != writer => {
-                self.waiting = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            _ => Poll::Ready(()),
+        if self.free_for(writer) {
+            return Poll::Ready(());
         }
+        if !self.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -193,17 +199,17 @@ impl Outlet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes without waiting: `WouldBlock` when the socket's buffer is full, or when the
-    /// socket's own writer has a frame half written. Only while hyper is idle (see the
+    /// Writes without waiting, as `writer`: `WouldBlock` when the socket's buffer is full,
+    /// or when another writer has a frame half written. Only while hyper is idle (see the
     /// type's rule).
-    pub(super) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+    pub(super) fn try_write(&self, writer: Writer, bytes: &[u8]) -> io::Result<usize> {
         let written = if self.is_framed() {
             let mut turn = self.turn();
-            if turn.holder == Some(Writer::Socket) {
+            if !turn.free_for(writer) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let written = self.socket().try_write(bytes)?;
-            turn.wrote(Writer::Outside, written, bytes.len());
+            turn.wrote(writer, written, bytes.len());
             written
         } else {
             self.socket().try_write(bytes)?
@@ -231,7 +237,7 @@ impl Outlet {
             std::task::ready!(socket.poll_write_ready(cx))?;
             let written = if self.is_framed() {
                 let mut turn = self.turn();
-                if turn.holder == Some(Writer::Outside) {
+                if !turn.free_for(Writer::Socket) {
                     continue;
                 }
                 write(socket).inspect(|&written| turn.wrote(Writer::Socket, written, len))
@@ -245,11 +251,15 @@ impl Outlet {
         }
     }
 
-    /// Registers the task for the socket's next writability (framed, once the socket's own
-    /// writer has finished its frame).
-    pub(super) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Registers the task for the socket's next writability (framed, once no other writer
+    /// is mid-frame).
+    pub(super) fn poll_write_ready(
+        &self,
+        writer: Writer,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.is_framed() {
-            std::task::ready!(self.turn().poll_free(Writer::Outside, cx));
+            std::task::ready!(self.turn().poll_free(writer, cx));
         }
         self.socket().poll_write_ready(cx)
     }

@@ -621,3 +621,71 @@ async fn a_flood_of_connects_is_refused_with_bounded_tasks() {
         }
     }
 }
+
+/// Live events of two namespaces (each written by the fan-out) and the session's own packets
+/// (acks, pings) share one WebSocket. Through a small receive window, with big events and an
+/// acked event between writes, every frame stays whole: each namespace gets its events once
+/// and in order, and every ack comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_stay_whole_when_namespaces_and_acks_share_the_socket() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let start = app.head().await;
+    let tcp = app.small_window_connection().await;
+    let (ws, _) = tokio_tungstenite::client_async(
+        app.ws_url("/socket.io/?EIO=4&transport=websocket"),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    let mut raw = RawWs { ws };
+    raw.open_and_join("40").await;
+    raw.send("40/ws/v1/funkos,").await;
+    assert!(raw.next().await.unwrap().starts_with("40/ws/v1/funkos,"));
+    assert!(raw.next().await.unwrap().contains(FUNKOS_WELCOME));
+    let (mut send, mut receive) = raw.ws.split();
+    let writes = 120;
+
+    let writing = async {
+        for i in 0..writes {
+            app.create_big_funkos(&format!("Shared {i}"), 1).await;
+            // An event the server does not know, with an ack: answered by the session itself.
+            send.send(WsMessage::text(format!(r#"42{i}["nope"]"#)))
+                .await
+                .unwrap();
+        }
+        send
+    };
+    let reading = async {
+        let (mut main, mut funkos, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+        while main.len() < writes || funkos.len() < writes || acks.len() < writes {
+            let frame = receive.next().await.expect("open").expect("a whole frame");
+            let WsMessage::Text(text) = frame else {
+                continue;
+            };
+            let text = text.as_str();
+            if let Some(event) = text.strip_prefix("42/ws/v1/funkos,") {
+                funkos.push(serde_json::from_str::<Value>(event).unwrap()[1].clone());
+            } else if let Some(event) = text.strip_prefix("42") {
+                main.push(serde_json::from_str::<Value>(event).unwrap()[1].clone());
+            } else if let Some(ack) = text.strip_prefix("43") {
+                let id: String = ack.chars().take_while(char::is_ascii_digit).collect();
+                acks.push(id.parse::<usize>().unwrap());
+            } else {
+                // The server's pings are answered by nobody here; none are due this soon.
+                panic!("unexpected packet {text:?}");
+            }
+        }
+        (main, funkos, acks)
+    };
+    let (_send, (main, funkos, acks)) =
+        tokio::time::timeout(WAIT * 4, async { tokio::join!(writing, reading) })
+            .await
+            .expect("every event and ack in time");
+    let log = log_of(&app, &start, "FUNKOS").await;
+    assert_eq!(
+        crate::helpers::cursors(&main),
+        crate::helpers::cursors(&log)
+    );
+    assert!(main == log && funkos == log, "both namespaces got the log");
+    assert_eq!(acks, (0..writes).collect::<Vec<_>>());
+}

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{Chunks, DETACHED_CHUNK, Framing, Hub, KEEP_ALIVE_CHUNK, Shard, lock, render};
 use crate::{
     events::{BATCH, End, Filter, tail::TailRead},
-    http::net::Outlet,
+    http::net::{Outlet, Writer},
     metrics::METRICS,
 };
 
@@ -89,7 +89,7 @@ impl Member {
         let Some((chunk, n)) = chunks.after(state.cursor, self.framing, &self.filter) else {
             return Offered::Skipped;
         };
-        match state.write(&self.outlet, &chunk) {
+        match state.write(self.writer(), &self.outlet, &chunk) {
             Wrote::Whole => {
                 state.cursor = chunks.last_id();
                 Offered::Delivered(n)
@@ -114,6 +114,11 @@ impl Member {
         lock(&self.state).detach();
     }
 
+    /// Who this member is to its socket's outlet.
+    fn writer(&self) -> Writer {
+        Writer::Outside(self.id)
+    }
+
     pub(super) fn end(&self, end: Stop) {
         lock(&self.state).finish(end);
     }
@@ -131,11 +136,11 @@ enum Wrote {
 
 impl MemberState {
     /// Writes `chunk` without waiting, keeping in `owed` what the socket did not take of it.
-    fn write(&mut self, outlet: &Outlet, chunk: &Bytes) -> Wrote {
+    fn write(&mut self, writer: Writer, outlet: &Outlet, chunk: &Bytes) -> Wrote {
         if chunk.is_empty() {
             return Wrote::Whole;
         }
-        match outlet.try_write(chunk) {
+        match outlet.try_write(writer, chunk) {
             Ok(written) if written == chunk.len() => Wrote::Whole,
             Ok(written) => {
                 self.owed = Some(chunk.slice(written..));
@@ -250,7 +255,7 @@ impl Membership {
             let Some(mut owed) = lock(&self.member.state).owed.take() else {
                 return Ok(());
             };
-            match outlet.try_write(&owed) {
+            match outlet.try_write(self.member.writer(), &owed) {
                 Ok(written) => {
                     stalled_since = None;
                     if written < owed.len() {
@@ -264,7 +269,8 @@ impl Membership {
             }
             lock(&self.member.state).owed = Some(owed);
             let since = *stalled_since.get_or_insert_with(Instant::now);
-            let ready = std::future::poll_fn(|cx| outlet.poll_write_ready(cx));
+            let ready =
+                std::future::poll_fn(|cx| outlet.poll_write_ready(self.member.writer(), cx));
             match tokio::time::timeout_at(since + write_stall, ready).await {
                 Ok(ready) => ready?,
                 Err(_) => {
@@ -322,7 +328,7 @@ impl Membership {
         };
         let mut state = lock(&member.state);
         state.cursor = events.last().expect("rendered").id;
-        match state.write(&member.outlet, &chunk) {
+        match state.write(member.writer(), &member.outlet, &chunk) {
             Wrote::Whole | Wrote::Partly => {}
             Wrote::Full => state.owed = Some(chunk),
             Wrote::Failed => return Step::Ended(Stop::SocketFailed),
@@ -409,7 +415,7 @@ impl Membership {
             return;
         }
         let chunk = Bytes::from_static(KEEP_ALIVE_CHUNK);
-        match state.write(&member.outlet, &chunk) {
+        match state.write(member.writer(), &member.outlet, &chunk) {
             Wrote::Whole => {}
             Wrote::Partly => state.detach(),
             Wrote::Full => {

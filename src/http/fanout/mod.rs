@@ -80,15 +80,26 @@ pub(crate) struct Hub {
 pub(super) enum Framing {
     /// Chunks of a chunked HTTP/1.1 response body of Server-Sent Events.
     Sse,
-    /// WebSocket text frames, one per event.
-    WebSocket,
+    /// WebSocket text frames, one per event, holding it as `wrap` says.
+    WebSocket(Wrap),
+}
+
+/// What a WebSocket text frame holds of its event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wrap {
+    /// The event's JSON (`/ws`).
+    Plain,
+    /// A Socket.IO EVENT packet: `head` (its type, namespace, `[` and the event's name),
+    /// the event's JSON, then its cursor as the last argument.
+    SocketIo { head: &'static str },
 }
 
 impl Framing {
     fn transport(self) -> Transport {
         match self {
             Self::Sse => Transport::Sse,
-            Self::WebSocket => Transport::Ws,
+            Self::WebSocket(Wrap::Plain) => Transport::Ws,
+            Self::WebSocket(Wrap::SocketIo { .. }) => Transport::SocketIo,
         }
     }
 }
@@ -173,9 +184,10 @@ pub(crate) struct StartedWsWriter(WsWriter);
 
 impl StartedWsWriter {
     /// Gives live delivery from `cursor` on to the fan-out, until the membership is left.
-    pub(crate) fn join(&self, filter: Filter, cursor: i64) -> Membership {
+    /// A socket may have several members (a Socket.IO session's namespaces).
+    pub(crate) fn join(&self, wrap: Wrap, filter: Filter, cursor: i64) -> Membership {
         let WsWriter { hub, outlet } = &self.0;
-        hub.join(outlet.clone(), Framing::WebSocket, filter, cursor)
+        hub.join(outlet.clone(), Framing::WebSocket(wrap), filter, cursor)
     }
 }
 
@@ -346,24 +358,27 @@ impl Hub {
     }
 }
 
-/// The deliveries counters, by framing.
+/// The deliveries counters, by transport.
 struct Delivered {
     sse: Counter,
     ws: Counter,
+    socketio: Counter,
 }
 
 impl Delivered {
     fn new() -> Self {
         Self {
-            sse: METRICS.delivered_counter(Framing::Sse.transport()),
-            ws: METRICS.delivered_counter(Framing::WebSocket.transport()),
+            sse: METRICS.delivered_counter(Transport::Sse),
+            ws: METRICS.delivered_counter(Transport::Ws),
+            socketio: METRICS.delivered_counter(Transport::SocketIo),
         }
     }
 
     fn count(&self, framing: Framing, events: usize) {
-        match framing {
-            Framing::Sse => &self.sse,
-            Framing::WebSocket => &self.ws,
+        match framing.transport() {
+            Transport::Ws => &self.ws,
+            Transport::SocketIo => &self.socketio,
+            Transport::Sse | Transport::Poll => &self.sse,
         }
         .inc_by(events as u64);
     }
@@ -466,27 +481,37 @@ impl Chunks {
 fn render(events: &[StoredEvent], framing: Framing, filter: &Filter) -> Option<(Bytes, usize)> {
     match framing {
         Framing::Sse => sse_chunk(events, filter),
-        Framing::WebSocket => {
+        Framing::WebSocket(wrap) => {
             events.last()?;
-            Some(ws_frames(events, filter))
+            Some(ws_frames(events, wrap, filter))
         }
     }
 }
 
 /// Events as WebSocket text frames, one per event the filter passes (empty when it passes
-/// none: a `/ws` client's cursor moves only with its events and its close frame's).
-fn ws_frames(events: &[StoredEvent], filter: &Filter) -> (Bytes, usize) {
+/// none: a socket client's cursor moves only with its events).
+fn ws_frames(events: &[StoredEvent], wrap: Wrap, filter: &Filter) -> (Bytes, usize) {
     let matching: Vec<StoredEvent> = events.iter().filter_map(|e| filter.pass(e)).collect();
+    let wrapping = match wrap {
+        Wrap::Plain => 0,
+        // The head, then `,"<cursor>"]`.
+        Wrap::SocketIo { head } => head.len() + 24,
+    };
     let len = matching
         .iter()
-        .map(|e| WS_HEADER_MAX + e.json.get().len())
+        .map(|e| WS_HEADER_MAX + wrapping + e.json.get().len())
         .sum();
     let mut frames = BytesMut::with_capacity(len);
     for event in &matching {
-        let payload = event.json.get().as_bytes();
+        let json = event.json.get().as_bytes();
+        let (head, id) = match wrap {
+            Wrap::Plain => ("", None),
+            Wrap::SocketIo { head } => (head, Some(event.id.to_string())),
+        };
+        let payload_len = head.len() + json.len() + id.as_ref().map_or(0, |id| id.len() + 4);
         // FIN and the text opcode, then the unmasked payload's length (RFC 6455, 5.2).
         frames.put_u8(0x81);
-        match payload.len() {
+        match payload_len {
             n @ ..=125 => frames.put_u8(n as u8),
             n @ ..=0xffff => {
                 frames.put_u8(126);
@@ -497,7 +522,13 @@ fn ws_frames(events: &[StoredEvent], filter: &Filter) -> (Bytes, usize) {
                 frames.put_u64(n as u64);
             }
         }
-        frames.put_slice(payload);
+        frames.put_slice(head.as_bytes());
+        frames.put_slice(json);
+        if let Some(id) = id {
+            frames.put_slice(b",\"");
+            frames.put_slice(id.as_bytes());
+            frames.put_slice(b"\"]");
+        }
     }
     (frames.freeze(), matching.len())
 }

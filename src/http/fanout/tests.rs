@@ -5,7 +5,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::domain::event::{Entity, EventKind};
+use crate::{
+    domain::event::{Entity, EventKind},
+    http::net::Writer,
+};
 
 /// CPU time this thread has used (from `/proc`, in clock ticks of 10 ms).
 fn thread_cpu() -> Duration {
@@ -46,7 +49,7 @@ async fn a_keep_alive_the_socket_cannot_take_stalls_out_without_spinning() {
     let socket = crate::http::net::Shared::new(server);
     let outlet = socket.outlet().clone();
     // The client reads nothing: fill the socket until it takes not one more byte.
-    while outlet.try_write(b":").is_ok() {}
+    while outlet.try_write(Writer::Outside(0), b":").is_ok() {}
 
     let membership = hub.join(outlet, Framing::Sse, Filter::default(), tail.head());
     let (keep_alive, write_stall) = (Duration::from_millis(50), Duration::from_secs(1));
@@ -149,7 +152,7 @@ fn a_batch_for_websockets_is_one_text_frame_per_event_the_filter_passes() {
         sized(4, 70_000),
         event(5, Entity::Categories),
     ];
-    let (all, n) = render(&events, Framing::WebSocket, &Filter::default()).unwrap();
+    let (all, n) = render(&events, Framing::WebSocket(Wrap::Plain), &Filter::default()).unwrap();
     assert_eq!(n, 5);
     let frames = ws_decode(&all);
     assert_eq!(frames.len(), 5);
@@ -159,10 +162,27 @@ fn a_batch_for_websockets_is_one_text_frame_per_event_the_filter_passes() {
         assert_eq!(payload, event.json.get().as_bytes());
     }
     let funkos = Filter::parse(Some("FUNKOS"), []).unwrap();
-    let (some, n) = render(&events, Framing::WebSocket, &funkos).unwrap();
+    let (some, n) = render(&events, Framing::WebSocket(Wrap::Plain), &funkos).unwrap();
     assert_eq!((n, ws_decode(&some).len()), (4, 4));
     // None pass: nothing to write, but there were events (the cursor moves past them).
-    let (none, n) = render(&events[4..], Framing::WebSocket, &funkos).unwrap();
+    let (none, n) = render(&events[4..], Framing::WebSocket(Wrap::Plain), &funkos).unwrap();
     assert_eq!((n, none.len()), (0, 0));
-    assert!(render(&[], Framing::WebSocket, &funkos).is_none());
+    assert!(render(&[], Framing::WebSocket(Wrap::Plain), &funkos).is_none());
+}
+
+#[test]
+fn a_socket_io_frame_is_an_event_packet_with_the_cursor_last() {
+    let events = [event(7, Entity::Funkos), event(8, Entity::Categories)];
+    let wrap = Wrap::SocketIo {
+        head: r#"42/ws/v1/funkos,["updates","#,
+    };
+    let funkos = Filter::parse(Some("FUNKOS"), []).unwrap();
+    let (frames, n) = render(&events, Framing::WebSocket(wrap), &funkos).unwrap();
+    assert_eq!(n, 1);
+    let frames = ws_decode(&frames);
+    let expected = format!(
+        r#"42/ws/v1/funkos,["updates",{},"7"]"#,
+        events[0].json.get()
+    );
+    assert_eq!(frames, [(true, 0x1, expected.into_bytes())]);
 }

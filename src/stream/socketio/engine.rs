@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     MAX_PAYLOAD, packet,
     session::{Answer, Inbound, Session, random_id},
+    transport::SessionSocket,
 };
 use crate::{
-    api::AppState, auth::Credentials, limits::client_ip, metrics::Transport,
-    stream::socket::socket_config,
+    api::AppState, auth::Credentials, http::fanout::WsWriter, limits::client_ip,
+    metrics::Transport, stream::socket::socket_config,
 };
 
 /// Requests one session may have waiting for its task.
@@ -146,16 +147,20 @@ impl Engine {
             (true, &Method::GET) => match WebSocket::from_request_without_body(&req).await {
                 Ok(upgrade) => {
                     let second = handle.websocket.swap(true, Ordering::AcqRel);
+                    let writer = ws_writer(&req);
                     upgrade
                         .config(socket_config(MAX_PAYLOAD))
                         .on_upgrade(move |mut socket| async move {
                             if second {
                                 // One WebSocket per session: this one is told so and closed.
                                 let _ = socket.send(Message::Close(None)).await;
-                            } else if let Err(mpsc::error::SendError(Inbound::Socket(mut socket))) =
-                                handle.inbox.send(Inbound::Socket(Box::new(socket))).await
+                                return;
+                            }
+                            let socket = Box::new(SessionSocket::new(socket, writer));
+                            if let Err(mpsc::error::SendError(Inbound::Socket(mut socket))) =
+                                handle.inbox.send(Inbound::Socket(socket)).await
                             {
-                                let _ = socket.send(Message::Close(None)).await;
+                                let _ = socket.socket.send(Message::Close(None)).await;
                             }
                         })
                         .into_response()
@@ -220,14 +225,17 @@ impl Engine {
                 });
                 text(handshake)
             }
-            Some(upgrade) => upgrade
-                .config(socket_config(MAX_PAYLOAD))
-                .on_upgrade(move |socket| async move {
-                    let _running = running;
-                    register(&session);
-                    session.run(Some(socket)).await;
-                })
-                .into_response(),
+            Some(upgrade) => {
+                let writer = ws_writer(req);
+                upgrade
+                    .config(socket_config(MAX_PAYLOAD))
+                    .on_upgrade(move |socket| async move {
+                        let _running = running;
+                        register(&session);
+                        session.run(Some(SessionSocket::new(socket, writer))).await;
+                    })
+                    .into_response()
+            }
         })
     }
 
@@ -253,6 +261,12 @@ impl Engine {
 }
 
 /// Hands a polling request to its session and waits for the answer.
+/// The fan-out's way to a WebSocket request's connection, when it has one.
+fn ws_writer(req: &Request) -> Option<WsWriter> {
+    let state = req.data::<AppState>()?;
+    WsWriter::for_request(&state.hub, req)
+}
+
 async fn ask(handle: &Handle, inbound: Inbound, answered: oneshot::Receiver<Answer>) -> Response {
     if handle.inbox.send(inbound).await.is_err() {
         return unknown_session();

@@ -26,6 +26,8 @@ pub(super) struct Namespace {
     /// The entity its events are about; all of them when `None`.
     pub(super) entity: Option<Entity>,
     pub(super) welcome: &'static str,
+    /// An `updates` EVENT packet up to its first argument, for the fan-out's frames.
+    pub(super) updates_head: &'static str,
 }
 
 const NAMESPACES: [Namespace; 3] = [
@@ -33,16 +35,19 @@ const NAMESPACES: [Namespace; 3] = [
         path: "/",
         entity: None,
         welcome: "Updates WS: funko-live",
+        updates_head: r#"42["updates","#,
     },
     Namespace {
         path: "/ws/v1/funkos",
         entity: Some(Entity::Funkos),
         welcome: "Updates Funkos WS: funko-live",
+        updates_head: r#"42/ws/v1/funkos,["updates","#,
     },
     Namespace {
         path: "/ws/v1/categories",
         entity: Some(Entity::Categories),
         welcome: "Updates Categories WS: funko-live",
+        updates_head: r#"42/ws/v1/categories,["updates","#,
     },
 ];
 
@@ -171,6 +176,14 @@ mod tests {
             let auth: Map<String, Value> = auth.into_iter().map(|(k, v)| (k, v.into())).collect();
             let _ = read_connect(&auth, query.as_deref().unwrap_or(""));
             let _ = Namespace::find(query.as_deref().unwrap_or(""));
+        }
+    }
+
+    #[test]
+    fn the_fanout_frames_updates_as_the_session_does() {
+        for namespace in &NAMESPACES {
+            let packet = super::super::packet::event(namespace.path, "updates", "{}", 42);
+            assert_eq!(packet, format!(r#"{}{{}},"42"]"#, namespace.updates_head));
         }
     }
 

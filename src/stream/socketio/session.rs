@@ -4,13 +4,23 @@
 //! side ([`super::engine`]) only hands it requests through its inbox, so there is one writer
 //! of the packet order and no lock to hold.
 
-use std::{collections::VecDeque, future::poll_fn, sync::Arc, task::Poll, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::Poll,
+    time::Duration,
+};
 
 use futures_util::{
-    SinkExt, StreamExt,
+    FutureExt, SinkExt, StreamExt,
+    future::BoxFuture,
     stream::{BoxStream, FuturesUnordered},
 };
-use poem::web::websocket::{Message, WebSocketStream};
+use poem::web::websocket::Message;
 use serde_json::{Map, Value};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -21,13 +31,14 @@ use super::{
     engine::Engine,
     namespace::{Namespace, read_connect},
     packet::{self, EngineIn, SioIn},
-    transport::{Carrier, SocketEvent, Transport, probe_deadline, socket_event},
+    transport::{Carrier, SessionSocket, SocketEvent, Transport, probe_deadline, socket_event},
     writes,
 };
 use crate::{
     api::AppState,
     auth::Credentials,
     events::{BATCH, Next, Subscription},
+    http::fanout::{Ending as LiveEnding, Membership, Wrap},
     limits::StreamSlot,
     metrics::{self, METRICS},
     stream::socket::Outbox,
@@ -50,7 +61,7 @@ pub(super) enum Inbound {
     /// A polling POST's body, answered once all its packets are taken.
     Post(bytes::Bytes, oneshot::Sender<Answer>),
     /// A WebSocket for this session: the probe of an upgrade.
-    Socket(Box<WebSocketStream>),
+    Socket(Box<SessionSocket>),
     /// The client broke the protocol at the HTTP level (a body over the limit).
     Abort,
 }
@@ -77,11 +88,43 @@ enum Ending {
     Stream,
 }
 
-/// A namespace the client joined, and its subscription's steps.
+/// A namespace the client joined, and where its events come from.
 struct Joined {
     namespace: &'static Namespace,
     credentials: Credentials,
-    steps: BoxStream<'static, Next>,
+    feed: Feed,
+}
+
+/// Where a namespace's events come from.
+enum Feed {
+    /// Its subscription's steps: the replay, and live events until the fan-out can write them.
+    Replay(BoxStream<'static, Step>),
+    /// At the head, until the packets before its live events are flushed.
+    Joining(Subscription),
+    /// The fan-out writes its live events; `delivery` is its task's part, until it ends.
+    Live {
+        membership: Arc<Membership>,
+        delivery: BoxFuture<'static, LiveEnding>,
+    },
+}
+
+/// A namespace's next step.
+enum Step {
+    Next(Next),
+    /// Its subscription is at the head and the fan-out can write to the socket.
+    AtHead(Subscription),
+    /// The fan-out's delivery ended.
+    Ended(LiveEnding),
+}
+
+impl Feed {
+    /// Stops the fan-out's delivery for good, finishing a frame it has half written so that
+    /// the session's own packets can follow.
+    async fn stop(self, write_stall: Duration) {
+        if let Self::Live { membership, .. } = self {
+            let _ = membership.leave(write_stall).await;
+        }
+    }
 }
 
 pub(super) struct Session {
@@ -108,6 +151,8 @@ struct Live {
     pinged: bool,
     /// Until the first CONNECT: the session closes at this instant.
     connect_by: Option<Instant>,
+    /// The transport is a WebSocket the fan-out can write to: namespaces join it once live.
+    fanout_ready: Arc<AtomicBool>,
 }
 
 impl Live {
@@ -126,16 +171,19 @@ impl Live {
 
 impl Session {
     /// The session's one task. `socket` is the WebSocket of a session opened on one.
-    pub(super) async fn run(mut self, socket: Option<WebSocketStream>) {
+    pub(super) async fn run(mut self, socket: Option<SessionSocket>) {
         let keepalive = self.state.settings.keepalive;
         let now = Instant::now();
+        let fanout_ready = Arc::new(AtomicBool::new(false));
         let carrier = match socket {
             None => Carrier::Polling,
-            Some(socket) => {
+            Some(SessionSocket { socket, fanout }) => {
+                fanout_ready.store(fanout.is_some(), Ordering::Release);
                 let (sink, incoming) = socket.split();
                 Carrier::WebSocket {
                     out: Outbox::new(sink),
                     incoming,
+                    fanout,
                 }
             }
         };
@@ -146,6 +194,7 @@ impl Session {
             writes: FuturesUnordered::new(),
             pinged: false,
             connect_by: Some(now + self.state.settings.connect_timeout),
+            fanout_ready,
         };
         if matches!(live.transport.carrier, Carrier::WebSocket { .. }) {
             live.send(packet::open(
@@ -164,7 +213,9 @@ impl Session {
                 break ending;
             }
             live.transport.answer_poll();
+            self.join_fanout(&mut live);
             let room = live.has_room();
+            let replay = live.backlog() == 0;
             let probe_by = probe_deadline(&live.transport.carrier);
             tokio::select! {
                 biased;
@@ -183,10 +234,10 @@ impl Session {
                         break ending;
                     },
                 },
-                // Read only once the previous packets are handed over: a client that stops
-                // reading stops its subscriptions, which fall behind the tail and are cut off,
-                // exactly as on SSE.
-                (index, step) = next_step(&mut live.joined), if live.backlog() == 0 => {
+                // Replays read only once the previous packets are handed over: a client that
+                // stops reading stops its subscriptions, which fall behind the tail and are cut
+                // off, exactly as on SSE. The fan-out holds back by itself.
+                (index, step) = next_step(&mut live.joined, replay) => {
                     if let Err(ending) = on_step(&mut live, index, step) {
                         break ending;
                     }
@@ -316,6 +367,7 @@ impl Session {
             match frame {
                 Some(Ok(Message::Text(text))) if text == packet::PROBE && !*upgrading => {
                     let answered = socket
+                        .socket
                         .send(Message::Text(packet::PROBE_ANSWER.to_owned()))
                         .await;
                     if answered.is_ok() {
@@ -332,11 +384,17 @@ impl Session {
                     else {
                         unreachable!("matched above");
                     };
+                    let SessionSocket { socket, fanout } = socket;
                     let (sink, incoming) = socket.split();
                     let mut out = Outbox::new(sink);
                     out.queue
                         .extend(live.transport.queue.drain(..).map(Message::Text));
-                    live.transport.carrier = Carrier::WebSocket { out, incoming };
+                    live.fanout_ready.store(fanout.is_some(), Ordering::Release);
+                    live.transport.carrier = Carrier::WebSocket {
+                        out,
+                        incoming,
+                        fanout,
+                    };
                     return Ok(());
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
@@ -396,7 +454,8 @@ impl Session {
             }
             SioIn::Disconnect { nsp } => {
                 let index = position(&live.joined, nsp).ok_or(Ending::ProtocolError)?;
-                live.joined.remove(index);
+                let left = live.joined.remove(index);
+                left.feed.stop(self.state.settings.write_stall).await;
                 Ok(())
             }
             SioIn::Event {
@@ -468,8 +527,46 @@ impl Session {
         live.joined.push(Joined {
             namespace,
             credentials,
-            steps: steps(subscription),
+            feed: Feed::Replay(steps(subscription, live.fanout_ready.clone())),
         });
+    }
+
+    /// Hands the namespaces at the head to the fan-out, once the packets before their live
+    /// events are flushed (the fan-out's frames must follow them on the wire).
+    fn join_fanout(&self, live: &mut Live) {
+        let Carrier::WebSocket {
+            out,
+            fanout: Some(fanout),
+            ..
+        } = &live.transport.carrier
+        else {
+            return;
+        };
+        if out.has_work() {
+            return;
+        }
+        let write_stall = self.state.settings.write_stall;
+        for joined in &mut live.joined {
+            if !matches!(joined.feed, Feed::Joining(_)) {
+                continue;
+            }
+            let Feed::Joining(subscription) = std::mem::replace(
+                &mut joined.feed,
+                Feed::Replay(futures_util::stream::empty().boxed()),
+            ) else {
+                unreachable!("matched above");
+            };
+            let wrap = Wrap::SocketIo {
+                head: joined.namespace.updates_head,
+            };
+            let membership =
+                Arc::new(fanout.join(wrap, subscription.filter().clone(), subscription.cursor()));
+            let running = membership.clone();
+            joined.feed = Feed::Live {
+                membership,
+                delivery: async move { running.run(None, write_stall).await }.boxed(),
+            };
+        }
     }
 
     /// Ends the session: it leaves the registry first (a client asking again learns it is
@@ -478,6 +575,10 @@ impl Session {
     /// WebSocket.
     async fn close(self, mut live: Live, ending: Ending) {
         self.engine.remove(&self.sid);
+        // The fan-out stops first: the packets below must not meet its writes.
+        for joined in live.joined.drain(..) {
+            joined.feed.stop(self.state.settings.write_stall).await;
+        }
         while let Some(ack) = live.writes.next().await {
             if let Some(ack) = ack {
                 live.send(ack);
@@ -517,18 +618,39 @@ fn position(joined: &[Joined], nsp: &str) -> Option<usize> {
         .position(|j| std::ptr::eq(j.namespace, namespace))
 }
 
-/// A subscription as the stream of its steps.
-fn steps(subscription: Subscription) -> BoxStream<'static, Next> {
-    futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let next = subscription.next(BATCH).await;
-        Some((next, subscription))
+/// A subscription as the stream of its steps; once the fan-out can write to the socket, its
+/// last step at the head hands the subscription over ([`Step::AtHead`]).
+fn steps(subscription: Subscription, fanout_ready: Arc<AtomicBool>) -> BoxStream<'static, Step> {
+    futures_util::stream::unfold(Some(subscription), move |subscription| {
+        let fanout_ready = fanout_ready.clone();
+        async move {
+            let mut subscription = subscription?;
+            loop {
+                match subscription.poll_now(BATCH).await {
+                    Some(next) => return Some((Step::Next(next), Some(subscription))),
+                    None if fanout_ready.load(Ordering::Acquire) => {
+                        return Some((Step::AtHead(subscription), None));
+                    }
+                    None => subscription.wait().await,
+                }
+            }
+        }
     })
     .boxed()
 }
 
-/// Queues a step of the namespace at `index`.
-fn on_step(live: &mut Live, index: usize, step: Next) -> Result<(), Ending> {
+/// Takes a step of the namespace at `index`.
+fn on_step(live: &mut Live, index: usize, step: Step) -> Result<(), Ending> {
     let nsp = live.joined[index].namespace.path;
+    let step = match step {
+        Step::Next(next) => next,
+        Step::AtHead(subscription) => {
+            live.joined[index].feed = Feed::Joining(subscription);
+            return Ok(());
+        }
+        Step::Ended(LiveEnding::Clean(_)) => return Err(Ending::Stream),
+        Step::Ended(LiveEnding::Abort(_)) => return Err(Ending::ByClient),
+    };
     match step {
         Next::Events { events, .. } => {
             METRICS.delivered(metrics::Transport::SocketIo, events.len());
@@ -547,8 +669,8 @@ fn on_step(live: &mut Live, index: usize, step: Next) -> Result<(), Ending> {
     Ok(())
 }
 
-/// The next step of any joined namespace, taking them in turn.
-async fn next_step(joined: &mut [Joined]) -> (usize, Next) {
+/// The next step of any joined namespace, taking them in turn; replays only if `replay`.
+async fn next_step(joined: &mut [Joined], replay: bool) -> (usize, Step) {
     if joined.is_empty() {
         return std::future::pending().await;
     }
@@ -557,7 +679,18 @@ async fn next_step(joined: &mut [Joined]) -> (usize, Next) {
         let count = joined.len();
         for offset in 0..count {
             let index = (first + offset) % count;
-            if let Poll::Ready(Some(step)) = joined[index].steps.poll_next_unpin(cx) {
+            let step = match &mut joined[index].feed {
+                Feed::Replay(steps) if replay => match steps.poll_next_unpin(cx) {
+                    Poll::Ready(Some(step)) => Some(step),
+                    _ => None,
+                },
+                Feed::Live { delivery, .. } => match delivery.poll_unpin(cx) {
+                    Poll::Ready(ending) => Some(Step::Ended(ending)),
+                    Poll::Pending => None,
+                },
+                Feed::Replay(_) | Feed::Joining(_) => None,
+            };
+            if let Some(step) = step {
                 first = index + 1;
                 return Poll::Ready((index, step));
             }

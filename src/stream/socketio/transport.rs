@@ -9,7 +9,27 @@ use poem::web::websocket::{Message, WebSocketStream};
 use tokio::{sync::oneshot, time::Instant};
 
 use super::{MAX_PAYLOAD, packet, session::Answer};
-use crate::stream::socket::Outbox;
+use crate::{
+    http::fanout::{StartedWsWriter, WsWriter},
+    stream::socket::Outbox,
+};
+
+/// A WebSocket for a session, and the fan-out's way to its connection (started: from its
+/// first frame on, the session's writes and the fan-out's take turns).
+pub(super) struct SessionSocket {
+    pub(super) socket: WebSocketStream,
+    pub(super) fanout: Option<StartedWsWriter>,
+}
+
+impl SessionSocket {
+    /// Before anything is written on `socket`.
+    pub(super) fn new(socket: WebSocketStream, writer: Option<WsWriter>) -> Self {
+        Self {
+            socket,
+            fanout: writer.map(WsWriter::start),
+        }
+    }
+}
 
 #[expect(
     clippy::large_enum_variant,
@@ -21,13 +41,15 @@ pub(super) enum Carrier {
     /// A WebSocket is being probed (`upgrading` once it answered `3probe`); polling goes on,
     /// answered with `noop` once upgrading, until the client sends `5`.
     Probing {
-        socket: WebSocketStream,
+        socket: SessionSocket,
         by: Instant,
         upgrading: bool,
     },
+    /// Live namespaces' events may go through the fan-out, when it has `fanout`.
     WebSocket {
         out: Outbox,
         incoming: SplitStream<WebSocketStream>,
+        fanout: Option<StartedWsWriter>,
     },
 }
 
@@ -97,7 +119,7 @@ pub(super) enum SocketEvent {
 /// neither has anything to do, and always over polling.
 pub(super) async fn socket_event(carrier: &mut Carrier, read: bool) -> SocketEvent {
     poll_fn(|cx| match carrier {
-        Carrier::WebSocket { out, incoming } => {
+        Carrier::WebSocket { out, incoming, .. } => {
             if out.has_work()
                 && let Poll::Ready(flushed) = out.poll_flush(cx)
             {
@@ -109,7 +131,7 @@ pub(super) async fn socket_event(carrier: &mut Carrier, read: bool) -> SocketEve
             Poll::Pending
         }
         Carrier::Probing { socket, .. } if read => {
-            socket.poll_next_unpin(cx).map(SocketEvent::Frame)
+            socket.socket.poll_next_unpin(cx).map(SocketEvent::Frame)
         }
         _ => Poll::Pending,
     })

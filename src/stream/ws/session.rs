@@ -20,7 +20,7 @@ use crate::{
     domain::event::Reset,
     error::ApiError,
     events::{BATCH, Next, Subscription},
-    http::fanout::{Ending as LiveEnding, Membership, StartedWsWriter, WsWriter},
+    http::fanout::{Ending as LiveEnding, Membership, StartedWsWriter, Wrap, WsWriter},
     limits::StreamSlot,
     metrics::{METRICS, Transport},
     service::writes::{self, Answer},
@@ -78,7 +78,8 @@ impl Feed {
                     None => match fanout {
                         Some(fanout) => {
                             let filter = subscription.filter().clone();
-                            *self = Self::Live(fanout.join(filter, subscription.cursor()));
+                            *self =
+                                Self::Live(fanout.join(Wrap::Plain, filter, subscription.cursor()));
                         }
                         None => subscription.wait().await,
                     },
