@@ -73,16 +73,20 @@ impl IntoIterator for NewEvents {
     }
 }
 
-/// The PostgreSQL channel every append notifies, with the new event's id as payload.
+/// The PostgreSQL channel every append notifies, with the newest appended id as payload.
 /// Instances `LISTEN` on it to wake their tailer (`events::listener`).
 pub(crate) const NOTIFY_CHANNEL: &str = "funko_events";
 
-/// PostgreSQL: appends one event inside the caller's write transaction (`conn` is in it) and
-/// returns its id, the cursor. (SQLite appends a batch's events at once: [`append_all`].)
+/// Most events one `INSERT` appends: keeps its bound values (four an event) well under
+/// SQLite's and PostgreSQL's limits however many events a batch's writes bring.
+const APPEND_CHUNK: usize = 1000;
+
+/// Appends the events of a batch of writes ([`super::writer`]) inside the batch's
+/// transaction, all created at `created_at`, and returns their ids, in the order of `events`.
 ///
 /// # Commit order is cursor order
 /// A reader asks for "events after my cursor" and must never skip one. On SQLite that is
-/// free: one writer connection, so ids are assigned and committed one write at a time. On
+/// free: one writer connection, so ids are assigned and committed one batch at a time. On
 /// PostgreSQL a sequence value is taken at insert but becomes visible at commit: if two
 /// writers ran side by side, the one holding id 11 could commit before the one holding 10,
 /// a reader would see 11, move its cursor there, and never see 10.
@@ -97,48 +101,49 @@ pub(crate) const NOTIFY_CHANNEL: &str = "funko_events";
 ///   event, or a "pending" table). Cost: every reader query and the tailer get subtler,
 ///   and a slow transaction holds back every subscriber on every instance.
 ///
-/// We serialise: the transaction comes from [`Db::write`], which took a transaction-level
-/// advisory lock first (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
-/// committed transaction visible before it releases its locks, so when the next writer gets
-/// the lock and its id, every smaller id is already visible. The lock covers the whole
-/// write, not only the append, because the write's checks (free name, `If-Match`, unused
-/// category) must also still hold at commit, as they do on SQLite's single writer.
+/// We serialise: on PostgreSQL the batch's transaction began with a transaction-level
+/// advisory lock (`db::WRITE_LOCK`), held until commit or rollback. PostgreSQL makes a
+/// committed transaction visible before it releases its locks, so when the next batch (of
+/// any instance) gets the lock and its ids, every smaller id is already visible. The lock
+/// covers the whole batch, not only the append, because its writes' checks (free name,
+/// `If-Match`, unused category) must also still hold at commit, as they do on SQLite's
+/// single writer.
 ///
-/// On PostgreSQL the same statement queues a `NOTIFY` (`pg_notify`), which PostgreSQL
-/// delivers only if and when the transaction commits, after the commit is visible; the
-/// payload is the new id. It is only a wake-up: listeners read the table.
-pub(crate) async fn append(conn: &mut AnyConnection, event: &NewEvent) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH e AS (INSERT INTO events (entity, type, data, created_at, prior) \
-         VALUES ($1, $2, $3, $4, $6) RETURNING id) \
-         SELECT id, pg_notify($5, id::text) FROM e",
-    )
-    .bind(event.entity.as_str())
-    .bind(event.kind.as_str())
-    .bind(&event.data)
-    .bind(now_rfc3339())
-    .bind(NOTIFY_CHANNEL)
-    .bind(event.before.as_deref())
-    .fetch_one(conn)
-    .await
-}
-
-/// SQLite: appends the events of a batch of writes ([`super::writer`]), all created at
-/// `created_at`, in one statement and returns their ids, in the order of `events`. Same ordering argument as [`append`]: one
-/// writer, and the rows of one `INSERT` take increasing ids in the order of its `VALUES`
-/// (`AUTOINCREMENT`), so sorting the returned ids (SQLite returns them in no promised order)
-/// gives each event its own.
+/// The rows of one `INSERT` take increasing ids in the order of its `VALUES` (SQLite's
+/// `AUTOINCREMENT`, PostgreSQL's sequence default), so sorting the returned ids (neither
+/// promises their order) gives each event its own.
+///
+/// On PostgreSQL the same statement queues a `NOTIFY` (`pg_notify`) whose payload is the
+/// newest id it appended; PostgreSQL delivers it only if and when the transaction commits,
+/// after the commit is visible, and once per transaction however many rows repeat it (equal
+/// notifications of one transaction are folded). It is only a wake-up: listeners read the
+/// table.
 pub(crate) async fn append_all(
     conn: &mut AnyConnection,
+    backend: Backend,
     events: &[NewEvent],
     created_at: &str,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Vec::new());
+    let mut ids = Vec::with_capacity(events.len());
+    for chunk in events.chunks(APPEND_CHUNK) {
+        ids.extend(append_chunk(&mut *conn, backend, chunk, created_at).await?);
     }
+    Ok(ids)
+}
+
+/// [`append_all`] for at most [`APPEND_CHUNK`] events, in one statement.
+async fn append_chunk(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    events: &[NewEvent],
+    created_at: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
     let mut p = Placeholders::default();
     let now = p.next();
-    let mut sql = String::with_capacity(80 + events.len() * 24);
+    let mut sql = String::with_capacity(160 + events.len() * 24);
+    if backend == Backend::Postgres {
+        sql.push_str("WITH e AS (");
+    }
     sql.push_str("INSERT INTO events (entity, type, data, prior, created_at) VALUES ");
     for i in 0..events.len() {
         if i > 0 {
@@ -148,6 +153,13 @@ pub(crate) async fn append_all(
         let _ = write!(sql, "({entity}, {kind}, {data}, {prior}, {now})");
     }
     sql.push_str(" RETURNING id");
+    if backend == Backend::Postgres {
+        let channel = p.next();
+        let _ = write!(
+            sql,
+            ") SELECT id, pg_notify({channel}, (SELECT MAX(id) FROM e)::text) FROM e"
+        );
+    }
     // Built from placeholders only: every value is bound.
     let mut query = sqlx::query_scalar(AssertSqlSafe(sql)).bind(created_at);
     for event in events {
@@ -156,6 +168,9 @@ pub(crate) async fn append_all(
             .bind(event.kind.as_str())
             .bind(&event.data)
             .bind(event.before.as_deref());
+    }
+    if backend == Backend::Postgres {
+        query = query.bind(NOTIFY_CHANNEL);
     }
     let mut ids: Vec<i64> = query.fetch_all(conn).await?;
     if ids.len() != events.len() {

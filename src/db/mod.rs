@@ -1,6 +1,6 @@
 //! Storage through sqlx's `Any` driver: one set of SQL (with `$n` placeholders, integers for
 //! booleans, RFC 3339 text for timestamps) that runs on SQLite and on PostgreSQL.
-//! One file per table, and [`writer`] for SQLite's group commit; nothing outside `db/`
+//! One file per table, and [`writer`] for the writes' group commit; nothing outside `db/`
 //! writes SQL.
 
 /// The stream's head cursor as a scalar subquery. Read in the statement that reads rows, it
@@ -36,11 +36,12 @@ pub(crate) enum Backend {
 }
 
 /// The pools. Writes are serialised on both engines, so a write sees every write committed
-/// before it and event ids commit in order (see [`events::append`]):
-/// - SQLite: all writes go through a single connection (SQLite has one writer anyway); the
-///   writes of [`Db::write`] share transactions there, a batch at a time ([`writer`]);
+/// before it and event ids commit in order (see [`events::append_all`]):
+/// - SQLite: all writes go through a single connection (SQLite has one writer anyway);
 /// - PostgreSQL: every write transaction begins with [`WRITE_LOCK`]: a transaction-level
 ///   advisory lock shared by every instance on the database, held until commit or rollback.
+///
+/// On both, the writes of [`Db::write`] share transactions, a batch at a time ([`writer`]).
 ///
 /// Reads use their own pool and run in snapshots (SQLite's WAL; PostgreSQL's `REPEATABLE
 /// READ`), so a read never waits for a write and its rows match the cursor it reports.
@@ -49,12 +50,13 @@ pub(crate) struct Db {
     pub backend: Backend,
     /// Reads; each read of rows and cursor runs in one snapshot ([`Db::begin_read`]).
     pub reader: AnyPool,
-    /// Writes: on SQLite exactly one connection; on PostgreSQL a few, which queue on
-    /// [`WRITE_LOCK`] without taking connections from readers.
+    /// Writes: on SQLite exactly one connection; on PostgreSQL a few (the write queue's
+    /// batches, pruning, image releases), which queue on [`WRITE_LOCK`] without taking
+    /// connections from readers.
     pub writer: AnyPool,
-    /// SQLite only: the queue that runs the writes of [`Db::write`] in shared transactions
-    /// on `writer`'s connection (group commit).
-    writes: Option<Arc<WriteQueue>>,
+    /// The queue that runs the writes of [`Db::write`] in shared transactions on `writer`
+    /// (group commit).
+    writes: Arc<WriteQueue>,
     /// The URL the pools were opened with (PostgreSQL's LISTEN needs it).
     pub url: String,
 }
@@ -64,7 +66,15 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 /// Begins a PostgreSQL write transaction and takes the advisory lock that serialises writes
 /// across instances, in one round trip. The key is any constant unique to this application:
 /// 440056834927 is 0x66756e6b6f, "funko".
-const WRITE_LOCK: &str = "BEGIN; SELECT pg_advisory_xact_lock(440056834927)";
+macro_rules! write_lock {
+    () => {
+        "BEGIN; SELECT pg_advisory_xact_lock(440056834927)"
+    };
+}
+const WRITE_LOCK: &str = write_lock!();
+/// [`WRITE_LOCK`] for a batch of the write queue, with the savepoint its first write runs in
+/// ([`writer`]), still in one round trip.
+const WRITE_BATCH: &str = concat!(write_lock!(), "; SAVEPOINT write");
 
 /// PostgreSQL connections per instance: readers (reads, stream replay, the tailer) and
 /// writers (which mostly wait on [`WRITE_LOCK`] under load, so a few are enough).
@@ -163,7 +173,7 @@ impl Db {
                 Ok(Self {
                     backend,
                     reader,
-                    writes: Some(Arc::new(WriteQueue::start(writer.clone()))),
+                    writes: Arc::new(WriteQueue::start(writer.clone(), backend)),
                     writer,
                     url: url.to_owned(),
                 })
@@ -213,8 +223,8 @@ impl Db {
                 Ok(Self {
                     backend,
                     reader,
+                    writes: Arc::new(WriteQueue::start(writer.clone(), backend)),
                     writer,
-                    writes: None,
                     url: url.to_owned(),
                 })
             }
@@ -233,10 +243,10 @@ impl Db {
         Ok(())
     }
 
-    /// Begins a write transaction. It runs alone: on SQLite it has the only writer
-    /// connection; on PostgreSQL it holds [`WRITE_LOCK`] until it commits or rolls back, so
-    /// its checks (a free name, a current version, an unused category) still hold at commit,
-    /// as on SQLite, and its event's id commits after every smaller one.
+    /// Begins a write transaction outside the write queue (pruning, seeding, image
+    /// releases: no events). It runs alone: on SQLite it has the only writer connection; on
+    /// PostgreSQL it holds [`WRITE_LOCK`] until it commits or rolls back, so its checks still
+    /// hold at commit, as on SQLite.
     pub(crate) async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
@@ -245,37 +255,26 @@ impl Db {
     }
 
     /// Runs `change` in a write transaction, appends its events, commits, and returns what
-    /// it returned with its last event's id, once committed. It sees every write committed before
-    /// it, as in [`Db::begin_write`].
+    /// it returned with its last event's id, once committed. It sees every write committed
+    /// before it, and its checks (a free name, a current version, an unused category) still
+    /// hold at commit.
     ///
-    /// On SQLite the transaction is shared with the writes queued beside this one (see
-    /// [`writer`]): `change` must fail only in ways [`WriteError::changed_nothing`] tells
-    /// apart. On PostgreSQL it is this write's own, under [`WRITE_LOCK`]; a failed statement
-    /// there aborts the transaction, which a shared one could not survive.
+    /// The transaction is shared with the writes queued beside this one (see [`writer`]): on
+    /// SQLite `change` must fail only in ways [`WriteError::changed_nothing`] tells apart; on
+    /// PostgreSQL it runs in a savepoint, and any failure undoes it alone.
     pub(crate) async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,
         E: WriteError,
     {
-        if let Some(queue) = &self.writes {
-            return queue.write(change).await;
-        }
-        // PostgreSQL (only SQLite has a queue).
-        let mut tx = self.begin_write().await?;
-        let (done, events) = change(&mut tx).await?;
-        let mut cursor = 0;
-        for event in events {
-            cursor = events::append(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
-        Ok((done, cursor))
+        self.writes.write(change).await
     }
 
     /// SQLite: what the write queue commits, batch by batch in commit order, for the one
     /// tailer of this database's bus; `None` on PostgreSQL (other instances write: the log
     /// is read) and once taken.
     pub(crate) fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
-        self.writes.as_ref()?.take_commits()
+        self.writes.take_commits()
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot (SQLite's
@@ -339,9 +338,7 @@ impl Db {
     }
 
     pub(crate) async fn close(&self) {
-        if let Some(queue) = &self.writes {
-            queue.close().await;
-        }
+        self.writes.close().await;
         self.writer.close().await;
         self.reader.close().await;
     }

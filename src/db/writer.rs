@@ -1,52 +1,64 @@
-//! Group commit for SQLite: the writes waiting at a moment run one after another in ONE
-//! transaction on the single writer connection, their events are appended together, and one
-//! `COMMIT` (one WAL append) commits them all.
+//! Group commit: the writes waiting at a moment run one after another in ONE transaction,
+//! their events are appended together, and one `COMMIT` commits them all. On SQLite the
+//! transaction runs on the single writer connection; on PostgreSQL it begins by taking the
+//! advisory lock that every instance's writes share (`db::WRITE_LOCK`), so each instance
+//! sends its writes in batches, one batch of the whole database at a time.
 //!
-//! Every statement is a round trip to sqlx's worker thread of that connection; on a busy core
-//! each round trip waits to be scheduled. A write of a batch costs the statements that change
-//! its rows; `BEGIN`, the events' `INSERT` and `COMMIT` are shared by the batch. The queue
-//! also keeps the connection busy instead of handing it from request to request.
+//! Every statement is a round trip (to sqlx's worker thread of SQLite's connection, or to
+//! PostgreSQL); on a busy core each waits to be scheduled. A write of a batch costs the
+//! statements that change its rows (and on PostgreSQL one `SAVEPOINT`); `BEGIN` and the lock,
+//! the events' `INSERT` with its `NOTIFY`, and `COMMIT` are shared by the batch.
 //!
 //! # What a write may do, and what its neighbours see
 //! The writes of a batch run one at a time, in arrival order, each seeing the ones before
-//! it, exactly as if each had its own transaction on the single writer. Their events are
+//! it, exactly as if each had its own transaction under the write lock. Their events are
 //! appended in the same order after the last of them, so event ids follow that order, and
 //! all of them become visible at the one commit.
 //!
-//! A write that refuses (see [`WriteError::changed_nothing`]) must leave the transaction as it
-//! found it: it refused before changing a row, or its one changing statement failed and SQLite
-//! undid that statement alone (a constraint violation aborts the statement, not the
-//! transaction). Any other failure may have left half a write behind, so the whole batch rolls
-//! back and every write in it fails with [`WriteError::batch_failed`]: nothing is committed,
-//! no event exists.
+//! A write that fails must not take its neighbours down with it:
+//! - PostgreSQL: each write runs in a savepoint, and a write that fails, whatever its error,
+//!   is rolled back to it: its own rows go, the others stay. (A failed statement aborts a
+//!   PostgreSQL transaction until then, so this is needed even for a refusal.) Only when the
+//!   rollback itself fails (the connection is gone) does the whole batch fail.
+//! - SQLite: a write that refuses (see [`WriteError::changed_nothing`]) must leave the
+//!   transaction as it found it: it refused before changing a row, or its one changing
+//!   statement failed and SQLite undid that statement alone (a constraint violation aborts
+//!   the statement, not the transaction). Any other failure may have left half a write
+//!   behind, so the whole batch rolls back.
 //!
-//! No write of a batch is answered before the batch's `COMMIT` returns, refusals included
-//! (a 409 may rest on a row an earlier write of the batch staged): if the commit fails,
-//! every write of the batch fails, and the caller announces nothing.
+//! When a batch fails, nothing of it is committed and no event exists; every write in it
+//! fails with [`WriteError::batch_failed`], except one that failed on its own, which answers
+//! its own error. No write of a batch is answered before the batch's `COMMIT` returns,
+//! refusals included (a 409 may rest on a row an earlier write of the batch staged).
 //!
 //! # What the bus learns
-//! After each batch, and before answering its writes, the task sends a [`Commit`] to the
-//! bus's tailer: the events it committed, with their ids, or that the log must be read (a
+//! SQLite: after each batch, and before answering its writes, the task sends a [`Commit`] to
+//! the bus's tailer: the events it committed, with their ids, or that the log must be read (a
 //! failed batch). The channel is FIFO and this task is the only writer of SQLite's log, so
 //! the tailer gets every committed event in id order without reading it back.
+//! PostgreSQL: other instances write too, so the tailer reads the log, woken by each write
+//! (`Tail::committed`) and by the batch's `NOTIFY` on every instance.
 
 use std::{panic::AssertUnwindSafe, sync::Mutex};
 
 use futures_util::{FutureExt, future::BoxFuture};
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::events::{self, NewEvent, NewEvents};
+use super::{
+    Backend, WRITE_BATCH,
+    events::{self, NewEvent, NewEvents},
+};
 use crate::domain::resource::now_rfc3339;
 
 /// What a write can fail with, as the queue needs to know it.
 pub(crate) trait WriteError: From<sqlx::Error> + Send + 'static {
     /// Whether the write refused and left the transaction as it found it; if not, its
-    /// batch is rolled back.
+    /// batch is rolled back on SQLite (PostgreSQL rolls back to the write's savepoint).
     fn changed_nothing(&self) -> bool;
     /// The error of a write whose batch was not committed (its `BEGIN` or `COMMIT` failed, or
     /// another write of the batch failed): nothing it did was kept, and it may be retried.
@@ -76,7 +88,10 @@ enum Fate {
 
 /// A write that ran in its batch's transaction.
 struct Ran {
-    /// It failed in a way that may have left part of it behind: the batch must roll back.
+    /// It failed (its rows, if any, must be undone before the next write).
+    failed: bool,
+    /// It failed in a way that may have left part of it behind: on SQLite the batch must
+    /// roll back.
     breaks_batch: bool,
     /// Its events, when it succeeded.
     events: Option<NewEvents>,
@@ -99,13 +114,17 @@ pub(crate) enum Commit {
 
 /// Most writes in one transaction: bounds how long the first of them waits for its answer.
 const MAX_BATCH: usize = 128;
+/// PostgreSQL: at most this many writes a batch. Each write's savepoint is a subtransaction,
+/// and a transaction with more than 64 of them overflows PostgreSQL's per-backend cache of
+/// them, which makes every concurrent snapshot on the server look them up on disk.
+const MAX_BATCH_PG: usize = 64;
 /// Writes that may wait for the writer before callers wait to enqueue (backpressure).
 const QUEUE: usize = 1024;
 /// Batches committed but not yet taken by the tailer before the batch task waits for it
 /// (backpressure: the tail never falls unboundedly behind the log).
 const COMMITS: usize = 64;
 
-/// The queue of SQLite writes and the task that commits them in batches.
+/// The queue of writes and the task that commits them in batches.
 #[derive(Debug)]
 pub(crate) struct WriteQueue {
     /// Writes waiting for the batch task; bounded by [`QUEUE`].
@@ -114,27 +133,36 @@ pub(crate) struct WriteQueue {
     closing: CancellationToken,
     /// The batch task, owned here and awaited at close.
     task: Mutex<Option<JoinHandle<()>>>,
-    /// What the batch task committed, until the bus takes it ([`WriteQueue::take_commits`]).
+    /// SQLite: what the batch task committed, until the bus takes it
+    /// ([`WriteQueue::take_commits`]). Never on PostgreSQL, whose log other instances write.
     commits: Mutex<Option<mpsc::Receiver<Commit>>>,
 }
 
 impl WriteQueue {
-    /// Starts the batch task on `writer`, a pool of exactly one connection (the transaction
-    /// of a batch takes it, so other users of the pool wait between batches).
-    pub(crate) fn start(writer: AnyPool) -> Self {
+    /// Starts the batch task on `writer`: on SQLite a pool of exactly one connection (the
+    /// transaction of a batch takes it, so other users of the pool wait between batches); on
+    /// PostgreSQL the writers' pool, of which a batch takes one connection at a time.
+    pub(crate) fn start(writer: AnyPool, backend: Backend) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let (committed, commits) = mpsc::channel(COMMITS);
+        let (committed, commits) = match backend {
+            Backend::Sqlite => {
+                let (committed, commits) = mpsc::channel(COMMITS);
+                (Some(committed), Some(commits))
+            }
+            Backend::Postgres => (None, None),
+        };
         let closing = CancellationToken::new();
-        let task = tokio::spawn(run(writer, queue, committed, closing.clone()));
+        let task = tokio::spawn(run(writer, backend, queue, committed, closing.clone()));
         Self {
             jobs,
             closing,
             task: Mutex::new(Some(task)),
-            commits: Mutex::new(Some(commits)),
+            commits: Mutex::new(commits),
         }
     }
 
-    /// The batches' [`Commit`]s, in commit order; `None` once taken. The taker must keep
+    /// SQLite: the batches' [`Commit`]s, in commit order; `None` once taken, and on
+    /// PostgreSQL. The taker must keep
     /// receiving (or drop the receiver): past [`COMMITS`] unread, writes wait.
     pub(crate) fn take_commits(&self) -> Option<mpsc::Receiver<Commit>> {
         self.commits.lock().expect("not poisoned").take()
@@ -157,6 +185,7 @@ impl WriteQueue {
                 };
                 let breaks_batch = result.as_ref().is_err_and(|err| !err.changed_nothing());
                 Ran {
+                    failed: result.is_err(),
                     breaks_batch,
                     events,
                     answer: Box::new(move |fate| {
@@ -194,11 +223,16 @@ impl WriteQueue {
 /// transaction, commits, then answers them all.
 async fn run(
     writer: AnyPool,
+    backend: Backend,
     mut queue: mpsc::Receiver<Job>,
-    commits: mpsc::Sender<Commit>,
+    commits: Option<mpsc::Sender<Commit>>,
     closing: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let max_batch = match backend {
+        Backend::Sqlite => MAX_BATCH,
+        Backend::Postgres => MAX_BATCH_PG,
+    };
+    let mut batch = Vec::with_capacity(max_batch);
     loop {
         let first = tokio::select! {
             biased;
@@ -209,14 +243,14 @@ async fn run(
             },
         };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
         let mut ran = Vec::with_capacity(batch.len());
-        let committed = run_batch(&writer, batch.drain(..), &mut ran).await;
+        let committed = run_batch(&writer, backend, batch.drain(..), &mut ran).await;
         match committed {
             Some((created_at, events)) => {
                 // Each write's events are consecutive, in the writes' order: its cursor is
@@ -231,7 +265,9 @@ async fn run(
                     })
                     .collect();
                 // Sent before answering; a gone receiver (the bus closed) needs nothing.
-                if !events.is_empty() {
+                if let Some(commits) = &commits
+                    && !events.is_empty()
+                {
                     let _ = commits.send(Commit::Events { created_at, events }).await;
                 }
                 for ((answer, _), cursor) in ran.into_iter().zip(fates) {
@@ -239,7 +275,9 @@ async fn run(
                 }
             }
             None => {
-                let _ = commits.send(Commit::ReadLog).await;
+                if let Some(commits) = &commits {
+                    let _ = commits.send(Commit::ReadLog).await;
+                }
                 for (answer, _) in ran {
                     answer(Fate::Failed);
                 }
@@ -249,27 +287,45 @@ async fn run(
 }
 
 /// Runs one batch, pushing the answer of each write that ran (and how many events it
-/// appends) to `ran`; returns its events with their ids, in order, and their creation time, when it
-/// committed. Jobs left unrun (the
-/// `BEGIN` failed, or an earlier job broke the batch) are dropped with `jobs`, which answers
-/// them as failed.
+/// appends) to `ran`; returns its events with their ids, in order, and their creation time,
+/// when it committed. Jobs left unrun (the `BEGIN` failed, or an earlier job broke the
+/// batch) are dropped with `jobs`, which answers them as failed.
 async fn run_batch(
     writer: &AnyPool,
+    backend: Backend,
     mut jobs: impl Iterator<Item = Job>,
     ran: &mut Vec<(Answer, usize)>,
 ) -> Option<(String, Vec<(i64, NewEvent)>)> {
-    // IMMEDIATE: the write lock is taken now, waiting (busy_timeout) for any other holder,
-    // such as a tool on the same file. A deferred transaction that read first would fail at
-    // its first write instead, since SQLite cannot wait to upgrade a read.
-    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
+    // SQLite, IMMEDIATE: the write lock is taken now, waiting (busy_timeout) for any other
+    // holder, such as a tool on the same file. A deferred transaction that read first would
+    // fail at its first write instead, since SQLite cannot wait to upgrade a read.
+    // PostgreSQL: the write lock and the first write's savepoint, in the same round trip.
+    let begin = match backend {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => WRITE_BATCH,
+    };
+    let mut tx = match writer.begin_with(begin).await {
         Ok(tx) => tx,
         Err(err) => {
             tracing::error!(error = %err, "could not begin a write transaction");
             return None;
         }
     };
+    // PostgreSQL: whether the savepoint `write` marks the transaction as it is now, so the
+    // next write can be rolled back alone. A write that succeeded moves past it; one rolled
+    // back to it leaves it in place.
+    let mut savepoint = true;
     let mut events = Vec::with_capacity(ran.capacity());
     for job in jobs.by_ref() {
+        if backend == Backend::Postgres && !savepoint {
+            // The same name again: a later savepoint hides the earlier ones, which stay
+            // (until the commit) and cost nothing more.
+            if let Err(err) = tx.execute("SAVEPOINT write").await {
+                tracing::error!(error = %err, writes = ran.len(), "a batch's savepoint failed");
+                return None;
+            }
+            savepoint = true;
+        }
         // A panicking write must not end the task that every other write depends on (its
         // reply channel is dropped while unwinding: its caller gets a failure).
         let Ok(done) = AssertUnwindSafe(job(&mut tx)).catch_unwind().await else {
@@ -278,18 +334,32 @@ async fn run_batch(
         };
         ran.push((done.answer, done.events.as_ref().map_or(0, NewEvents::len)));
         events.extend(done.events.into_iter().flatten());
-        if done.breaks_batch {
-            tracing::error!(
-                writes = ran.len(),
-                "a write failed midway: rolling back its batch"
-            );
-            return None;
+        match backend {
+            Backend::Postgres if done.failed => {
+                if let Err(err) = tx.execute("ROLLBACK TO SAVEPOINT write").await {
+                    tracing::error!(
+                        error = %err,
+                        writes = ran.len(),
+                        "rolling back a failed write: rolling back its batch"
+                    );
+                    return None;
+                }
+            }
+            Backend::Postgres => savepoint = false,
+            Backend::Sqlite if done.breaks_batch => {
+                tracing::error!(
+                    writes = ran.len(),
+                    "a write failed midway: rolling back its batch"
+                );
+                return None;
+            }
+            Backend::Sqlite => {}
         }
     }
     drop(jobs);
     // Returning early drops `tx`, which rolls the batch back.
     let now = now_rfc3339();
-    let ids = match events::append_all(&mut tx, &events, &now).await {
+    let ids = match events::append_all(&mut tx, backend, &events, &now).await {
         Ok(ids) => ids,
         Err(err) => {
             tracing::error!(error = %err, writes = ran.len(), "appending a batch's events");

@@ -3,7 +3,7 @@
 //!
 //! One tailer task appends to the tail, in id order. On PostgreSQL, after a commit (this
 //! instance's, or another's through `LISTEN`) it is woken and reads the log after the newest
-//! id it holds. Because ids become visible in increasing order (see `db::events::append`),
+//! id it holds. Because ids become visible in increasing order (see `db::events::append_all`),
 //! "read after my head" never skips an event, and every instance that tails the same database
 //! holds the same sequence with the same cursors. On SQLite this process is the only writer,
 //! and its write queue hands the tailer each committed batch's events, in commit order

@@ -108,7 +108,7 @@ struct Changed<T, X = ()> {
 }
 
 /// The write path: begin, change the row, append the event, commit, then tell the tail.
-/// [`db::Db::write`] does the first four (on SQLite in a batch shared with other writes);
+/// [`db::Db::write`] does the first four (in a batch shared with other writes);
 /// nothing is announced before the commit, and a failed commit leaves no event.
 async fn write<T>(
     store: &Store,

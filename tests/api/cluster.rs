@@ -18,7 +18,10 @@ use tokio::sync::watch;
 
 use crate::{
     crash::ServerProcess,
-    helpers::{Backend, SseClient, TestApp, WAIT, cursors, spawn_app, spawn_on, stream_cursor},
+    helpers::{
+        Backend, SseClient, TestApp, WAIT, assert_problem, cursors, spawn_app, spawn_on,
+        stream_cursor,
+    },
     postgres::{self, Cluster},
 };
 
@@ -367,6 +370,178 @@ async fn writers_on_both_instances_give_every_subscriber_the_table() {
     }
 }
 
+/// What one request of [`refusals_among_concurrent_writes_leave_the_others_committed`]
+/// answered.
+struct Answered {
+    what: String,
+    status: StatusCode,
+    cursor: Option<i64>,
+    body: Value,
+}
+
+/// Writes that race on both instances, many of them refused (a taken name, a stale
+/// `If-Match`, an unknown category, a missing Funko), share transactions with writes that
+/// succeed: each answers its own status, and the log holds exactly the successes, once, in
+/// the order of their cursors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_among_concurrent_writes_leave_the_others_committed() {
+    if !postgres::available() {
+        return;
+    }
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 6;
+    let a = Arc::new(spawn_app(Backend::Postgres).await);
+    let b = Arc::new(instance_on(&a.database_url).await);
+    let instances = [a.clone(), b.clone()];
+    let contested = a.create_funko("Contested").await["id"].as_i64().unwrap();
+    let start = a.head().await;
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let app = instances[t % 2].clone();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for r in 0..ROUNDS {
+                    // Every task races for this name: one creates it, the others get 409.
+                    let dup = app.post("/funkos", funko(&format!("Dup-{r}"))).await;
+                    let own = app.post("/funkos", funko(&format!("Own-{t}-{r}"))).await;
+                    // One PATCH per version of the contested Funko can hold.
+                    let version = 1 + (t + r) % 4;
+                    let patch = app
+                        .if_match(
+                            reqwest::Method::PATCH,
+                            &format!("/funkos/{contested}"),
+                            &format!("\"{version}\""),
+                            Some(json!({"stock": t * 100 + r})),
+                        )
+                        .await;
+                    let mut unknown = funko(&format!("Lost-{t}-{r}"));
+                    unknown["category"] = json!("NO-SUCH-CATEGORY");
+                    let unknown = app.post("/funkos", unknown).await;
+                    let missing = app.delete("/funkos/999999999").await;
+                    for (what, response) in [
+                        (format!("dup {r}"), dup),
+                        (format!("own {t}-{r}"), own),
+                        (format!("patch if {version}"), patch),
+                        ("unknown category".to_owned(), unknown),
+                        ("missing".to_owned(), missing),
+                    ] {
+                        let status = response.status();
+                        let cursor = status
+                            .is_success()
+                            .then(|| stream_cursor(&response).parse::<i64>().unwrap());
+                        let body = response.json().await.unwrap();
+                        answered.push(Answered {
+                            what,
+                            status,
+                            cursor,
+                            body,
+                        });
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let answered: Vec<Answered> = join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|t| t.unwrap())
+        .collect();
+
+    let mut successes = Vec::new();
+    let mut dup_winners = std::collections::BTreeMap::<String, usize>::new();
+    let mut patched_from = Vec::new();
+    for answer in &answered {
+        let expected: &[u16] = match answer.what.split(' ').next().unwrap() {
+            "dup" => &[201, 409],
+            "own" => &[201],
+            "patch" => &[200, 412],
+            "unknown" => &[422],
+            _ => &[404],
+        };
+        assert!(
+            expected.contains(&answer.status.as_u16()),
+            "{} answered {}: {}",
+            answer.what,
+            answer.status,
+            answer.body
+        );
+        if let Some(cursor) = answer.cursor {
+            successes.push((cursor, answer.body.clone()));
+            *dup_winners.entry(answer.what.clone()).or_default() += 1;
+            if answer.what.starts_with("patch") {
+                let version = answer.body["version"].as_i64().unwrap();
+                patched_from.push(version - 1);
+                let asked: i64 = answer.what.rsplit(' ').next().unwrap().parse().unwrap();
+                assert_eq!(asked, version - 1, "a PATCH held on the version it named");
+            }
+        } else {
+            assert_eq!(
+                answer.body["status"],
+                answer.status.as_u16(),
+                "{}",
+                answer.what
+            );
+        }
+    }
+    for r in 0..ROUNDS {
+        assert_eq!(dup_winners.get(&format!("dup {r}")), Some(&1), "Dup-{r}");
+    }
+    patched_from.sort_unstable();
+    assert!(!patched_from.is_empty(), "some PATCH held");
+    assert!(
+        patched_from.windows(2).all(|w| w[0] + 1 == w[1]) && patched_from[0] == 1,
+        "one PATCH per version: {patched_from:?}"
+    );
+    let contested_now: Value = a
+        .get(&format!("/funkos/{contested}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        contested_now["version"].as_i64().unwrap(),
+        1 + patched_from.len() as i64
+    );
+
+    // The log: exactly the successes, each with the resource it answered, once, in order.
+    successes.sort_by_key(|(cursor, _)| *cursor);
+    let log = a.events_after(&start).await;
+    assert_eq!(
+        b.events_after(&start).await,
+        log,
+        "both instances read one log"
+    );
+    assert_strictly_increasing(&log);
+    assert_eq!(
+        cursors(&log),
+        successes.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        "the log holds the successful writes, once each"
+    );
+    for (event, (_, body)) in log.iter().zip(&successes) {
+        assert_eq!(&event["data"], body, "event {}", event["id"]);
+    }
+
+    // The writes did share transactions: a batch's events are appended by one statement,
+    // so they carry one transaction id.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&a.database_url)
+        .await
+        .unwrap();
+    let (events, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM events WHERE id > $1::bigint",
+    )
+    .bind(&start)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(events as usize, successes.len());
+    assert!(
+        transactions < events,
+        "{events} events in {transactions} transactions: the writes were not batched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_a_killed_instance_resume_on_the_other() {
     if !postgres::available() {
@@ -634,6 +809,110 @@ impl Cuttable {
         url.set_port(Some(self.address.port())).unwrap();
         url.to_string()
     }
+}
+
+/// Writes in flight on an instance whose connections to PostgreSQL are cut, batched
+/// together: each answers a 503 problem or its success, and once the database is back the
+/// log holds every acknowledged write once and nothing that was not asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_cut_off_from_the_database_fail_cleanly_and_the_log_keeps_the_acknowledged() {
+    if !postgres::available() {
+        return;
+    }
+    const WRITERS: usize = 8;
+    let a = spawn_app(Backend::Postgres).await;
+    let upstream = url::Url::parse(&a.database_url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    );
+    let proxy = Cuttable::start(upstream.parse().unwrap()).await;
+    let b = Arc::new(instance_on(&proxy.url(&a.database_url)).await);
+    let start = a.head().await;
+
+    // Each writer creates Funkos until it has seen a write fail, then one succeed again.
+    let (acked, mut acks) = watch::channel(0usize);
+    let (failed, mut failures) = watch::channel(0usize);
+    let (acked, failed) = (Arc::new(acked), Arc::new(failed));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (b, acked, failed) = (b.clone(), acked.clone(), failed.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut refused, mut saw_failure) = (Vec::new(), Vec::new(), false);
+                for n in 0.. {
+                    let name = format!("Cut-{w}-{n}");
+                    let response = b.post("/funkos", funko(&name)).await;
+                    match response.status() {
+                        StatusCode::CREATED => {
+                            let cursor = stream_cursor(&response).parse::<i64>().unwrap();
+                            ok.push((cursor, name));
+                            acked.send_modify(|n| *n += 1);
+                            if saw_failure {
+                                break;
+                            }
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            assert_problem(response, 503).await;
+                            refused.push(name);
+                            saw_failure = true;
+                            failed.send_modify(|n| *n += 1);
+                        }
+                        status => panic!("{name} answered {status}: {:?}", response.text().await),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let wait = |rx: &mut watch::Receiver<usize>, n: usize, what: &'static str| {
+        let mut rx = rx.clone();
+        async move {
+            tokio::time::timeout(FOLLOW, rx.wait_for(|&seen| seen >= n))
+                .await
+                .unwrap_or_else(|_| panic!("{what}"))
+                .unwrap();
+        }
+    };
+    wait(&mut acks, 50, "writes through the proxy").await;
+    proxy.cut.send_replace(true);
+    wait(&mut failures, WRITERS, "writes failing while cut").await;
+    proxy.cut.send_replace(false);
+    let mut ok = Vec::new();
+    let mut refused = std::collections::BTreeSet::new();
+    for writer in join_all(writers).await {
+        let (acked, failed) = writer.unwrap();
+        ok.extend(acked);
+        refused.extend(failed);
+    }
+    ok.sort_unstable();
+
+    // Every acknowledged write is in the log once, with its cursor; any other event is a
+    // write that answered 503 while its commit reached PostgreSQL (the answer was lost).
+    let head = ok.last().unwrap().0.to_string();
+    let log = b.events_through(&start, &head).await;
+    assert_eq!(
+        a.events_after(&start).await,
+        log,
+        "both instances read one log"
+    );
+    assert_strictly_increasing(&log);
+    let acked: std::collections::BTreeMap<i64, &str> =
+        ok.iter().map(|(c, name)| (*c, name.as_str())).collect();
+    assert_eq!(acked.len(), ok.len(), "one cursor per acknowledged write");
+    let mut found = 0;
+    for event in &log {
+        let cursor: i64 = event["id"].as_str().unwrap().parse().unwrap();
+        let name = event["data"]["name"].as_str().unwrap();
+        match acked.get(&cursor) {
+            Some(expected) => {
+                assert_eq!(*expected, name, "event {cursor}");
+                found += 1;
+            }
+            None => assert!(refused.contains(name), "{name} was never acknowledged"),
+        }
+    }
+    assert_eq!(found, ok.len(), "every acknowledged write is in the log");
 }
 
 /// An instance away from the database (its connections cut) while another writes past the
