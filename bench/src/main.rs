@@ -64,6 +64,10 @@ struct Cli {
     /// Events to replay.
     #[arg(long, global = true)]
     replay_k: Option<u64>,
+    /// The fan-out's transports to measure, comma-separated: sse (with views and the
+    /// throughput), poll, ws, socketio (default: all).
+    #[arg(long, global = true, value_delimiter = ',')]
+    transports: Option<Vec<String>>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +194,14 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(k) = cli.replay_k {
         plan.replay_k = k;
+    }
+    if let Some(ts) = &cli.transports {
+        for t in ts {
+            if !["sse", "poll", "ws", "socketio"].contains(&t.as_str()) {
+                bail!("--transports: {t:?} is not sse, poll, ws or socketio");
+            }
+        }
+        plan.transports = Some(ts.clone());
     }
     let scenarios = match cli.cmd {
         Cmd::All | Cmd::Smoke => vec![

@@ -95,6 +95,8 @@ pub struct Plan {
     /// Instance counts on one PostgreSQL, and the SSE subscribers of their fan-out.
     pub cluster_ks: Vec<usize>,
     pub cluster_n: usize,
+    /// The fan-out's transports to measure, by name; `None`: all.
+    pub transports: Option<Vec<String>>,
 }
 
 impl Plan {
@@ -126,6 +128,7 @@ impl Plan {
             floor_ns: vec![1_000, 9_000],
             cluster_ks: vec![1, 2, 4],
             cluster_n: 1_000,
+            transports: None,
         }
     }
 
@@ -157,6 +160,7 @@ impl Plan {
             floor_ns: vec![20],
             cluster_ks: vec![1, 2],
             cluster_n: 5,
+            transports: None,
         }
     }
 }
@@ -681,6 +685,11 @@ impl Ctx {
 
     async fn fanout(&mut self, kind: Kind) -> anyhow::Result<()> {
         let plan = self.plan.clone();
+        let measured = |t: Transport| {
+            plan.transports
+                .as_ref()
+                .is_none_or(|ts| ts.iter().any(|name| name == t.name()))
+        };
         // Views are funko-live's own (the peer has none): measured right after the plain SSE
         // point of the same N, for the closest conditions.
         let views = if kind == Kind::Ours {
@@ -688,31 +697,41 @@ impl Ctx {
         } else {
             Vec::new()
         };
-        for &n in &plan.fanout_ns {
-            self.fanout_point(kind, Transport::Sse, n, false, &[])
+        if measured(Transport::Sse) {
+            for &n in &plan.fanout_ns {
+                self.fanout_point(kind, Transport::Sse, n, false, &[])
+                    .await?;
+                if !views.is_empty() && plan.view_ns.contains(&n) {
+                    self.fanout_point(kind, Transport::Sse, n, false, &views)
+                        .await?;
+                }
+            }
+            if !views.is_empty() {
+                for &n in plan.view_ns.iter().filter(|n| !plan.fanout_ns.contains(n)) {
+                    self.fanout_point(kind, Transport::Sse, n, false, &views)
+                        .await?;
+                }
+            }
+        }
+        if measured(Transport::Poll) {
+            self.fanout_point(kind, Transport::Poll, plan.poll_n, true, &[])
                 .await?;
-            if !views.is_empty() && plan.view_ns.contains(&n) {
-                self.fanout_point(kind, Transport::Sse, n, false, &views)
+        }
+        if measured(Transport::Ws) {
+            for &n in &plan.ws_ns {
+                self.fanout_point(kind, Transport::Ws, n, false, &[])
                     .await?;
             }
         }
-        if !views.is_empty() {
-            for &n in plan.view_ns.iter().filter(|n| !plan.fanout_ns.contains(n)) {
-                self.fanout_point(kind, Transport::Sse, n, false, &views)
+        if measured(Transport::SocketIo) {
+            for &n in &plan.sio_ns {
+                self.fanout_point(kind, Transport::SocketIo, n, false, &[])
                     .await?;
             }
         }
-        self.fanout_point(kind, Transport::Poll, plan.poll_n, true, &[])
-            .await?;
-        for &n in &plan.ws_ns {
-            self.fanout_point(kind, Transport::Ws, n, false, &[])
-                .await?;
+        if measured(Transport::Sse) {
+            self.throughput(kind).await?;
         }
-        for &n in &plan.sio_ns {
-            self.fanout_point(kind, Transport::SocketIo, n, false, &[])
-                .await?;
-        }
-        self.throughput(kind).await?;
         Ok(())
     }
 

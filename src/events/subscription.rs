@@ -229,8 +229,8 @@ impl Subscription {
         self.committed
     }
 
-    /// Events available now, without waiting: `None` when the cursor is at the head. A
-    /// failure to read the log ends the stream ([`End::Failed`]).
+    /// Events available now, without waiting for a commit: `None` when the cursor is at the
+    /// head. A failure to read the log ends the stream ([`End::Failed`]).
     pub(crate) async fn poll_now(&mut self, max: usize) -> Option<Next> {
         match self.try_poll_now(max).await {
             Ok(next) => next,
@@ -249,8 +249,20 @@ impl Subscription {
     }
 
     async fn try_poll_now(&mut self, max: usize) -> Result<Option<Next>, ApiError> {
+        loop {
+            if let Some(next) = self.try_step(max).await? {
+                return Ok(next);
+            }
+            // The tail is about to receive what is known committed: wait for it there.
+            self.wait().await;
+        }
+    }
+
+    /// One look at the tail (or the log). `Ok(None)`: the tail lags a commit it is sure to
+    /// receive; wait for the head to move and look again.
+    async fn try_step(&mut self, max: usize) -> Result<Option<Option<Next>>, ApiError> {
         if self.tail.closing().is_cancelled() {
-            return Ok(Some(self.end(End::Shutdown)));
+            return Ok(Some(Some(self.end(End::Shutdown))));
         }
         // Marked seen before reading, so a head published after this read wakes `next`.
         self.head.borrow_and_update();
@@ -264,14 +276,17 @@ impl Subscription {
                 self.live = true;
                 Some(events)
             }
-            // The tail has some but more is known committed: read the log, which has all.
-            TailRead::Events(events) if !events.is_empty() => None,
             TailRead::Events(_) if self.cursor >= self.committed => {
                 self.live = true;
-                return Ok(None);
+                return Ok(Some(None));
             }
+            // Known committed but not yet in the tail. When this process's commits are pushed
+            // to the tail (SQLite), each one is on its way before anyone learns it committed:
+            // a moment's wait for it costs less than a round trip to the log.
+            TailRead::Events(_) if self.tail.pushed() => return Ok(None),
             // Committed (this subscription saw it in the database) but not yet in this
-            // process's tail: read it from the log rather than wait for the tailer.
+            // process's tail, which another instance's commit reaches only through the
+            // tailer's next read: read the log, which has all, rather than wait for it.
             TailRead::Events(_) => None,
             // The log was pruned past this subscriber while it was live (another instance
             // pruned while this one was away): it must reload, as after any expired cursor.
@@ -282,10 +297,10 @@ impl Subscription {
                     .get_or_create(&ReasonLabel { reason: "expired" })
                     .inc();
                 self.cursor = head;
-                return Ok(Some(Next::Reset(Reset {
+                return Ok(Some(Some(Next::Reset(Reset {
                     cursor: head.to_string(),
                     reason: ResetReason::Expired,
-                })));
+                }))));
             }
             TailRead::Behind if self.live => {
                 tracing::warn!(
@@ -293,7 +308,7 @@ impl Subscription {
                     "subscriber fell behind the live stream; cutting it off"
                 );
                 METRICS.slow_cut_off.inc();
-                return Ok(Some(self.end(End::Slow)));
+                return Ok(Some(Some(self.end(End::Slow))));
             }
             TailRead::Behind => None,
         };
@@ -309,25 +324,25 @@ impl Subscription {
                         .get_or_create(&ReasonLabel { reason: "expired" })
                         .inc();
                     self.cursor = head;
-                    return Ok(Some(Next::Reset(Reset {
+                    return Ok(Some(Some(Next::Reset(Reset {
                         cursor: head.to_string(),
                         reason: ResetReason::Expired,
-                    })));
+                    }))));
                 }
                 let rows = db::events::read_after(&mut conn, self.cursor, max as i64).await?;
                 conn.commit().await?;
                 if rows.is_empty() {
-                    return Ok(None);
+                    return Ok(Some(None));
                 }
                 rows.into_iter().map(StoredEvent::from).collect()
             }
         };
         self.cursor = batch.last().expect("not empty").id;
         let events = batch.iter().filter_map(|e| self.filter.pass(e)).collect();
-        Ok(Some(Next::Events {
+        Ok(Some(Some(Next::Events {
             events,
             cursor: self.cursor,
-        }))
+        })))
     }
 
     /// Waits until the head moves past what [`poll_now`](Self::poll_now) last saw, or the

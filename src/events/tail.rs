@@ -141,6 +141,13 @@ impl Tail {
         self.log_floor.load(Ordering::Acquire)
     }
 
+    /// Whether this process's commits reach the tail from its write queue (SQLite): then each
+    /// commit is on its way to the tail before it is known committed, so a subscriber that
+    /// finds the tail short of [`local_bounds`](Self::local_bounds)' head can wait for it.
+    pub(crate) fn pushed(&self) -> bool {
+        self.pushed
+    }
+
     /// `(floor, committed)`: the cursors this database can serve, known without a query, when
     /// this process is the only writer (SQLite). `None` on PostgreSQL, where other instances
     /// write and prune: ask the database.
