@@ -243,10 +243,12 @@ struct EventParts<'a> {
     created_at: &'a str,
 }
 
-/// The id of a resource's JSON.
+/// What a change message needs of a resource's JSON.
 #[derive(serde::Deserialize)]
-struct ResourceId {
+struct ResourceKey {
     id: i64,
+    #[serde(rename = "isDeleted")]
+    is_deleted: bool,
 }
 
 impl Change<'_> {
@@ -259,10 +261,15 @@ impl Change<'_> {
 /// `delete` (a soft delete, or a Funko leaving the view), with the resource as `GET` returns
 /// it and, where the log has it, what it recorded of the Funko before.
 fn change_message(stream: StreamName, view: Option<&View>, event: &StoredEvent) -> String {
+    let resource: ResourceKey =
+        serde_json::from_str(event.data()).expect("a resource has an id and isDeleted");
     let operation = match view.and_then(|view| event.view_change(view)) {
         Some(ViewChange::Enter) => "insert",
         Some(ViewChange::Update) => "update",
         Some(ViewChange::Leave) => "delete",
+        // A change to a deleted resource (a category rename touches its deleted Funkos
+        // too) keeps it out of a client's state.
+        None if resource.is_deleted => "delete",
         None => match event.kind {
             EventKind::Create => "insert",
             EventKind::Update => "update",
@@ -271,12 +278,9 @@ fn change_message(stream: StreamName, view: Option<&View>, event: &StoredEvent) 
     };
     let value: &RawValue = serde_json::from_str(event.data()).expect("events carry JSON");
     let parts: EventParts<'_> = serde_json::from_str(event.json.get()).expect("an event's JSON");
-    let key = serde_json::from_str::<ResourceId>(event.data())
-        .map(|r| r.id.to_string())
-        .expect("a resource has an id");
     Change {
         kind: stream.as_str(),
-        key,
+        key: resource.id.to_string(),
         value,
         old_value: event.before().and_then(|b| serde_json::from_str(b).ok()),
         headers: ChangeHeaders {
@@ -680,19 +684,18 @@ impl DurableApi {
             .into());
         }
         let client_cursor = parse_cursor(cursor.0.as_deref())?;
-        let timeout = match (live, timeout.0) {
-            (_, None) => Duration::from_secs(POLL_DEFAULT_TIMEOUT),
-            (Live::LongPoll, Some(secs)) if secs <= POLL_MAX_TIMEOUT => Duration::from_secs(secs),
-            (Live::LongPoll, Some(secs)) => {
+        // Checked on every read (clients send their extra parameters on each), used by
+        // long-polls.
+        let timeout = match timeout.0 {
+            None => Duration::from_secs(POLL_DEFAULT_TIMEOUT),
+            Some(secs) if secs <= POLL_MAX_TIMEOUT => Duration::from_secs(secs),
+            Some(secs) => {
                 return Err(bad(
                     "timeout",
                     format!("at most {POLL_MAX_TIMEOUT} seconds"),
                     &secs.to_string(),
                 )
                 .into());
-            }
-            (_, Some(_)) => {
-                return Err(ApiError::bad_request("timeout is for live=long-poll only").into());
             }
         };
         let view = view_of(category.0, q.0, min_price.0, max_price.0)?;

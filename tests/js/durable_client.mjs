@@ -62,7 +62,10 @@ async function followWithStreamDB() {
     onBatch: (batch) => {
       // The collection applies a batch once it is committed: read it on the next turn.
       setImmediate(() => {
-        const rows = byKey(db.collections.rows.toArray).map(({ _seq, ...row }) => row);
+        // Without TanStack DB's own fields (`$synced`, `$key`, …) and the insertion order.
+        const rows = byKey(db.collections.rows.toArray).map((row) =>
+          Object.fromEntries(Object.entries(row).filter(([k]) => !k.startsWith("$") && k !== "_seq")),
+        );
         print({ offset: batch.offset, upToDate: batch.upToDate, rows });
       });
     },
