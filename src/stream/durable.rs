@@ -438,13 +438,8 @@ struct Meta<'a> {
 
 impl Meta<'_> {
     fn etag(&self) -> Option<String> {
-        self.range_from.map(|from| {
-            format!(
-                "\"{}:{from}:{}\"",
-                self.stream.as_str(),
-                offset(self.next)
-            )
-        })
+        self.range_from
+            .map(|from| format!("\"{}:{from}:{}\"", self.stream.as_str(), offset(self.next)))
     }
 
     fn apply(&self, builder: poem::ResponseBuilder) -> poem::ResponseBuilder {
@@ -705,7 +700,8 @@ impl DurableApi {
             )
             .into());
         }
-        let filter = Filter::parse(Some(stream.entity().as_str()), std::iter::empty())?.with_view(view.clone())?;
+        let filter = Filter::parse(Some(stream.entity().as_str()), std::iter::empty())?
+            .with_view(view.clone())?;
         let if_none_match = if_none_match.0.as_deref();
         let transport = match live {
             Live::CatchUp => None,
@@ -1054,7 +1050,10 @@ mod tests {
         assert_eq!(offsets, sorted);
         for (cursor, text) in cursors.iter().zip(&offsets) {
             assert_eq!(text.len(), OFFSET_DIGITS);
-            assert_eq!(parse_offset(Some(text)).ok(), Some(ReadFrom::After(*cursor)));
+            assert_eq!(
+                parse_offset(Some(text)).ok(),
+                Some(ReadFrom::After(*cursor))
+            );
         }
     }
 
