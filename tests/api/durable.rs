@@ -730,13 +730,18 @@ impl NodeFollower {
         }
     }
 
-    /// The next batch line, within `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<Value> {
+    /// The next line, batch or error, within `wait`.
+    async fn next_line(&mut self, wait: Duration) -> Option<Value> {
         let line = tokio::time::timeout(wait, self.lines.next_line())
             .await
             .ok()?
             .unwrap()?;
-        let line: Value = serde_json::from_str(&line).unwrap();
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    /// The next batch line, within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let line = self.next_line(wait).await?;
         assert!(line.get("error").is_none(), "{}: {line}", self.label);
         Some(line)
     }
@@ -844,6 +849,43 @@ async fn js_client_reads_catch_up_long_poll_and_sse_and_resumes_after_a_restart(
         let got: Vec<Value> = items(&lines).iter().map(|m| m["value"].clone()).collect();
         assert_eq!(got, [thor, patched], "{live}: exactly what it missed");
     }
+}
+
+/// `@durable-streams/client` resuming from an offset retention pruned gets the protocol's
+/// 410, and in its body the reset to follow; from `-1` it then gets every live Funko.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_is_told_to_reset_at_a_pruned_offset() {
+    if !node_ready() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let pruned = offset(&app.head().await);
+    app.create_funko("Groot").await;
+    app.create_funko("Stitch").await;
+    app.prune_all_but_newest().await;
+    let url = app.url("/streams/funkos");
+    for live in [json!(false), json!("long-poll"), json!("sse")] {
+        let mut follower = NodeFollower::start(
+            json!({"url": url, "live": live, "apply": "none", "offset": pruned}),
+        );
+        let line = follower.next_line(WAIT).await.expect("an answer");
+        assert_eq!(line["status"], 410, "{live}: {line}");
+        let body = match &line["body"] {
+            Value::String(text) => serde_json::from_str(text).unwrap(),
+            other => other.clone(),
+        };
+        assert_eq!(
+            body["control"],
+            json!({"headers": {"control": "reset", "offset": "-1"}}),
+            "{live}: {line}"
+        );
+    }
+    let mut fresh = NodeFollower::start(json!({"url": url, "live": false, "apply": "state"}));
+    let lines = fresh.until(WAIT, |l| l["upToDate"] == true).await;
+    assert_eq!(
+        floats(lines.last().unwrap()["rows"].clone()),
+        floats(Value::Array(live_funkos(&app, "").await))
+    );
 }
 
 /// `MaterializedState` (under both live modes, and on a view) and `createStreamDB` (TanStack

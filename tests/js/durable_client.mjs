@@ -6,7 +6,7 @@
 //   apply "state": {offset, upToDate, rows, resets}               (MaterializedState)
 //   apply "db":    {offset, upToDate, rows}                       (createStreamDB, TanStack DB)
 // `rows` are the values of the stream's type, ordered by key. A catch-up read (`live: false`)
-// ends when it is up to date; the others run until killed. Errors: {error, status, details}.
+// ends when it is up to date; the others run until killed. Errors: {error, status, body}.
 import { stream } from "@durable-streams/client";
 import { MaterializedState, isChangeEvent, isControlEvent } from "@durable-streams/state";
 import { createStreamDB, createStateSchema } from "@durable-streams/state/db";
@@ -22,7 +22,11 @@ const anything = {
 };
 
 function fail(err) {
-  print({ error: String(err?.message ?? err), status: err?.status ?? null, details: err?.details ?? err?.json ?? null });
+  print({
+    error: String(err?.message ?? err),
+    status: err?.status ?? null,
+    body: err?.json ?? err?.details ?? err?.text ?? null,
+  });
   process.exit(1);
 }
 

@@ -4,6 +4,7 @@ tests/api/durable.rs. Arguments: the server's base URL, and an offset retention 
 Reads the snapshot by catch-up, follows by long-poll and by SSE while this script writes
 through the REST API, and is told 410 for the pruned offset. Prints "ok durable-streams: ..."."""
 
+import json
 import sys
 import threading
 
@@ -69,6 +70,8 @@ try:
     raise AssertionError("a pruned offset was served")
 except RetentionGoneError as gone:
     assert gone.status == 410, gone
-    print("410:", gone.details)
+    # The body comes along: the problem, with the State Protocol's reset.
+    body = json.loads(gone.details) if isinstance(gone.details, str) else gone.details
+    assert body["control"] == {"headers": {"control": "reset", "offset": "-1"}}, body
 
 print(f"ok durable-streams: snapshot at {head}, long-poll to {after_poll}, then sse")
