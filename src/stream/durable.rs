@@ -52,7 +52,7 @@ use crate::{
 };
 
 /// Digits of an offset: every non-negative `i64` fits.
-pub(crate) const OFFSET_DIGITS: usize = 20;
+const OFFSET_DIGITS: usize = 20;
 /// How long an SSE response lasts before the server closes it, as the protocol asks, so
 /// that caches can collapse new readers onto fresh requests. The client reconnects from its
 /// last offset.
@@ -122,20 +122,33 @@ enum ReadFrom {
     After(i64),
 }
 
-/// An offset as written: the cursor with [`OFFSET_DIGITS`] digits.
-pub(crate) fn offset(cursor: i64) -> String {
-    format!("{cursor:0width$}", width = OFFSET_DIGITS)
+/// A position in a stream as the protocol writes it: a change-stream cursor with
+/// [`OFFSET_DIGITS`] digits, so offsets sort as text as cursors do as numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offset(i64);
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:0width$}", self.0, width = OFFSET_DIGITS)
+    }
+}
+
+impl Offset {
+    /// Exactly [`OFFSET_DIGITS`] digits, of a non-negative `i64`.
+    fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == OFFSET_DIGITS && raw.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| raw.parse().ok().map(Self))
+            .flatten()
+    }
 }
 
 fn parse_offset(raw: Option<&str>) -> Result<ReadFrom, ApiError> {
     match raw {
         None | Some("-1") => Ok(ReadFrom::Beginning),
         Some("now") => Ok(ReadFrom::Now),
-        Some(raw) if raw.len() == OFFSET_DIGITS && raw.bytes().all(|b| b.is_ascii_digit()) => raw
-            .parse::<i64>()
-            .map(ReadFrom::After)
-            .map_err(|_| bad_offset(raw)),
-        Some(raw) => Err(bad_offset(raw)),
+        Some(raw) => Offset::parse(raw)
+            .map(|offset| ReadFrom::After(offset.0))
+            .ok_or_else(|| bad_offset(raw)),
     }
 }
 
@@ -251,16 +264,19 @@ struct ResourceKey {
     is_deleted: bool,
 }
 
+/// A State Protocol message, rendered once.
+type Message = Box<RawValue>;
+
 impl Change<'_> {
-    fn render(self) -> String {
-        serde_json::to_string(&self).expect("a change message serializes")
+    fn render(self) -> Message {
+        serde_json::value::to_raw_value(&self).expect("a change message serializes")
     }
 }
 
 /// The change message of an event the stream's filter passed: `insert`, `update` or
 /// `delete` (a soft delete, or a Funko leaving the view), with the resource as `GET` returns
 /// it and, where the log has it, what it recorded of the Funko before.
-fn change_message(stream: StreamName, view: Option<&View>, event: &StoredEvent) -> String {
+fn change_message(stream: StreamName, view: Option<&View>, event: &StoredEvent) -> Message {
     let resource: ResourceKey =
         serde_json::from_str(event.data()).expect("a resource has an id and isDeleted");
     let operation = match view.and_then(|view| event.view_change(view)) {
@@ -292,8 +308,11 @@ fn change_message(stream: StreamName, view: Option<&View>, event: &StoredEvent) 
 }
 
 /// A State Protocol control message.
-fn control_message(control: &str, at: &str) -> String {
-    serde_json::json!({"headers": {"control": control, "offset": at}}).to_string()
+fn control_message(control: &str, at: &str) -> Message {
+    serde_json::value::to_raw_value(
+        &serde_json::json!({"headers": {"control": control, "offset": at}}),
+    )
+    .expect("a control message serializes")
 }
 
 /// The messages of a snapshot: `snapshot-start`, an `insert` per current row,
@@ -302,7 +321,7 @@ async fn snapshot(
     state: &AppState,
     stream: StreamName,
     view: Option<&View>,
-) -> Result<(Vec<String>, i64), ApiError> {
+) -> Result<(Vec<Message>, i64), ApiError> {
     let mut tx = state.tail.db().begin_read().await?;
     // One transaction is one snapshot: the rows are those of the head read here.
     let (_floor, head) = db::events::bounds(&mut tx).await?;
@@ -320,7 +339,7 @@ async fn snapshot(
             .collect(),
     };
     tx.commit().await?;
-    let at = offset(head);
+    let at = Offset(head).to_string();
     let mut messages = Vec::with_capacity(rows.len() + 2);
     messages.push(control_message("snapshot-start", &at));
     for (id, json, updated_at) in &rows {
@@ -343,23 +362,14 @@ async fn snapshot(
 }
 
 /// Messages as the JSON array a read answers.
-fn json_array(messages: &[String]) -> String {
-    let mut body = String::with_capacity(messages.iter().map(|m| m.len() + 1).sum::<usize>() + 2);
-    body.push('[');
-    for (i, message) in messages.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(message);
-    }
-    body.push(']');
-    body
+fn json_array(messages: &[Message]) -> String {
+    serde_json::to_string(messages).expect("messages serialize")
 }
 
 /// What a read gathered: messages, where the next read starts, and whether it reached the
 /// head.
 struct Gathered {
-    messages: Vec<String>,
+    messages: Vec<Message>,
     next: i64,
     up_to_date: bool,
 }
@@ -439,12 +449,12 @@ struct Meta<'a> {
 impl Meta<'_> {
     fn etag(&self) -> Option<String> {
         self.range_from
-            .map(|from| format!("\"{}:{from}:{}\"", self.stream.as_str(), offset(self.next)))
+            .map(|from| format!("\"{}:{from}:{}\"", self.stream.as_str(), Offset(self.next)))
     }
 
     fn apply(&self, builder: poem::ResponseBuilder) -> poem::ResponseBuilder {
         let mut builder = builder
-            .header("Stream-Next-Offset", offset(self.next))
+            .header("Stream-Next-Offset", Offset(self.next).to_string())
             .header(header::CACHE_CONTROL, self.cache)
             .header("X-Content-Type-Options", "nosniff")
             .header("Cross-Origin-Resource-Policy", "cross-origin");
@@ -463,7 +473,7 @@ impl Meta<'_> {
 
 impl DurableAnswer {
     /// 200 with the messages, or 304 when the client holds this very range already.
-    fn messages(meta: &Meta<'_>, messages: &[String], if_none_match: Option<&str>) -> Self {
+    fn messages(meta: &Meta<'_>, messages: &[Message], if_none_match: Option<&str>) -> Self {
         let builder = meta.apply(poem::Response::builder());
         if let (Some(etag), Some(held)) = (meta.etag(), if_none_match)
             && held.split(',').any(|tag| tag.trim() == etag)
@@ -522,7 +532,7 @@ fn sse_event(name: &str, data: &str) -> Bytes {
 /// its head.
 fn sse_control(next: i64, cursor: &str, up_to_date: bool) -> Bytes {
     let control = DurableControl {
-        stream_next_offset: offset(next),
+        stream_next_offset: Offset(next).to_string(),
         stream_cursor: cursor.to_owned(),
         up_to_date: up_to_date.then_some(true),
     };
@@ -536,7 +546,7 @@ struct SseRead {
     subscription: Subscription,
     stream: StreamName,
     view: Option<View>,
-    snapshot: Option<Vec<String>>,
+    snapshot: Option<Vec<Message>>,
     client_cursor: Option<i64>,
     slot: crate::limits::StreamSlot,
     keep_alive: Duration,
@@ -558,9 +568,9 @@ impl SseRead {
             let delivered = METRICS.delivered_counter(Transport::DurableSse);
             let ends = Instant::now() + SSE_LIFETIME;
             let mut sent_up_to: Option<i64> = None;
-            let mut pending: Vec<String> = snapshot.unwrap_or_default();
+            let mut pending: Vec<Message> = snapshot.unwrap_or_default();
             let mut next = subscription.cursor();
-            loop {
+            while Instant::now() < ends {
                 // Gather a batch, then send it with its control once the subscription is
                 // at the head (or the batch is full).
                 let step = subscription.poll_now(BATCH).await;
@@ -728,7 +738,7 @@ impl DurableApi {
         }
         let range_from = match from {
             ReadFrom::Beginning => "-1".to_owned(),
-            _ => self::offset(subscription.cursor()),
+            _ => Offset(subscription.cursor()).to_string(),
         };
         let live_cursor = (live != Live::CatchUp).then(|| collapsing_cursor(client_cursor));
 
@@ -1044,7 +1054,7 @@ mod tests {
     #[test]
     fn offsets_sort_as_text_as_cursors_do() {
         let cursors = [0, 7, 10, 99, 100, 123_456_789, i64::MAX];
-        let offsets: Vec<String> = cursors.iter().map(|&c| offset(c)).collect();
+        let offsets: Vec<String> = cursors.iter().map(|&c| Offset(c).to_string()).collect();
         let mut sorted = offsets.clone();
         sorted.sort();
         assert_eq!(offsets, sorted);
