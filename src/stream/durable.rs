@@ -439,7 +439,7 @@ struct Meta<'a> {
     stream: StreamName,
     next: i64,
     up_to_date: bool,
-    /// The protocol's collapsing cursor (live reads).
+    /// The protocol's collapsing cursor.
     cursor: Option<String>,
     /// Where the answered range starts, for its `ETag` (`None`: no `ETag`).
     range_from: Option<&'a str>,
@@ -740,7 +740,8 @@ impl DurableApi {
             ReadFrom::Beginning => "-1".to_owned(),
             _ => Offset(subscription.cursor()).to_string(),
         };
-        let live_cursor = (live != Live::CatchUp).then(|| collapsing_cursor(client_cursor));
+        // On every answer with data too, so a client's first long-poll already has one.
+        let live_cursor = Some(collapsing_cursor(client_cursor));
 
         if live == Live::Sse {
             let slot = slot.expect("an SSE read holds a slot");
@@ -983,7 +984,7 @@ impl ApiResponse for DurableAnswer {
         let cursor = || {
             header_meta(
                 "Stream-Cursor",
-                "Live reads: the protocol's collapsing cursor, to echo as `cursor` (not a \
+                "The protocol's collapsing cursor, to echo as `cursor` (not a \
                  change-stream cursor).",
             )
         };

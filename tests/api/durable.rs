@@ -152,6 +152,8 @@ async fn a_read_from_the_beginning_is_a_snapshot_then_the_changes(backend: Backe
             response.header("etag"),
             Some(format!("\"funkos:-1:{}\"", offset(&head)))
         );
+        let cursor = response.header("stream-cursor").expect("Stream-Cursor");
+        assert!(cursor.parse::<i64>().is_ok(), "{cursor}");
         assert_eq!(controls(&body), ["snapshot-start", "snapshot-end"]);
         let messages = body.as_array().unwrap();
         assert_eq!(messages[0]["headers"]["offset"], offset(&head));
