@@ -366,6 +366,8 @@ statuses! {
     DeleteErrors = [400, 401, 403, 404, 409, 412];
     /// Stream reads: bad cursor or filter, or at the connection limit.
     StreamErrors = [400, 503];
+    /// Durable Stream reads: as stream reads, plus unknown stream names.
+    DurableErrors = [400, 404, 503];
 }
 
 /// Shorthand for handler results.

@@ -7,8 +7,8 @@
 //! - [`http`]: the accept loop and hyper's HTTP/1.1 connections, the deadlines on each socket,
 //!   and the SSE fan-out, the one writer below hyper.
 //! - [`api`]: the REST resources, one `#[OpenApi]` impl each; [`spec`]: the OpenAPI document.
-//! - [`stream`]: the change stream's four transports (SSE, long-poll, WebSocket, Socket.IO),
-//!   thin translators of a subscription's steps into frames.
+//! - [`stream`]: the change stream's five transports (SSE, long-poll, WebSocket, Socket.IO,
+//!   Durable Streams), thin translators of a subscription's steps into frames.
 //! - [`service`]: each read and write of the store, shared by every transport, and the read
 //!   caches. A write changes its row and appends its event in one transaction, commits, then
 //!   tells the tail.

@@ -60,7 +60,7 @@ impl StreamSlots {
         transport: Transport,
         ip: Option<IpAddr>,
     ) -> Result<StreamSlot, ApiError> {
-        let poller = transport == Transport::Poll;
+        let poller = transport.is_poll();
         let mut counts = self.counts.lock().expect("stream counts poisoned");
         let refuse = |reason: &'static str, what: &str| {
             METRICS.refused(reason);

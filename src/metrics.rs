@@ -24,10 +24,26 @@ pub(crate) enum Transport {
     Poll,
     Ws,
     SocketIo,
+    /// A Durable Streams read held open: a long-poll.
+    DurablePoll,
+    /// A Durable Streams read held open: Server-Sent Events.
+    DurableSse,
 }
 
 impl Transport {
-    pub(crate) const ALL: [Self; 4] = [Self::Sse, Self::Poll, Self::Ws, Self::SocketIo];
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Sse,
+        Self::Poll,
+        Self::Ws,
+        Self::SocketIo,
+        Self::DurablePoll,
+        Self::DurableSse,
+    ];
+
+    /// Whether a stream of this transport is a held long-poll (which has its own bound).
+    pub(crate) fn is_poll(self) -> bool {
+        matches!(self, Self::Poll | Self::DurablePoll)
+    }
 
     /// Its name in metrics labels.
     pub(crate) fn as_str(self) -> &'static str {
@@ -36,6 +52,8 @@ impl Transport {
             Self::Poll => "poll",
             Self::Ws => "ws",
             Self::SocketIo => "socketio",
+            Self::DurablePoll => "durable_poll",
+            Self::DurableSse => "durable_sse",
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::{
         categories::CategoriesApi, funkos::FunkosApi, health::HealthApi, images::ImagesApi,
         page::PageApi,
     },
-    stream::{poll::PollApi, sse::SseApi},
+    stream::{durable::DurableApi, poll::PollApi, sse::SseApi},
 };
 
 type Operations = (
@@ -17,6 +17,7 @@ type Operations = (
     CategoriesApi,
     SseApi,
     PollApi,
+    DurableApi,
     HealthApi,
     ImagesApi,
     PageApi,
@@ -30,6 +31,7 @@ pub(crate) fn openapi_service() -> OpenApiService<Operations, ()> {
             CategoriesApi,
             SseApi,
             PollApi,
+            DurableApi,
             HealthApi,
             ImagesApi,
             PageApi,
@@ -40,7 +42,8 @@ pub(crate) fn openapi_service() -> OpenApiService<Operations, ()> {
     .description(
         "A Funko store whose clients see every committed change live. Every write appends its \
          events to an ordered, durable change stream, served as Server-Sent Events (`/events`), \
-         long-polling (`/events/poll`), WebSocket (`/ws`) and Socket.IO with one cursor. Reads answer a \
+         long-polling (`/events/poll`), WebSocket (`/ws`) and Socket.IO with one cursor, and as \
+         Durable Streams with State Protocol messages (`/streams/funkos`, `/streams/categories`). Reads answer a \
          `Stream-Cursor` header: subscribe from it and miss nothing. Errors are \
          `application/problem+json` (RFC 9457).",
     )

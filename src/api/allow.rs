@@ -35,7 +35,7 @@ impl AllowMethods {
                 .filter(|key| OPERATIONS.contains(key))
                 .map(str::to_ascii_uppercase)
                 .collect();
-            if methods.iter().any(|m| m == "GET") {
+            if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
                 methods.push("HEAD".to_owned());
             }
             paths.push((segments(path), methods.join(", ")));

@@ -21,7 +21,8 @@ use crate::error::ProblemBody;
 /// The methods a listed origin may use.
 const METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
 /// The response headers a page may read besides the safelisted ones.
-const EXPOSED: &str = "Stream-Cursor, ETag, Location, Retry-After, WWW-Authenticate";
+const EXPOSED: &str = "Stream-Cursor, ETag, Location, Retry-After, WWW-Authenticate, \
+                       Stream-Next-Offset, Stream-Up-To-Date";
 /// How long a browser may cache a preflight's answer, in seconds.
 const MAX_AGE: &str = "600";
 

@@ -133,6 +133,23 @@ impl View {
         Ok((view != Self::default()).then_some(view))
     }
 
+    /// The list query of every live Funko in `view` (all of them without one), in id order
+    /// and on one page: what a snapshot of the view reads.
+    pub(crate) fn everything(view: Option<&Self>) -> FunkoListQuery {
+        let view = view.cloned().unwrap_or_default();
+        FunkoListQuery {
+            page: 1,
+            limit: i64::MAX,
+            sort: super::query::SortField::Id,
+            descending: false,
+            q: view.q,
+            category: view.category,
+            min_price_cents: view.min_price_cents,
+            max_price_cents: view.max_price_cents,
+            include_deleted: false,
+        }
+    }
+
     /// Whether a Funko with these fields is in the list `GET /funkos` returns for the view
     /// (the same comparisons as its SQL).
     pub(crate) fn matches(&self, funko: &ViewKeys) -> bool {

@@ -132,9 +132,7 @@ impl StoredEvent {
     /// The event as `view` sees it: with `"view"` saying whether its Funko enters, stays in
     /// or leaves the view; `None` when the Funko is in the view neither before nor after.
     pub(crate) fn in_view(&self, view: &View) -> Option<Self> {
-        let sides = self.sides()?;
-        let before = sides.before.as_ref().is_some_and(|b| view.matches(b));
-        let change = ViewChange::of(before, view.matches(&sides.after))?;
+        let change = self.view_change(view)?;
         let plain = self.json.get();
         let mut json = String::with_capacity(plain.len() + 20);
         json.push_str(&plain[..plain.len() - 1]);
@@ -147,6 +145,20 @@ impl StoredEvent {
             json,
             ..self.clone()
         })
+    }
+
+    /// What the event does to `view`: `None` when its Funko is in the view neither before
+    /// nor after (or it is not a Funko event).
+    pub(crate) fn view_change(&self, view: &View) -> Option<ViewChange> {
+        let sides = self.sides()?;
+        let before = sides.before.as_ref().is_some_and(|b| view.matches(b));
+        ViewChange::of(before, view.matches(&sides.after))
+    }
+
+    /// What the log recorded of a Funko event's Funko before the change: its
+    /// [`ViewFields`] as JSON, for an UPDATE or DELETE.
+    pub(crate) fn before(&self) -> Option<&str> {
+        self.before.as_deref()
     }
 
     /// The resource's JSON, as `GET` returns it.

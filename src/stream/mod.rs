@@ -1,9 +1,11 @@
-//! The change stream's four transports, each a thin translator of a
+//! The change stream's five transports, each a thin translator of a
 //! [`Subscription`](crate::events::Subscription)'s steps into its frames: Server-Sent Events
-//! ([`sse`]), long-polling ([`poll`]), WebSocket ([`ws`]) and Socket.IO ([`socketio`]). What
+//! ([`sse`]), long-polling ([`poll`]), WebSocket ([`ws`]), Socket.IO ([`socketio`]) and the
+//! Durable Streams protocol ([`durable`]). What
 //! they share is here, once: how a client says where it starts, how much one step reads, the
 //! change event's documented shape, and the WebSocket settings of the two socket transports.
 
+pub(crate) mod durable;
 pub(crate) mod poll;
 pub(crate) mod socket;
 pub(crate) mod socketio;

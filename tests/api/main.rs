@@ -12,6 +12,7 @@ mod asyncapi;
 mod categories;
 mod cluster;
 mod crash;
+mod durable;
 mod events_log;
 mod fanout;
 mod funkos;

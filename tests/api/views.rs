@@ -67,10 +67,10 @@ fn filter_set() -> Vec<Filters> {
 }
 
 /// xorshift64*: a seeded, reproducible sequence (the seed is printed).
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -352,7 +352,7 @@ async fn next_text(ws: &mut WsStream) -> Option<String> {
 /// prices and names, deletes, and renames of the category `anime`/`manga` (whose Funkos then
 /// leave one view and enter another without an event of their own). Refusals a race with the
 /// other writer explains (404, 409, 412, 422) are fine; nothing else is.
-async fn write_randomly(
+pub(crate) async fn write_randomly(
     app: &TestApp,
     writer: usize,
     rng: &mut Rng,
