@@ -375,10 +375,10 @@ impl Delivered {
     }
 
     fn count(&self, framing: Framing, events: usize) {
-        match framing.transport() {
-            Transport::Ws => &self.ws,
-            Transport::SocketIo => &self.socketio,
-            Transport::Sse | Transport::Poll => &self.sse,
+        match framing {
+            Framing::Sse => &self.sse,
+            Framing::WebSocket(Wrap::Plain) => &self.ws,
+            Framing::WebSocket(Wrap::SocketIo { .. }) => &self.socketio,
         }
         .inc_by(events as u64);
     }
