@@ -5,7 +5,7 @@
 //! - [`config`]: flags and environment variables; [`startup`]: opens the database, starts the
 //!   stream's tasks, builds the routes, serves until told to stop.
 //! - [`http`]: the accept loop and hyper's HTTP/1.1 connections, the deadlines on each socket,
-//!   and the SSE fan-out, the one writer below hyper.
+//!   and the live fan-out (SSE, `/ws`, Socket.IO over WebSocket), the one writer below hyper.
 //! - [`api`]: the REST resources, one `#[OpenApi]` impl each; [`spec`]: the OpenAPI document.
 //! - [`stream`]: the change stream's five transports (SSE, long-poll, WebSocket, Socket.IO,
 //!   Durable Streams), thin translators of a subscription's steps into frames.

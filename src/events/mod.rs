@@ -23,7 +23,7 @@ use crate::{
 pub(crate) use subscription::{End, Filter, Next, Start, Subscription};
 
 /// Events read from the log or its tail at a time: a subscription's step on every transport,
-/// a round of the SSE fan-out.
+/// a round of the fan-out.
 pub(crate) const BATCH: usize = 256;
 pub(crate) use tail::Tail;
 

@@ -2,7 +2,7 @@
 //! `poem::Server`, so that the connection's limits are ours to set (hyper's header-read
 //! timeout and buffer size; see [`Limits`]) and a connection costs one task and no more;
 //! the deadlines on each socket ([`net`]); and the one module that writes below hyper, the
-//! SSE fan-out ([`fanout`]).
+//! live fan-out of SSE and WebSocket subscribers ([`fanout`]).
 //!
 //! HTTP/1.1 only: `poem::Server` also spoke HTTP/2 with prior knowledge (h2c), which no
 //! browser uses without TLS and no client of this server needs; TLS (and so HTTP/2) belongs
