@@ -86,6 +86,10 @@ struct Cli {
     /// soak: the seed of its random choices.
     #[arg(long, global = true, default_value_t = 1)]
     seed: u64,
+    /// soak: the kinds of fault, comma-separated (kill, pause, pg-restart, client-blackhole,
+    /// pg-blackhole, bandwidth; default all).
+    #[arg(long, global = true, value_delimiter = ',')]
+    faults: Vec<String>,
     /// soak: run a debug build of funko-live (for the suite's short soak).
     #[arg(long, global = true)]
     debug_server: bool,
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             retention_events: cli.retention_events.max(1),
             fault_every: cli.fault_every.max(1.0),
             seed: cli.seed,
+            faults: cli.faults.clone(),
             report: cli
                 .report
                 .clone()

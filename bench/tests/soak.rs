@@ -48,9 +48,16 @@ fn short_soak_under_faults_loses_nothing() {
             "--seconds",
             "30",
             "--fault-every",
-            "4",
+            "2",
         ])
-        .args(["--per-transport", "4", "--seed", "3"])
+        .args([
+            "--per-transport",
+            "4",
+            "--retention-events",
+            "20",
+            "--seed",
+            "3",
+        ])
         .arg("--report")
         .arg(&report)
         .status()
@@ -73,5 +80,11 @@ fn short_soak_under_faults_loses_nothing() {
             l.starts_with("| ") && !l.starts_with("| Fault") && !l.starts_with("| Retention")
         })
         .count();
-    assert!(faults >= 2, "fewer than two kinds of fault in:\n{text}");
+    assert_eq!(faults, 6, "not every kind of fault in:\n{text}");
+    let pruned: u64 = text
+        .lines()
+        .find(|l| l.starts_with("| Events appended; pruned"))
+        .and_then(|l| l.split('|').nth(2)?.split(';').nth(1)?.trim().parse().ok())
+        .expect("a pruned figure");
+    assert!(pruned > 0, "nothing was pruned:\n{text}");
 }

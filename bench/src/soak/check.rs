@@ -118,6 +118,8 @@ pub struct SubRecord {
     pub connects: u64,
     /// Socket.IO: reconnections the server recovered (the same `pid` came back).
     pub recovered: u64,
+    /// Times it stayed away longer than retention might keep its place.
+    pub aways: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +176,7 @@ pub struct TransportFigures {
     pub delivered: u64,
     pub reconnects: u64,
     pub recovered: u64,
+    pub aways: u64,
     pub resets: u64,
     /// Commit (append) to receipt, the longest, ms.
     pub max_lag_ms: f64,
@@ -432,6 +435,7 @@ fn check_subscriber(ev: &Evidence<'_>, sub: &SubRecord, v: &mut Verdict) {
     figures.subscribers += 1;
     figures.reconnects += sub.connects.saturating_sub(1);
     figures.recovered += sub.recovered;
+    figures.aways += sub.aways;
     let who = format!("{} {} ({})", sub.transport, sub.name, sub.filter.name());
     let mut cur = sub.start;
     let mut seen: HashSet<i64> = HashSet::new();
@@ -618,6 +622,7 @@ mod tests {
             items,
             connects: 1,
             recovered: 0,
+            aways: 0,
         }];
         check(&Evidence {
             log,

@@ -83,7 +83,10 @@ pub async fn request(
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
         Ok(Ok(res)) => Some(res),
-        _ => {
+        other => {
+            if std::env::var_os("SOAK_DEBUG").is_some() {
+                eprintln!("{method} {path}: {:?}", other.map(|r| r.map(|_| ())));
+            }
             *conn = None;
             None
         }
@@ -165,6 +168,14 @@ pub async fn writer(
         let outcome = match &answer {
             Some(res) if (200..300).contains(&res.status) => Outcome::Acked,
             Some(res) if res.status < 500 => Outcome::Refused(res.status),
+            Some(res) if std::env::var_os("SOAK_DEBUG").is_some() => {
+                eprintln!(
+                    "{method} {path}: {} {}",
+                    res.status,
+                    String::from_utf8_lossy(&res.body)
+                );
+                Outcome::Unknown
+            }
             _ => Outcome::Unknown,
         };
         let name = if op == WriteOp::Delete {
@@ -226,6 +237,11 @@ pub struct Shared {
     pub silence: Duration,
     /// Set when the subscribers must stop, whether caught up or not.
     pub stop: watch::Receiver<bool>,
+    /// Seconds a subscriber sometimes stays away after a loss: past retention, so it is
+    /// reset (or, on Socket.IO, not recovered).
+    pub away: f64,
+    /// Cleared once the faults are over: subscribers then stay connected and catch up.
+    pub restless: watch::Receiver<bool>,
 }
 
 /// A subscriber's record and its cursor, which the harness watches to see it catch up.
@@ -245,6 +261,7 @@ impl Sub {
                 items: Vec::new(),
                 connects: 0,
                 recovered: 0,
+                aways: 0,
             }),
             cursor: AtomicI64::new(start),
         })
@@ -314,6 +331,12 @@ pub async fn subscriber(sub: Arc<Sub>, transport: Transport, shared: Shared, see
     let mut stop = shared.stop.clone();
     while !*stop.borrow() {
         let addr = shared.addrs[rng.below(shared.addrs.len() as u64) as usize];
+        // While the faults go on, a subscriber also leaves on its own now and then.
+        let lifetime = if *shared.restless.borrow() {
+            rng.secs(5.0, 40.0)
+        } else {
+            Duration::from_secs(3600)
+        };
         let run = async {
             match transport {
                 Transport::Sse => sse(&sub, addr, &shared).await,
@@ -324,15 +347,26 @@ pub async fn subscriber(sub: Arc<Sub>, transport: Transport, shared: Shared, see
         };
         let ended = tokio::select! {
             r = run => Some(r),
+            () = tokio::time::sleep(lifetime) => Some(Ok(())),
             _ = stop.wait_for(|s| *s) => None,
         };
         if ended.is_none() {
             break;
         }
+        // A subscriber that stays away counts its catch-up from its return.
+        let mut restless = shared.restless.clone();
+        if *restless.borrow() && rng.chance(0.15) {
+            let away = rng.secs(shared.away * 0.5, shared.away * 1.5);
+            sub.record.lock().expect("record").aways += 1;
+            tokio::select! {
+                () = tokio::time::sleep(away) => {}
+                _ = restless.wait_for(|r| !*r) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
         sub.push(Item::Lost { at_ms: now_ms() });
-        let pause = rng.secs(0.1, 0.6);
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(rng.secs(0.1, 0.6)) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

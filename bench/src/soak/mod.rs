@@ -44,6 +44,8 @@ pub struct Options {
     /// Mean seconds between two faults of each kind of lane.
     pub fault_every: f64,
     pub seed: u64,
+    /// The kinds of fault to inject (by [`Fault::key`]); empty: all.
+    pub faults: Vec<String>,
     /// Where the figures go.
     pub report: PathBuf,
     /// The command line the figures came from, for the report.
@@ -62,6 +64,18 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The name `--faults` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Pause => "pause",
+            Self::PostgresRestart => "pg-restart",
+            Self::ClientBlackhole => "client-blackhole",
+            Self::PostgresBlackhole => "pg-blackhole",
+            Self::BandwidthCap => "bandwidth",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Kill => "SIGKILL of an instance, then its restart",
@@ -152,6 +166,17 @@ impl Cluster {
         }
     }
 
+    async fn stop_all(&self) {
+        for inst in &self.instances {
+            let mut inst = inst.lock().await;
+            Self::signal(&inst, rustix::process::Signal::CONT);
+            if let Some(mut child) = inst.child.take() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+
     async fn query(&self, sql: String) -> anyhow::Result<String> {
         // psql blocks: a short one, so the runtime's other worker carries the clients.
         tokio::task::block_in_place(|| self.pg.lock().expect("pg").query(&self.db, &sql))
@@ -227,16 +252,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         instances,
     });
     let outcome = rt.block_on(soak(cluster.clone(), &opts));
-    rt.block_on(async {
-        for inst in &cluster.instances {
-            let mut inst = inst.lock().await;
-            Cluster::signal(&inst, rustix::process::Signal::CONT);
-            if let Some(mut child) = inst.child.take() {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-        }
-    });
+    rt.block_on(cluster.stop_all());
     drop(rt);
     // The namespaces go with `cluster.net`, PostgreSQL with `cluster.pg`.
     drop(cluster);
@@ -293,10 +309,15 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
 
     // Subscribers: each transport with every filter it takes, round-robin.
     let (stop_subs_tx, stop_subs) = watch::channel(false);
+    let (restless_tx, restless) = watch::channel(true);
     let shared = Shared {
         addrs: Arc::new(addrs.clone()),
         silence: Duration::from_secs(6),
         stop: stop_subs,
+        // Long enough for the log to move past retention at the writers' rate.
+        away: (opts.retention_events as f64 / (opts.write_rate * opts.instances as f64) * 3.0)
+            .clamp(10.0, 60.0),
+        restless,
     };
     let views = [
         Filter::All,
@@ -365,7 +386,12 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
         ],
     ];
     let mut lane_tasks = Vec::new();
+    let wanted = |f: &Fault| opts.faults.is_empty() || opts.faults.iter().any(|k| k == f.key());
     for (n, kinds) in lanes.into_iter().enumerate() {
+        let kinds: Vec<Fault> = kinds.into_iter().filter(wanted).collect();
+        if kinds.is_empty() {
+            continue;
+        }
         let cluster = cluster.clone();
         let faults = faults.clone();
         let every = opts.fault_every;
@@ -380,6 +406,7 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
             lane_errors.push(format!("{e:#}"));
         }
     }
+    tokio::time::sleep_until(until).await;
     // Every instance up and reachable again before the end.
     for inst in &cluster.instances {
         let mut inst = inst.lock().await;
@@ -396,6 +423,7 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
             cluster.start_instance(&mut inst).await?;
         }
     }
+    let _ = restless_tx.send(false);
     let _ = stop_writers_tx.send(true);
     for w in writers {
         w.await?;
@@ -409,6 +437,7 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
                       "stock": 1, "category": "Marvel"})
     .to_string();
     let mut fenced = false;
+    let fence_started = now_ms();
     for _ in 0..20 {
         let mut conn = None;
         match clients::request(&mut conn, addrs[0], "POST", "/funkos", Some(&body)).await {
@@ -420,14 +449,41 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
         }
     }
     if !fenced {
-        bail!("the final write did not succeed");
+        let activity = cluster
+            .query(
+                "SELECT pid, client_addr, state, now() - xact_start, wait_event_type, wait_event, \
+                 left(query, 100) FROM pg_stat_activity WHERE datname = current_database()"
+                    .into(),
+            )
+            .await
+            .unwrap_or_else(|e| e.to_string());
+        let mut logs = String::new();
+        for inst in &cluster.instances {
+            let inst = inst.lock().await;
+            let log = inst.dir.path().join(format!("server-{}.log", inst.starts));
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            logs.push_str(&format!("\n-- instance {}:\n", inst.index));
+            for l in tail.into_iter().rev() {
+                logs.push_str(l);
+                logs.push('\n');
+            }
+        }
+        bail!("the final write did not succeed; PostgreSQL sessions:\n{activity}{logs}");
     }
-    let fence: i64 = cluster
-        .query("SELECT max(id) FROM soak_log".into())
-        .await?
+    let fence_ms = now_ms() - fence_started;
+    // By name: a write that timed out on a paused instance may still commit after it.
+    let raw = cluster
+        .query(format!(
+            "SELECT min(id) FROM soak_log WHERE entity = 'FUNKOS' \
+             AND data::json->>'name' = '{fence_name}'"
+        ))
+        .await?;
+    let fence: i64 = raw
         .trim()
         .parse()
-        .context("reading the last event id")?;
+        .with_context(|| format!("reading the final write's id from {raw:?}"))?;
+    eprintln!("soak: final write {fence}; waiting for the subscribers");
     // Subscribers catch up, or are stopped after a minute.
     let caught_up = tokio::time::timeout(Duration::from_secs(60), async {
         while subs
@@ -439,13 +495,24 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
     })
     .await
     .is_ok();
+    eprintln!(
+        "soak: {} after {:.1} s",
+        if caught_up {
+            "caught up"
+        } else {
+            "NOT caught up"
+        },
+        (now_ms() - writes_done_ms) / 1000.0
+    );
     let _ = stop_subs_tx.send(true);
     for t in tasks {
         t.await?;
     }
     let ended_ms = now_ms();
 
-    // The evidence.
+    // The evidence: the rows through the API, then the log with no instance left to prune.
+    let rows = read_rows(addrs[0]).await?;
+    cluster.stop_all().await;
     let log = read_log(&cluster).await?;
     let pruned: HashMap<i64, f64> = cluster
         .query("SELECT id || ' ' || at_ms FROM soak_pruned".into())
@@ -462,7 +529,6 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
-    let rows = read_rows(addrs[0]).await?;
     let writes = writes.lock().expect("writes").clone();
     let records: Vec<_> = subs
         .iter()
@@ -481,6 +547,13 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
     });
     let faults = faults.lock().expect("faults").clone();
     let mut notes = lane_errors;
+    // With every fault over, a write takes well under a second: a long wait is a stall.
+    if fence_ms > 15_000.0 {
+        notes.push(format!(
+            "the final write, with every fault over, took {:.1} s",
+            fence_ms / 1000.0
+        ));
+    }
     if !caught_up {
         notes.push("some subscribers had not caught up a minute after the last write".into());
     }
@@ -491,6 +564,7 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
         total_seconds: (ended_ms - started_ms) / 1000.0,
         retention_events: opts.retention_events,
         write_rate: opts.write_rate * opts.instances as f64,
+        fence_ms,
         faults,
         notes,
     };
@@ -570,7 +644,7 @@ async fn read_rows(addr: SocketAddr) -> anyhow::Result<HashMap<(String, i64), Va
 }
 
 /// Injects faults of `kinds` one after another until `until`, each held for a few seconds,
-/// and records them.
+/// on a random instance, and records them.
 async fn fault_lane(
     cluster: Arc<Cluster>,
     kinds: Vec<Fault>,
@@ -581,13 +655,21 @@ async fn fault_lane(
 ) -> anyhow::Result<()> {
     let mut rng = Rng::new(seed);
     let pg_port = cluster.pg.lock().expect("pg").port;
+    let mut deck: Vec<Fault> = Vec::new();
     loop {
         let wait = rng.secs(every * 0.5, every * 1.5);
         if tokio::time::Instant::now() + wait + Duration::from_secs(8) > until {
             return Ok(());
         }
         tokio::time::sleep(wait).await;
-        let fault = kinds[rng.below(kinds.len() as u64) as usize];
+        // Each kind once per round, in a random order: a short run still sees them all.
+        if deck.is_empty() {
+            deck = kinds.clone();
+            for k in (1..deck.len()).rev() {
+                deck.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+        }
+        let fault = deck.pop().expect("refilled");
         let i = rng.below(cluster.instances.len() as u64) as usize;
         let hold = rng.secs(2.0, 7.0);
         let begun = now_ms();

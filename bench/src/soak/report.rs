@@ -14,6 +14,8 @@ pub struct Run {
     pub retention_events: u64,
     /// Writes per second attempted, all writers.
     pub write_rate: f64,
+    /// How long the final write took, every fault over.
+    pub fence_ms: f64,
     pub faults: Vec<FaultRecord>,
     /// Anything that did not go as planned.
     pub notes: Vec<String>,
@@ -70,6 +72,10 @@ pub fn markdown(run: &Run, v: &Verdict) -> String {
         ),
         ("Writes acknowledged".into(), v.acked.to_string()),
         (
+            "The final write, every fault over, took".into(),
+            format!("{:.1} s", run.fence_ms / 1000.0),
+        ),
+        (
             "Writes without an answer (or 5xx); of them committed".into(),
             format!("{}; {}", v.unknown, v.unknown_committed),
         ),
@@ -121,15 +127,16 @@ pub fn markdown(run: &Run, v: &Verdict) -> String {
     );
     let _ = writeln!(
         md,
-        "| Transport | Subscribers | Events delivered | Reconnections | Socket.IO recoveries | Resets | Longest lag | Longest catch-up |\n|---|---|---|---|---|---|---|---|"
+        "| Transport | Subscribers | Events delivered | Reconnections | Long absences | Socket.IO recoveries | Resets | Longest lag | Longest catch-up |\n|---|---|---|---|---|---|---|---|---|"
     );
     for (name, t) in &v.transports {
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} | {} | {} | {:.1} s | {:.1} s |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.1} s |",
             t.subscribers,
             t.delivered,
             t.reconnects,
+            t.aways,
             if *name == "socketio" {
                 t.recovered.to_string()
             } else {
