@@ -183,18 +183,14 @@ pub async fn writer(
         } else {
             name
         };
-        match (op, outcome, &answer) {
-            (WriteOp::Create, Outcome::Acked, Some(res)) => {
-                if let Some(id) = serde_json::from_slice::<Value>(&res.body)
-                    .ok()
-                    .and_then(|v| v["id"].as_i64())
-                {
-                    live.push(id);
-                }
-            }
-            // A Funko whose update was lost may have been renamed: it stays, by id.
-            // One whose delete may have committed is not written again.
-            _ => {}
+        // A Funko whose update was lost may have been renamed: it stays, by id. One whose
+        // delete may have committed is not written again (it left `live` already).
+        if let (WriteOp::Create, Outcome::Acked, Some(res)) = (op, outcome, &answer)
+            && let Some(id) = serde_json::from_slice::<Value>(&res.body)
+                .ok()
+                .and_then(|v| v["id"].as_i64())
+        {
+            live.push(id);
         }
         if matches!(outcome, Outcome::Unknown) {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -467,10 +463,7 @@ async fn poll(sub: &Sub, addr: SocketAddr, shared: &Shared) -> anyhow::Result<()
 type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn open_ws(addr: SocketAddr, path: &str, shared: &Shared) -> anyhow::Result<WsStream> {
-    let stream = within(shared.silence, async {
-        Ok(http::connect(addr, None).await?)
-    })
-    .await?;
+    let stream = within(shared.silence, http::connect(addr, None)).await?;
     let url = format!("ws://{addr}{path}");
     let (ws, _) = within(shared.silence, async {
         Ok(tokio_tungstenite::client_async(url, stream).await?)

@@ -209,7 +209,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let net = Net::create(opts.instances)?;
+    // The instances' data directories, removed by the namespaces' watchdog too.
+    let scratch = tempfile::Builder::new().prefix("funko-soak-").tempdir()?;
+    let net = Net::create(opts.instances, scratch.path())?;
     let pg = Pg::start_with(
         bin,
         None,
@@ -237,7 +239,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 addr: SocketAddr::new(l.ns_ip.into(), INSTANCE_PORT),
                 child: None,
                 paused: false,
-                dir: tempfile::Builder::new().prefix("funko-soak-").tempdir()?,
+                dir: tempfile::Builder::new()
+                    .prefix("instance-")
+                    .tempdir_in(scratch.path())?,
                 starts: 0,
             }))
         })

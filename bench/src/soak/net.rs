@@ -20,6 +20,8 @@ pub struct Link {
     pub ns: String,
     /// The namespace's end of the veth pair.
     ns_if: String,
+    /// The harness's end.
+    host_if: String,
     /// The harness's end: clients connect from it, PostgreSQL listens on it.
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
@@ -66,7 +68,7 @@ fn sh(script: &str) -> anyhow::Result<()> {
 impl Net {
     /// Creates `n` namespaces named after this process, each with a veth pair and an empty
     /// nftables table `inet soak` with input and output chains.
-    pub fn create(n: usize) -> anyhow::Result<Self> {
+    pub fn create(n: usize, scratch: &std::path::Path) -> anyhow::Result<Self> {
         let pid = std::process::id();
         // A second octet per harness process, so two soaks on one machine do not collide.
         let octet = 16 + (pid % 200) as u8;
@@ -74,14 +76,14 @@ impl Net {
             .map(|i| Link {
                 ns: format!("funko-soak-{pid}-{i}"),
                 ns_if: format!("fs{pid}n{i}"),
+                host_if: format!("fs{pid}h{i}"),
                 host_ip: Ipv4Addr::new(10, octet, i as u8 + 1, 1),
                 ns_ip: Ipv4Addr::new(10, octet, i as u8 + 1, 2),
             })
             .collect();
         let net = Self { links };
-        net.watchdog()?;
-        for (i, l) in net.links.iter().enumerate() {
-            let host_if = format!("fs{pid}h{i}");
+        net.watchdog(scratch)?;
+        for l in &net.links {
             sh(&format!(
                 "ip netns add {ns} && \
                  ip link add {host_if} type veth peer name {nif} netns {ns} && \
@@ -89,6 +91,7 @@ impl Net {
                  ip -n {ns} addr add {nip}/24 dev {nif} && ip -n {ns} link set {nif} up && \
                  ip -n {ns} link set lo up",
                 ns = l.ns,
+                host_if = l.host_if,
                 nif = l.ns_if,
                 hip = l.host_ip,
                 nip = l.ns_ip,
@@ -114,20 +117,27 @@ impl Net {
     }
 
     /// A shell that waits for this process to go, then kills what still runs in the
-    /// namespaces and deletes them.
-    fn watchdog(&self) -> anyhow::Result<()> {
+    /// namespaces, deletes them and their links, and removes `scratch`.
+    fn watchdog(&self, scratch: &std::path::Path) -> anyhow::Result<()> {
         let names: Vec<&str> = self.links.iter().map(|l| l.ns.as_str()).collect();
         let script = format!(
             "trap '' INT TERM HUP; while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done; \
              for ns in {}; do ip netns pids $ns 2>/dev/null | xargs -r kill -9; \
-             ip netns del $ns 2>/dev/null; done",
-            names.join(" ")
+             ip netns del $ns 2>/dev/null; done; sleep 1; \
+             for link in {}; do ip link del $link 2>/dev/null; done; rm -rf \"$2\"",
+            names.join(" "),
+            self.links
+                .iter()
+                .map(|l| l.host_if.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let _watchdog = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("watchdog")
             .arg(std::process::id().to_string())
+            .arg(scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -142,8 +152,10 @@ impl Drop for Net {
     fn drop(&mut self) {
         for l in &self.links {
             let _ = sh(&format!(
-                "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}",
-                ns = l.ns
+                "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}; \
+                 ip link del {link} 2>/dev/null; true",
+                ns = l.ns,
+                link = l.host_if
             ));
         }
     }
