@@ -87,7 +87,7 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 1)]
     seed: u64,
     /// soak: the kinds of fault, comma-separated (kill, pause, pg-restart, client-blackhole,
-    /// pg-blackhole, bandwidth; default all).
+    /// pg-blackhole, bandwidth, pg-latency, pg-cut; default all).
     #[arg(long, global = true, value_delimiter = ',')]
     faults: Vec<String>,
     /// soak: run a debug build of funko-live (for the suite's short soak).
@@ -159,7 +159,13 @@ fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| soak::default_report(&root)),
             command: format!(
-                "bench {}",
+                "{} {}",
+                if std::env::current_exe().is_ok_and(|p| p.to_string_lossy().contains("/release/"))
+                {
+                    "cargo run --release -p bench --"
+                } else {
+                    "bench"
+                },
                 std::env::args().skip(1).collect::<Vec<_>>().join(" ")
             ),
         });

@@ -40,10 +40,6 @@ pub fn binaries() -> Option<PathBuf> {
 /// What a cluster needs beyond the defaults.
 #[derive(Default)]
 pub struct Setup {
-    /// More addresses to listen on, beside 127.0.0.1.
-    pub listen: Vec<std::net::Ipv4Addr>,
-    /// Networks (CIDR) whose clients are trusted, beside loopback.
-    pub trust: Vec<String>,
     /// `synchronous_commit = on`: an acknowledged commit survives a crash of the cluster.
     pub durable: bool,
 }
@@ -54,7 +50,7 @@ impl Pg {
         Self::start_with(bin, core, &Setup::default())
     }
 
-    /// [`Pg::start`] with more addresses to listen on and durable commits when asked.
+    /// [`Pg::start`] with durable commits when asked.
     pub fn start_with(bin: PathBuf, core: Option<u32>, setup: &Setup) -> anyhow::Result<Self> {
         let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
         let run_as = is_root.then(|| "postgres".to_owned());
@@ -101,12 +97,8 @@ impl Pg {
         )?;
         // By default durable as SQLite's WAL with `synchronous = NORMAL` is: every commit is
         // written, fsync runs behind the commits.
-        let listen = std::iter::once("127.0.0.1".to_owned())
-            .chain(setup.listen.iter().map(ToString::to_string))
-            .collect::<Vec<_>>()
-            .join(",");
         let conf = format!(
-            "\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{}'\n\
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              max_connections = 200\nshared_buffers = 128MB\nsynchronous_commit = {}\n\
              log_min_messages = warning\n",
             pg.dir.join("socket").display(),
@@ -116,14 +108,6 @@ impl Pg {
         let mut text = std::fs::read_to_string(&path)?;
         text.push_str(&conf);
         std::fs::write(&path, text)?;
-        if !setup.trust.is_empty() {
-            let path = data.join("pg_hba.conf");
-            let mut text = std::fs::read_to_string(&path)?;
-            for net in &setup.trust {
-                text.push_str(&format!("host all all {net} trust\n"));
-            }
-            std::fs::write(&path, text)?;
-        }
         pg.pg_ctl_start()?;
         Ok(pg)
     }

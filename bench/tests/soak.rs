@@ -80,7 +80,8 @@ fn short_soak_under_faults_loses_nothing() {
             l.starts_with("| ") && !l.starts_with("| Fault") && !l.starts_with("| Retention")
         })
         .count();
-    assert_eq!(faults, 6, "not every kind of fault in:\n{text}");
+    // All three of the processes' lane, and most of the network's five.
+    assert!(faults >= 6, "too few kinds of fault in:\n{text}");
     let pruned: u64 = text
         .lines()
         .find(|l| l.starts_with("| Events appended; pruned"))

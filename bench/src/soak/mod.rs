@@ -7,6 +7,7 @@
 mod check;
 mod clients;
 mod net;
+mod proxy;
 mod report;
 
 use std::{
@@ -61,6 +62,8 @@ pub enum Fault {
     ClientBlackhole,
     PostgresBlackhole,
     BandwidthCap,
+    PostgresLatency,
+    PostgresCut,
 }
 
 impl Fault {
@@ -73,6 +76,8 @@ impl Fault {
             Self::ClientBlackhole => "client-blackhole",
             Self::PostgresBlackhole => "pg-blackhole",
             Self::BandwidthCap => "bandwidth",
+            Self::PostgresLatency => "pg-latency",
+            Self::PostgresCut => "pg-cut",
         }
     }
 
@@ -84,6 +89,10 @@ impl Fault {
             Self::ClientBlackhole => "blackhole between clients and an instance (nftables)",
             Self::PostgresBlackhole => "blackhole between an instance and PostgreSQL (nftables)",
             Self::BandwidthCap => "bandwidth cap of 64 kbit/s on an instance's link (tc tbf)",
+            Self::PostgresLatency => {
+                "300 ms added to every chunk each way between an instance and PostgreSQL (proxy)"
+            }
+            Self::PostgresCut => "every connection between an instance and PostgreSQL cut (proxy)",
         }
     }
 }
@@ -110,6 +119,7 @@ struct Cluster {
     pg: Mutex<Pg>,
     db: String,
     net: Net,
+    proxies: Vec<proxy::Proxy>,
     url: Vec<String>,
     server_bin: PathBuf,
     retention_events: u64,
@@ -212,21 +222,21 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     // The instances' data directories, removed by the namespaces' watchdog too.
     let scratch = tempfile::Builder::new().prefix("funko-soak-").tempdir()?;
     let net = Net::create(opts.instances, scratch.path())?;
-    let pg = Pg::start_with(
-        bin,
-        None,
-        &pg::Setup {
-            listen: net.links.iter().map(|l| l.host_ip).collect(),
-            trust: net.subnets(),
-            durable: true,
-        },
-    )?;
+    let pg = Pg::start_with(bin, None, &pg::Setup { durable: true })?;
     let url = pg.database()?;
     let db = url.rsplit('/').next().unwrap_or_default().to_owned();
-    let urls = net
-        .links
+    // Each instance reaches PostgreSQL through its own proxy on its link's harness end.
+    let upstream = SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let proxies = rt.block_on(async {
+        let mut v = Vec::new();
+        for l in &net.links {
+            v.push(proxy::Proxy::start(SocketAddr::new(l.host_ip.into(), 0), upstream).await?);
+        }
+        anyhow::Ok(v)
+    })?;
+    let urls = proxies
         .iter()
-        .map(|l| format!("postgres://postgres@{}:{}/{db}", l.host_ip, pg.port))
+        .map(|p| format!("postgres://postgres@{}/{db}", p.addr))
         .collect();
     let instances = net
         .links
@@ -250,6 +260,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         pg: Mutex::new(pg),
         db,
         net,
+        proxies,
         url: urls,
         server_bin: opts.server_bin.clone(),
         retention_events: opts.retention_events,
@@ -387,6 +398,8 @@ async fn soak(cluster: Arc<Cluster>, opts: &Options) -> anyhow::Result<(check::V
             Fault::ClientBlackhole,
             Fault::PostgresBlackhole,
             Fault::BandwidthCap,
+            Fault::PostgresLatency,
+            Fault::PostgresCut,
         ],
     ];
     let mut lane_tasks = Vec::new();
@@ -658,7 +671,6 @@ async fn fault_lane(
     out: Arc<Mutex<Vec<FaultRecord>>>,
 ) -> anyhow::Result<()> {
     let mut rng = Rng::new(seed);
-    let pg_port = cluster.pg.lock().expect("pg").port;
     let mut deck: Vec<Fault> = Vec::new();
     loop {
         let wait = rng.secs(every * 0.5, every * 1.5);
@@ -703,11 +715,23 @@ async fn fault_lane(
                 tokio::task::block_in_place(|| cluster.pg.lock().expect("pg").restart())?;
                 None
             }
+            Fault::PostgresLatency => {
+                cluster.proxies[i].set_delay(300);
+                tokio::time::sleep(hold).await;
+                cluster.proxies[i].set_delay(0);
+                Some(i)
+            }
+            Fault::PostgresCut => {
+                cluster.proxies[i].cut();
+                Some(i)
+            }
             Fault::ClientBlackhole | Fault::PostgresBlackhole | Fault::BandwidthCap => {
                 let link = &cluster.net.links[i];
                 match fault {
                     Fault::ClientBlackhole => link.blackhole_clients()?,
-                    Fault::PostgresBlackhole => link.blackhole_postgres(pg_port)?,
+                    Fault::PostgresBlackhole => {
+                        link.blackhole_postgres(cluster.proxies[i].addr.port())?;
+                    }
                     _ => link.cap(64)?,
                 }
                 tokio::time::sleep(hold).await;

@@ -22,7 +22,8 @@ pub struct Link {
     ns_if: String,
     /// The harness's end.
     host_if: String,
-    /// The harness's end: clients connect from it, PostgreSQL listens on it.
+    /// The harness's end: clients connect from it, the instance's PostgreSQL proxy listens
+    /// on it.
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
 }
@@ -105,17 +106,6 @@ impl Net {
         Ok(net)
     }
 
-    /// The networks PostgreSQL must trust.
-    pub fn subnets(&self) -> Vec<String> {
-        self.links
-            .iter()
-            .map(|l| {
-                let [a, b, c, _] = l.host_ip.octets();
-                format!("{a}.{b}.{c}.0/24")
-            })
-            .collect()
-    }
-
     /// A shell that waits for this process to go, then kills what still runs in the
     /// namespaces, deletes them and their links, and removes `scratch`.
     fn watchdog(&self, scratch: &std::path::Path) -> anyhow::Result<()> {
@@ -174,7 +164,7 @@ impl Link {
         ))
     }
 
-    /// Drops every packet between the instance and PostgreSQL.
+    /// Drops every packet between the instance and PostgreSQL (its proxy at `pg_port`).
     pub fn blackhole_postgres(&self, pg_port: u16) -> anyhow::Result<()> {
         self.nft(&format!(
             "add rule inet soak input ip saddr {ip} tcp sport {pg_port} drop; \
