@@ -260,15 +260,22 @@ impl Db {
         if let Some(queue) = &self.writes {
             return queue.write(change).await;
         }
-        // PostgreSQL (only SQLite has a queue).
-        let mut tx = self.begin_write().await?;
-        let (done, events) = change(&mut tx).await?;
-        let mut cursor = 0;
-        for event in events {
-            cursor = events::append(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
-        Ok((done, cursor))
+        // PostgreSQL (only SQLite has a queue). The transaction runs on a task of its own, to
+        // its commit or rollback, even when its caller is dropped (its client gone): dropped
+        // while `BEGIN` waits for the write lock, it would leave PostgreSQL a transaction
+        // that takes the lock later and holds it, idle, stopping every instance's writes.
+        let db = self.clone();
+        let run = tokio::spawn(async move {
+            let mut tx = db.begin_write().await?;
+            let (done, events) = change(&mut tx).await?;
+            let mut cursor = 0;
+            for event in events {
+                cursor = events::append(&mut tx, &event).await?;
+            }
+            tx.commit().await?;
+            Ok((done, cursor))
+        });
+        run.await.unwrap_or_else(|_| Err(E::batch_failed()))
     }
 
     /// SQLite: what the write queue commits, batch by batch in commit order, for the one
