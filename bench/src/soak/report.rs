@@ -42,7 +42,7 @@ pub fn markdown(run: &Run, v: &Verdict) -> String {
     let _ = writeln!(md, "# Reliability\n");
     let _ = writeln!(
         md,
-        "Written by `{}` (the `bench` crate's `soak`; see bench/NOTES.md). \
+        "Written by `{}` (the `bench` crate's `soak`; see docs/soak.md). \
          {} funko-live instances on one private PostgreSQL (`synchronous_commit = on`), each in its \
          own network namespace; one writer per instance over REST; subscribers on SSE, long-poll, \
          `/ws` and Socket.IO (plain, `entity`, `entity`+`types` and the views `category`, `q`, \
@@ -122,7 +122,7 @@ pub fn markdown(run: &Run, v: &Verdict) -> String {
     let _ = writeln!(
         md,
         "\n## Per transport\n\nLag: from the append (the trigger's clock, in the writing \
-         transaction) to receipt. Catch-up: from a subscriber losing its connection (or finding \
+         transaction) to receipt, including any time the subscriber was cut off or away. Catch-up: from a subscriber losing its connection (or finding \
          it silent for 6 s) until it held every event it should see that had committed by then.\n"
     );
     let _ = writeln!(
