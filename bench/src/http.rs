@@ -144,7 +144,13 @@ impl Conn {
     /// Reads a whole response (Content-Length or chunked).
     pub async fn read_response(&mut self) -> anyhow::Result<Response> {
         let head = self.read_head().await?;
-        let body = match head.framing {
+        // 204 and 304 never have a body, whatever their headers say.
+        let framing = if matches!(head.status, 204 | 304) {
+            Framing::Length(0)
+        } else {
+            head.framing
+        };
+        let body = match framing {
             Framing::Length(len) => {
                 while self.buf.len() < len {
                     if self.fill().await? == 0 {

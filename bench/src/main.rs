@@ -11,6 +11,7 @@ mod pg;
 mod report;
 mod scenarios;
 mod servers;
+mod soak;
 mod worker;
 
 use std::{
@@ -68,6 +69,37 @@ struct Cli {
     /// throughput), poll, ws, socketio (default: all).
     #[arg(long, global = true, value_delimiter = ',')]
     transports: Option<Vec<String>>,
+    /// soak: minutes of writes and faults.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    minutes: f64,
+    /// soak: seconds of writes and faults (overrides --minutes).
+    #[arg(long, global = true)]
+    seconds: Option<f64>,
+    /// soak: writes per second of each instance's writer.
+    #[arg(long, global = true, default_value_t = 4.0)]
+    write_rate: f64,
+    /// soak: subscribers per transport.
+    #[arg(long, global = true, default_value_t = 6)]
+    per_transport: usize,
+    /// soak: events the log keeps (pruning runs every second).
+    #[arg(long, global = true, default_value_t = 150)]
+    retention_events: u64,
+    /// soak: mean seconds between faults in each of its two lanes.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    fault_every: f64,
+    /// soak: the seed of its random choices.
+    #[arg(long, global = true, default_value_t = 1)]
+    seed: u64,
+    /// soak: the kinds of fault, comma-separated (kill, pause, pg-restart, client-blackhole,
+    /// pg-blackhole, bandwidth, pg-latency, pg-cut; default all).
+    #[arg(long, global = true, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// soak: run a debug build of funko-live (for the suite's short soak).
+    #[arg(long, global = true)]
+    debug_server: bool,
+    /// soak: where the figures go (default: RELIABILITY.md beside BENCHMARKS.md).
+    #[arg(long, global = true)]
+    report: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +122,9 @@ enum Cmd {
     Floor,
     /// 1, 2 and 4 funko-live instances on one private PostgreSQL: POST/s and fan-out p99.
     Cluster,
+    /// Three instances on one PostgreSQL under random faults (kills, pauses, PostgreSQL
+    /// restarts, blackholes, bandwidth caps, pruning), checked; writes RELIABILITY.md.
+    Soak,
     /// Redraws fanout.png and BENCHMARKS.md from bench/results/ (after editing bench/findings.md).
     Report,
     /// Internal: a generator process (reads its task on stdin).
@@ -107,6 +142,38 @@ fn main() -> anyhow::Result<()> {
         .context("bench/ has no parent")?
         .to_path_buf();
     let smoke = cli.cmd == Cmd::Smoke;
+    if cli.cmd == Cmd::Soak {
+        let server_bin = match &cli.server_bin {
+            Some(p) => p.clone(),
+            None => build_server(&root, !cli.debug_server)?,
+        };
+        let seconds = cli.seconds.unwrap_or(cli.minutes * 60.0);
+        return soak::run(soak::Options {
+            server_bin,
+            duration: std::time::Duration::from_secs_f64(seconds.max(10.0)),
+            instances: 3,
+            write_rate: cli.write_rate,
+            per_transport: cli.per_transport.max(1),
+            retention_events: cli.retention_events.max(1),
+            fault_every: cli.fault_every.max(1.0),
+            seed: cli.seed,
+            faults: cli.faults.clone(),
+            report: cli
+                .report
+                .clone()
+                .unwrap_or_else(|| soak::default_report(&root)),
+            command: format!(
+                "{} {}",
+                if std::env::current_exe().is_ok_and(|p| p.to_string_lossy().contains("/release/"))
+                {
+                    "cargo run --release -p bench --"
+                } else {
+                    "bench"
+                },
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            ),
+        });
+    }
     if cli.cmd == Cmd::Report {
         let out = cli
             .out
@@ -220,7 +287,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Slow => vec![Scenario::Slow],
         Cmd::Floor => vec![Scenario::Floor],
         Cmd::Cluster => vec![Scenario::Cluster],
-        Cmd::Worker | Cmd::Report => unreachable!(),
+        Cmd::Worker | Cmd::Report | Cmd::Soak => unreachable!(),
     };
     let out = cli.out.clone().unwrap_or_else(|| {
         if smoke {

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 pub struct Pg {
     bin: PathBuf,
+    core: Option<u32>,
     dir: PathBuf,
     pub port: u16,
     /// PostgreSQL refuses to run as root: then it runs as this user.
@@ -36,9 +37,21 @@ pub fn binaries() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
+/// What a cluster needs beyond the defaults.
+#[derive(Default)]
+pub struct Setup {
+    /// `synchronous_commit = on`: an acknowledged commit survives a crash of the cluster.
+    pub durable: bool,
+}
+
 impl Pg {
     /// Creates and starts a cluster; with `core`, pinned to it.
     pub fn start(bin: PathBuf, core: Option<u32>) -> anyhow::Result<Self> {
+        Self::start_with(bin, core, &Setup::default())
+    }
+
+    /// [`Pg::start`] with durable commits when asked.
+    pub fn start_with(bin: PathBuf, core: Option<u32>, setup: &Setup) -> anyhow::Result<Self> {
         let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
         let run_as = is_root.then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
@@ -50,6 +63,7 @@ impl Pg {
             .port();
         let pg = Self {
             bin,
+            core,
             dir,
             port,
             run_as,
@@ -81,21 +95,28 @@ impl Pg {
                 "--locale=C.UTF-8".as_ref(),
             ],
         )?;
-        // Durable as SQLite's WAL with `synchronous = NORMAL` is: every commit is written,
-        // fsync runs behind the commits.
+        // By default durable as SQLite's WAL with `synchronous = NORMAL` is: every commit is
+        // written, fsync runs behind the commits.
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             max_connections = 200\nshared_buffers = 128MB\nsynchronous_commit = off\n\
+             max_connections = 200\nshared_buffers = 128MB\nsynchronous_commit = {}\n\
              log_min_messages = warning\n",
-            pg.dir.join("socket").display()
+            pg.dir.join("socket").display(),
+            if setup.durable { "on" } else { "off" }
         );
         let path = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&path)?;
         text.push_str(&conf);
         std::fs::write(&path, text)?;
-        let log = pg.dir.join("postgres.log");
-        pg.run(
-            core,
+        pg.pg_ctl_start()?;
+        Ok(pg)
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        self.run(
+            self.core,
             "pg_ctl",
             &[
                 "-D".as_ref(),
@@ -105,8 +126,52 @@ impl Pg {
                 "-w".as_ref(),
                 "start".as_ref(),
             ],
-        )?;
-        Ok(pg)
+        )
+    }
+
+    /// Stops the cluster as a crash would (`-m immediate`: no checkpoint, clients cut off).
+    pub fn crash(&self) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        self.run(
+            None,
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )
+    }
+
+    /// Starts the cluster again after [`Pg::crash`]; it recovers from its WAL.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start()
+    }
+
+    /// Runs `sql` in database `db` and returns what `psql` printed (unaligned, tuples only).
+    pub fn query(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        self.output(
+            None,
+            "psql",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-d".as_ref(),
+                db.as_ref(),
+                "-v".as_ref(),
+                "ON_ERROR_STOP=1".as_ref(),
+                "-qAtc".as_ref(),
+                sql.as_ref(),
+            ],
+        )
     }
 
     /// A new, empty database; returns its URL.
@@ -162,6 +227,15 @@ impl Pg {
         program: &str,
         args: &[&std::ffi::OsStr],
     ) -> anyhow::Result<()> {
+        self.output(core, program, args).map(drop)
+    }
+
+    fn output(
+        &self,
+        core: Option<u32>,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<String> {
         let mut cmd = match (core, &self.run_as) {
             (Some(core), _) => {
                 let mut c = Command::new("taskset");
@@ -194,7 +268,7 @@ impl Pg {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// A shell that waits for this process to go, then stops the cluster and removes it.

@@ -108,30 +108,7 @@ impl Server {
             .with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id().context("no pid")?;
         // `taskset` execs the server, so `pid` is the server's own.
-        let started = tokio::time::Instant::now();
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(at) = text.find("listening on http://") {
-                let rest = &text[at + "listening on http://".len()..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\u{1b}' || c == '"')
-                    .unwrap_or(rest.len());
-                break rest[..end]
-                    .trim_end_matches('/')
-                    .parse::<SocketAddr>()
-                    .with_context(|| format!("parsing the address in {:?}", &rest[..end]))?;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("{} exited at start ({status}):\n{text}", kind.name());
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "{} did not say where it listens within 60 s:\n{text}",
-                    kind.name()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let addr = listening(&mut child, &log, kind.name()).await?;
         Ok(Self {
             kind,
             addr,
@@ -174,6 +151,31 @@ impl Server {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Waits until the log at `log` of `child` says where it listens (`listening on http://…`).
+pub async fn listening(child: &mut Child, log: &Path, name: &str) -> anyhow::Result<SocketAddr> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(at) = text.rfind("listening on http://") {
+            let rest = &text[at + "listening on http://".len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '\u{1b}' || c == '"')
+                .unwrap_or(rest.len());
+            return rest[..end]
+                .trim_end_matches('/')
+                .parse::<SocketAddr>()
+                .with_context(|| format!("parsing the address in {:?}", &rest[..end]));
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited at start ({status}):\n{text}");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{name} did not say where it listens within 60 s:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -262,6 +262,11 @@ impl Db {
     /// The transaction is shared with the writes queued beside this one (see [`writer`]): on
     /// SQLite `change` must fail only in ways [`WriteError::changed_nothing`] tells apart; on
     /// PostgreSQL it runs in a savepoint, and any failure undoes it alone.
+    ///
+    /// The batch runs on the queue's task to its commit or rollback, whatever becomes of the
+    /// caller: a write dropped while its batch waits for [`WRITE_LOCK`] (its client gone)
+    /// cannot leave PostgreSQL a transaction that takes the lock later and holds it, idle,
+    /// stopping every instance's writes.
     pub(crate) async fn write<T, E>(&self, change: Change<T, E>) -> Result<(T, i64), E>
     where
         T: Send + 'static,

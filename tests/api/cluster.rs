@@ -994,3 +994,59 @@ async fn an_instance_that_was_away_while_the_log_was_pruned_resets_its_subscribe
     assert_eq!(frame["op"], "reset", "{frame}");
     assert_eq!(frame["reason"], "expired", "{frame}");
 }
+
+/// The key of the transaction-level advisory lock every PostgreSQL write takes first
+/// (`src/db/mod.rs`): taking it here stands for another instance's write that stalled while
+/// holding it.
+const WRITE_LOCK_KEY: i64 = 440056834927;
+
+/// A write whose client gives up while it waits for the write lock must not leave its
+/// transaction behind once the lock is free: that transaction would take the lock and hold
+/// it, idle, stopping every instance's writes (found by the soak, `bench soak`).
+#[tokio::test]
+async fn a_write_abandoned_while_it_waits_for_the_lock_does_not_keep_it() {
+    use sqlx::{Connection, Executor};
+
+    if !postgres::available() {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    let mut holder = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("a connection of our own");
+    holder
+        .execute(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})"
+        )))
+        .await
+        .expect("taking the write lock");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let given_up = impatient
+            .post(app.url("/funkos"))
+            .json(&funko(&format!("abandoned-{i}")))
+            .send()
+            .await;
+        assert!(
+            given_up.is_err(),
+            "a write went through the held lock: {given_up:?}"
+        );
+    }
+    holder.execute("COMMIT").await.expect("freeing the lock");
+    for i in 0..6 {
+        let response = tokio::time::timeout(
+            WAIT,
+            app.client
+                .post(app.url("/funkos"))
+                .json(&funko(&format!("after-{i}")))
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write {i} after the lock was freed did not finish"))
+        .expect("an answer");
+        assert_eq!(response.status(), StatusCode::CREATED, "write {i}");
+    }
+}
