@@ -199,21 +199,31 @@ impl Outlet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// One non-blocking `write` of `len` bytes by `writer`. Framed: `WouldBlock` while another
+    /// writer is mid-frame, and what it wrote is recorded in the turn.
+    fn write_as(
+        &self,
+        writer: Writer,
+        len: usize,
+        write: impl FnOnce(&TcpStream) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if !self.is_framed() {
+            return write(self.socket());
+        }
+        let mut turn = self.turn();
+        if !turn.free_for(writer) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let written = write(self.socket())?;
+        turn.wrote(writer, written, len);
+        Ok(written)
+    }
+
     /// Writes without waiting, as `writer`: `WouldBlock` when the socket's buffer is full,
     /// or when another writer has a frame half written. Only while hyper is idle (see the
     /// type's rule).
     pub(super) fn try_write(&self, writer: Writer, bytes: &[u8]) -> io::Result<usize> {
-        let written = if self.is_framed() {
-            let mut turn = self.turn();
-            if !turn.free_for(writer) {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let written = self.socket().try_write(bytes)?;
-            turn.wrote(writer, written, bytes.len());
-            written
-        } else {
-            self.socket().try_write(bytes)?
-        };
+        let written = self.write_as(writer, bytes.len(), |socket| socket.try_write(bytes))?;
         let since = Instant::now().saturating_duration_since(self.opened);
         self.last_write
             .store(since.as_nanos() as u64, Ordering::Release);
@@ -229,22 +239,12 @@ impl Outlet {
         len: usize,
         mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let socket = self.socket();
         loop {
             if self.is_framed() {
                 std::task::ready!(self.turn().poll_free(Writer::Socket, cx));
             }
-            std::task::ready!(socket.poll_write_ready(cx))?;
-            let written = if self.is_framed() {
-                let mut turn = self.turn();
-                if !turn.free_for(Writer::Socket) {
-                    continue;
-                }
-                write(socket).inspect(|&written| turn.wrote(Writer::Socket, written, len))
-            } else {
-                write(socket)
-            };
-            match written {
+            std::task::ready!(self.socket().poll_write_ready(cx))?;
+            match self.write_as(Writer::Socket, len, &mut write) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }

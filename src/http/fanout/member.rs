@@ -234,16 +234,15 @@ impl Membership {
     }
 
     /// Leaves the hub for good, first writing what the member owes of a chunk (so that the
-    /// socket's other writer finds it at a frame's end), up to `write_stall`; returns the
-    /// cursor after what it wrote. The membership is inert after it.
-    pub(crate) async fn leave(&self, write_stall: Duration) -> io::Result<i64> {
+    /// socket's other writer finds it at a frame's end), up to `write_stall`. The membership
+    /// is inert after it.
+    pub(crate) async fn leave(&self, write_stall: Duration) -> io::Result<()> {
         {
             let mut shard = lock(&self.shard.state);
             shard.attached.remove(&self.member.id);
             lock(&self.member.state).attached = false;
         }
-        self.pay_owed(write_stall).await?;
-        Ok(self.cursor())
+        self.pay_owed(write_stall).await
     }
 
     /// Writes the rest of a partly written chunk, waiting for the socket; fails when the
