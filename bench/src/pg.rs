@@ -301,19 +301,7 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = self.run(
-            None,
-            "pg_ctl",
-            &[
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "stop".as_ref(),
-            ],
-        );
+        let _ = self.crash();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
