@@ -547,14 +547,8 @@ impl Session {
         }
         let write_stall = self.state.settings.write_stall;
         for joined in &mut live.joined {
-            if !matches!(joined.feed, Feed::Joining(_)) {
+            let Feed::Joining(subscription) = &joined.feed else {
                 continue;
-            }
-            let Feed::Joining(subscription) = std::mem::replace(
-                &mut joined.feed,
-                Feed::Replay(futures_util::stream::empty().boxed()),
-            ) else {
-                unreachable!("matched above");
             };
             let wrap = Wrap::SocketIo {
                 head: joined.namespace.updates_head,
