@@ -7,13 +7,13 @@ use poem_openapi::{Enum, Object};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Enum, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Entity {
+pub(crate) enum Entity {
     Funkos,
     Categories,
 }
 
 impl Entity {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Funkos => "FUNKOS",
             Self::Categories => "CATEGORIES",
@@ -21,7 +21,7 @@ impl Entity {
     }
 
     /// Case-insensitive, as filters are typed by hand.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_uppercase().as_str() {
             "FUNKOS" => Some(Self::Funkos),
             "CATEGORIES" => Some(Self::Categories),
@@ -34,7 +34,7 @@ impl Entity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Enum, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum EventKind {
+pub(crate) enum EventKind {
     Create,
     Update,
     /// A soft delete: `data.isDeleted` is true.
@@ -42,7 +42,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Create => "CREATE",
             Self::Update => "UPDATE",
@@ -50,7 +50,7 @@ impl EventKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_uppercase().as_str() {
             "CREATE" => Some(Self::Create),
             "UPDATE" => Some(Self::Update),
@@ -64,7 +64,7 @@ impl EventKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
-pub enum ResetReason {
+pub(crate) enum ResetReason {
     /// The cursor is older than the retained log: events after it were pruned.
     Expired,
     /// The cursor was never issued here (ahead of the head, or from another database).
@@ -72,7 +72,7 @@ pub enum ResetReason {
 }
 
 impl ResetReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Expired => "expired",
             Self::Unknown => "unknown",
@@ -82,7 +82,7 @@ impl ResetReason {
 
 /// A reset: reload (for example `GET /funkos`) and continue from `cursor`.
 #[derive(Clone, Debug, PartialEq, Eq, Object, serde::Serialize, serde::Deserialize)]
-pub struct Reset {
+pub(crate) struct Reset {
     /// The current head: continue from here after reloading.
     pub cursor: String,
     pub reason: ResetReason,

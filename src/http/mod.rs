@@ -2,7 +2,8 @@
 //! `poem::Server`, so that the connection's limits are ours to set (hyper's header-read
 //! timeout and buffer size; see [`Limits`]) and a connection costs one task and no more;
 //! the deadlines on each socket ([`net`]); and the one module that writes below hyper, the
-//! live fan-out of SSE and WebSocket subscribers ([`fanout`]).
+//! live fan-out of SSE and WebSocket subscribers ([`fanout`]); and a response whose body the
+//! connection awaits after poem's layers have run ([`LaterBody`]).
 //!
 //! HTTP/1.1 only: `poem::Server` also spoke HTTP/2 with prior knowledge (h2c), which no
 //! browser uses without TLS and no client of this server needs; TLS (and so HTTP/2) belongs
@@ -10,6 +11,7 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use http_body_util::combinators::BoxBody;
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -321,6 +323,42 @@ impl<E: Endpoint + 'static> hyper::service::Service<hyper::Request<Incoming>> fo
             Scheme::HTTP,
         ));
         request.extensions_mut().insert(self.outlet.clone());
-        Box::pin(async move { Ok(endpoint.get_response(request).await.into()) })
+        Box::pin(async move {
+            let mut response = endpoint.get_response(request).await;
+            if let Some(body) = LaterBody::take(&mut response) {
+                response.set_body(body.await);
+            }
+            Ok(response.into())
+        })
+    }
+}
+
+/// The body of a response whose status and headers are final, to be awaited after poem's
+/// layers (routing, CORS, the request's span and metrics) have run: the connection's task
+/// waits on it alone and then sends the response whole, with its length. A request that
+/// waits for long (a parked long-poll) is thus polled through those layers once, hot, not
+/// again on every wake-up.
+#[derive(Clone)]
+pub(crate) struct LaterBody(Arc<std::sync::Mutex<Option<BoxFuture<'static, bytes::Bytes>>>>);
+
+impl LaterBody {
+    /// Gives `response` the body `body` will produce (replacing any it has).
+    pub(crate) fn attach(
+        response: &mut poem::Response,
+        body: impl Future<Output = bytes::Bytes> + Send + 'static,
+    ) {
+        let body: BoxFuture<'static, bytes::Bytes> = Box::pin(body);
+        response
+            .extensions_mut()
+            .insert(Self(Arc::new(std::sync::Mutex::new(Some(body)))));
+    }
+
+    fn take(response: &mut poem::Response) -> Option<BoxFuture<'static, bytes::Bytes>> {
+        let later = response.extensions_mut().remove::<Self>()?;
+        let mut body = later
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        body.take()
     }
 }

@@ -129,7 +129,7 @@ fn not_a_cursor(name: &str, shown: &str) -> ApiError {
 /// The resource an event carries.
 #[derive(Clone, Debug, Union, serde::Deserialize)]
 #[serde(untagged)]
-pub enum EventData {
+pub(crate) enum EventData {
     Funko(Funko),
     Category(Category),
 }
@@ -140,7 +140,7 @@ pub enum EventData {
 #[derive(Clone, Debug, Object, serde::Deserialize)]
 #[oai(rename = "ChangeEvent", rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
-pub struct ChangeEventDoc {
+pub(crate) struct ChangeEventDoc {
     /// The cursor: a decimal string, strictly increasing in commit order.
     pub id: String,
     pub entity: Entity,
@@ -161,7 +161,7 @@ pub struct ChangeEventDoc {
 #[derive(Clone, Copy, Debug, poem_openapi::Enum, serde::Deserialize)]
 #[oai(rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
-pub enum ViewTag {
+pub(crate) enum ViewTag {
     /// The Funko matches now and did not before.
     Enter,
     /// It matched before and still does.

@@ -4,9 +4,18 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Query};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::Query,
+    payload::Payload,
+    registry::{MetaSchemaRef, Registry},
+    types::Type,
+};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::{ChangeEventDoc, start_from_text, view_of};
 use crate::{
@@ -14,6 +23,7 @@ use crate::{
     domain::{FieldErrors, event::Reset},
     error::{ApiError, ApiResult, StreamErrors},
     events::{BATCH, Filter, Next, StoredEvent, Subscription},
+    http::LaterBody,
     limits::client_ip,
     metrics::{METRICS, Transport},
 };
@@ -29,7 +39,7 @@ pub(crate) struct PollApi;
 
 /// The answer of a long-poll.
 #[derive(Debug, Object, serde::Deserialize)]
-pub struct PollResult {
+pub(crate) struct PollResult {
     /// Matching events after `after`, oldest first (absent on a reset).
     #[oai(skip_serializing_if_is_none)]
     pub events: Option<Vec<ChangeEventDoc>>,
@@ -50,25 +60,55 @@ struct PollBody<'a> {
     cursor: String,
 }
 
-impl RawJson<PollResult> {
-    fn poll(events: &[StoredEvent], cursor: i64) -> Self {
-        Self::body(&PollBody {
+impl PollBody<'_> {
+    fn events(events: &[StoredEvent], cursor: i64) -> Bytes {
+        PollBody {
             events: Some(events.iter().map(|e| &*e.json).collect()),
             reset: None,
             cursor: cursor.to_string(),
-        })
+        }
+        .render()
     }
 
-    fn reset(reset: &Reset) -> Self {
-        Self::body(&PollBody {
+    fn reset(reset: &Reset) -> Bytes {
+        PollBody {
             events: None,
             reset: Some(reset),
             cursor: reset.cursor.clone(),
-        })
+        }
+        .render()
     }
 
-    fn body(body: &PollBody<'_>) -> Self {
-        Self::new(serde_json::to_vec(body).expect("a poll answer serializes"))
+    fn render(&self) -> Bytes {
+        serde_json::to_vec(self)
+            .expect("a poll answer serializes")
+            .into()
+    }
+}
+
+/// A [`PollResult`] still to come: its status (200) and headers are final, and the
+/// connection awaits its body once the request has left poem's layers ([`LaterBody`]).
+pub struct PollAnswer(BoxFuture<'static, Bytes>);
+
+impl Payload for PollAnswer {
+    const CONTENT_TYPE: &'static str = <RawJson<PollResult> as Payload>::CONTENT_TYPE;
+
+    fn schema_ref() -> MetaSchemaRef {
+        PollResult::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        PollResult::register(registry);
+    }
+}
+
+impl poem::IntoResponse for PollAnswer {
+    fn into_response(self) -> poem::Response {
+        let mut response = poem::Response::builder()
+            .content_type(Self::CONTENT_TYPE)
+            .finish();
+        LaterBody::attach(&mut response, self.0);
+        response
     }
 }
 
@@ -77,7 +117,7 @@ pub enum PollResponse {
     /// Events (at once when some exist, else as soon as one commits), none on timeout, or a
     /// reset.
     #[oai(status = 200)]
-    Ok(RawJson<PollResult>),
+    Ok(PollAnswer),
 }
 
 fn out_of_range(field: &str, rule: String) -> ApiError {
@@ -141,52 +181,59 @@ impl PollApi {
         }
         let view = view_of(category.0, q.0, min_price.0, max_price.0)?;
         let filter = Filter::parse(entity.0.as_deref(), types.0.as_deref())?.with_view(view)?;
-        let _slot = state.slots.acquire(Transport::Poll, client_ip(request))?;
-        let (mut subscription, reset) =
-            Subscription::open(state.tail.clone(), start, filter).await?;
-        if let Some(reset) = reset {
-            return Ok(PollResponse::Ok(RawJson::reset(&reset)));
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        let limit = limit as usize;
-        // Reads of the backlog this request may make in a row when they find nothing its
-        // filter passes: past them it answers the cursor it reached, whatever its timeout.
-        // Waiting for new commits starts the count again.
-        let mut scans_left = POLL_SCANS;
-        loop {
-            // Look first, wait after: `timeout=0` still answers what is already there. Reads
-            // are at least a batch whatever `limit` is, so a rare filter costs few rounds.
-            let answer = match subscription.poll_now(BATCH.max(limit)).await {
-                Some(Next::Events { events, cursor }) if events.is_empty() => {
-                    scans_left -= 1;
-                    if scans_left > 0 && tokio::time::Instant::now() < deadline {
-                        continue;
-                    }
-                    RawJson::poll(&[], cursor)
+        let slot = state.slots.acquire(Transport::Poll, client_ip(request))?;
+        let (subscription, reset) = Subscription::open(state.tail.clone(), start, filter).await?;
+        let answer: BoxFuture<'static, Bytes> = match reset {
+            Some(reset) => Box::pin(std::future::ready(PollBody::reset(&reset))),
+            None => Box::pin(async move {
+                let _slot = slot;
+                let deadline = Instant::now() + Duration::from_secs(timeout);
+                answer(subscription, deadline, limit as usize).await
+            }),
+        };
+        Ok(PollResponse::Ok(PollAnswer(answer)))
+    }
+}
+
+/// What `subscription` has for a poll, at most `limit` events: at once when there is some,
+/// else as soon as some commits, else none at `deadline`.
+async fn answer(mut subscription: Subscription, deadline: Instant, limit: usize) -> Bytes {
+    // Reads of the backlog this poll may make in a row when they find nothing its filter
+    // passes: past them it answers the cursor it reached, whatever its timeout. Waiting for
+    // new commits starts the count again.
+    let mut scans_left = POLL_SCANS;
+    loop {
+        // Look first, wait after: `timeout=0` still answers what is already there. Reads are
+        // at least a batch whatever `limit` is, so a rare filter costs few rounds.
+        return match subscription.poll_now(BATCH.max(limit)).await {
+            Some(Next::Events { events, cursor }) if events.is_empty() => {
+                scans_left -= 1;
+                if scans_left > 0 && Instant::now() < deadline {
+                    continue;
                 }
-                Some(Next::Events { mut events, cursor }) => {
-                    // Past `limit`, the answer ends at its last event: the next poll goes on
-                    // from there.
-                    let cursor = if events.len() > limit {
-                        events.truncate(limit);
-                        events.last().expect("limit is at least 1").id
-                    } else {
-                        cursor
-                    };
-                    METRICS.delivered(Transport::Poll, events.len());
-                    RawJson::poll(&events, cursor)
+                PollBody::events(&[], cursor)
+            }
+            Some(Next::Events { mut events, cursor }) => {
+                // Past `limit`, the answer ends at its last event: the next poll goes on from
+                // there.
+                let cursor = if events.len() > limit {
+                    events.truncate(limit);
+                    events.last().expect("limit is at least 1").id
+                } else {
+                    cursor
+                };
+                METRICS.delivered(Transport::Poll, events.len());
+                PollBody::events(&events, cursor)
+            }
+            Some(Next::Reset(reset)) => PollBody::reset(&reset),
+            Some(Next::End { cursor, .. }) => PollBody::events(&[], cursor),
+            None => match tokio::time::timeout_at(deadline, subscription.wait()).await {
+                Ok(()) => {
+                    scans_left = POLL_SCANS;
+                    continue;
                 }
-                Some(Next::Reset(reset)) => RawJson::reset(&reset),
-                Some(Next::End { cursor, .. }) => RawJson::poll(&[], cursor),
-                None => match tokio::time::timeout_at(deadline, subscription.wait()).await {
-                    Ok(()) => {
-                        scans_left = POLL_SCANS;
-                        continue;
-                    }
-                    Err(_elapsed) => RawJson::poll(&[], subscription.cursor()),
-                },
-            };
-            return Ok(PollResponse::Ok(answer));
-        }
+                Err(_elapsed) => PollBody::events(&[], subscription.cursor()),
+            },
+        };
     }
 }
